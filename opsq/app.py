@@ -1,0 +1,71 @@
+"""The Celery app: RabbitMQ broker, PostgreSQL results, JSON only, events on.
+
+``celery -A opsq worker|beat|multi|flower`` all find this app.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from opsq.settings import get_settings
+
+#: Queue of per-host SSH work: IO-bound, consumed by a threads-pool worker.
+FLEET_QUEUE = "opsq.fleet"
+#: Queue of bookkeeping (job summaries, schedules, pruning): a small prefork worker.
+CONTROL_QUEUE = "opsq.control"
+#: Seconds a finished task's row stays in celery_taskmeta (opsq's own tables keep
+#: the job history; see the retention setting).
+RESULT_EXPIRES = 7 * 24 * 3600
+#: Publishing a task retries this often before the caller gets a clear error.
+PUBLISH_MAX_RETRIES = 3
+#: Seconds to wait for RabbitMQ to accept a connection.
+BROKER_CONNECT_TIMEOUT = 4
+
+
+def make_app() -> Celery:
+    """Build the Celery app from the current settings."""
+    settings = get_settings()
+    celery = Celery("opsq", include=["opsq.tasks.fleet"])
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        result_backend="opsq.backend:PostgresBackend",
+        database_url=settings.database_url.removeprefix("db+"),
+        result_extended=True,
+        result_expires=RESULT_EXPIRES,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_default_queue=CONTROL_QUEUE,
+        task_queues=(
+            Queue(FLEET_QUEUE, Exchange(FLEET_QUEUE), routing_key=FLEET_QUEUE),
+            Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
+        ),
+        task_routes={"opsq.run_on_host": {"queue": FLEET_QUEUE}},
+        # A crash re-delivers instead of losing work; the per-host task detects the
+        # second delivery of a command that had already started (see tasks.fleet).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        # Events for Flower.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"confirm_publish": True},
+        task_publish_retry_policy={
+            "max_retries": PUBLISH_MAX_RETRIES,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return celery
+
+
+app = make_app()

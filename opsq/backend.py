@@ -1,0 +1,158 @@
+"""Celery's SQLAlchemy result backend, made fit for a threads pool and for large chords.
+
+Two changes to ``celery.backends.database.DatabaseBackend``, both through its public hooks:
+
+* Sessions come from opsq's pooled engine (``opsq.db``). Upstream creates an unpooled
+  engine per operation when the worker is not a forked child, i.e. in ``-P threads``.
+* Chords are joined here, the way Celery's Redis backend joins them, instead of by the
+  ``celery.chord_unlock`` task that polls the database (at least a second per chord). Each
+  header task's return inserts one row in ``opsq_chord_parts`` (its primary key makes a
+  redelivered task count once) and bumps the counter in ``opsq_chords`` in the same
+  transaction; the task that brings the counter to the chord's size claims the join,
+  publishes the callback with the header results in order, and deletes the chord rows.
+
+Chords whose header is a generator or holds nested groups fall back to upstream's
+``chord_unlock`` polling: their size is not known when the chord is applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import states
+from celery.backends.database import DatabaseBackend
+from celery.backends.database.session import ResultModelBase
+from celery.canvas import maybe_signature
+from celery.exceptions import ChordError
+from celery.result import GroupResult, allow_join_result
+from celery.utils.functional import _regen
+from kombu.utils.encoding import ensure_bytes
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from opsq import db
+
+logger = logging.getLogger(__name__)
+
+#: Seconds after which a claim to publish a chord callback is considered abandoned
+#: (its worker died between the claim and the publish) and may be taken again.
+CHORD_CLAIM_STALE = 60
+
+_ADD_PART = text(
+    """
+    WITH part AS (
+        INSERT INTO opsq_chord_parts (group_id, task_id, group_index, state, result)
+        SELECT :gid, :tid, :idx, :state, :result
+        WHERE EXISTS (SELECT 1 FROM opsq_chords WHERE group_id = :gid)
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+    )
+    UPDATE opsq_chords SET done = done + (SELECT count(*) FROM part)
+    WHERE group_id = :gid
+    RETURNING done, size
+    """
+)
+_CLAIM = text(
+    """
+    UPDATE opsq_chords SET claimed_at = now()
+    WHERE group_id = :gid AND NOT published AND done >= size
+      AND (claimed_at IS NULL OR claimed_at < now() - make_interval(secs => :stale))
+    RETURNING group_id
+    """
+)
+_PARTS = text(
+    "SELECT result FROM opsq_chord_parts WHERE group_id = :gid "
+    "ORDER BY group_index NULLS LAST, task_id"
+)
+
+
+class PostgresBackend(DatabaseBackend):
+    """The database backend with a pooled engine and a counter-based chord join."""
+
+    _tables_lock = threading.Lock()
+    _tables_ready: set[str] = set()
+
+    def ResultSession(self, session_manager: Any = None) -> Session:  # noqa: N802 (upstream name)
+        self._ensure_tables()
+        return db.get_sessionmaker(self.url)()
+
+    def on_backend_retryable_error(self, exc: Exception) -> None:
+        # A broken connection poisons the pool: drop it so the retry reconnects.
+        db.get_engine(self.url).dispose()
+
+    def _ensure_tables(self) -> None:
+        # Celery's own tables normally come from the migrations; this covers a database
+        # that was created by hand. create_all checks before it creates.
+        if self.url in self._tables_ready:
+            return
+        with self._tables_lock:
+            if self.url not in self._tables_ready:
+                ResultModelBase.metadata.create_all(db.get_engine(self.url))
+                self._tables_ready.add(self.url)
+
+    # -- chords --------------------------------------------------------------------
+
+    def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
+        group_id, results = header_result_args[0], header_result_args[1]
+        if isinstance(results, _regen) or any(isinstance(r, GroupResult) for r in results):
+            return super().apply_chord(header_result_args, body, **kwargs)
+        self.ensure_chords_allowed()
+        with db.get_engine(self.url).begin() as conn:
+            # A frozen chord applied again reuses its group id: start the count afresh.
+            conn.execute(text("DELETE FROM opsq_chords WHERE group_id = :gid"), {"gid": group_id})
+            conn.execute(
+                text("INSERT INTO opsq_chords (group_id, size) VALUES (:gid, :size)"),
+                {"gid": group_id, "size": len(results)},
+            )
+        return None
+
+    def on_chord_part_return(
+        self, request: Any, state: str, result: Any, **kwargs: Any
+    ) -> None:
+        gid, tid = request.group, request.id
+        if not gid or not tid:
+            return
+        payload = ensure_bytes(self.encode([tid, state, self.encode_result(result, state)]))
+        engine = db.get_engine(self.url)
+        with engine.begin() as conn:
+            row = conn.execute(
+                _ADD_PART,
+                {"gid": gid, "tid": tid, "idx": request.group_index, "state": state,
+                 "result": payload},
+            ).first()
+            if row is None or row.done < row.size:
+                return  # not a chord of ours (chord_unlock joins it), or not complete yet
+            claimed = conn.execute(_CLAIM, {"gid": gid, "stale": CHORD_CLAIM_STALE}).first()
+        if claimed is None:
+            return
+        callback = maybe_signature(request.chord, app=self.app)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(_PARTS, {"gid": gid}).all()
+            values = [self._unpack_part(r.result) for r in rows]
+        except ChordError as exc:
+            logger.error("chord %s: %s", gid, exc)
+            self._forget_chord(gid)
+            return self.chord_error_from_stack(callback, exc)
+        try:
+            with allow_join_result():
+                callback.delay(values)
+        except Exception as exc:  # the broker refused the publish: fail the chord, loudly
+            logger.exception("chord %s: callback could not be published", gid)
+            return self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
+        self._forget_chord(gid)
+        return None
+
+    def _unpack_part(self, payload: bytes) -> Any:
+        tid, state, value = self.decode(payload)
+        if state in states.EXCEPTION_STATES:
+            value = self.exception_to_python(value)
+        if state in states.PROPAGATE_STATES:
+            raise ChordError(f"Dependency {tid} raised {value!r}")
+        return value
+
+    def _forget_chord(self, gid: str) -> None:
+        with db.get_engine(self.url).begin() as conn:
+            conn.execute(text("DELETE FROM opsq_chords WHERE group_id = :gid"), {"gid": gid})

@@ -1,0 +1,34 @@
+"""opsq's exceptions: one root, a shallow tree.
+
+Every error a user can cause carries a message that says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class OpsqError(Exception):
+    """Root of every error opsq raises on purpose."""
+
+
+class ConfigError(OpsqError):
+    """A setting is missing or invalid."""
+
+
+class InventoryError(OpsqError):
+    """The inventory file cannot be read or is malformed."""
+
+
+class PatternError(OpsqError):
+    """A host pattern is malformed, names an unknown group, or matches nothing."""
+
+
+class HostKeyError(OpsqError):
+    """A host's SSH key is unknown or differs from the one in known_hosts."""
+
+
+class JobNotFound(OpsqError):
+    """No job has the given id."""
+
+
+class BackendUnavailable(OpsqError):
+    """The broker (RabbitMQ) or the database (PostgreSQL) cannot be reached."""

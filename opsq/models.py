@@ -1,0 +1,161 @@
+"""opsq's tables: jobs, per-host results, and the chord counters of the result backend.
+
+Statuses are stored as plain text so SQL stays readable (``WHERE status = 'timeout'``).
+The schema is created and upgraded by the Alembic migrations in ``opsq/migrations``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class HostStatus(str, Enum):
+    """Where one host of a job stands. The first two are transient."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    OK = "ok"  # the command exited 0
+    FAILED = "failed"  # the command exited non-zero
+    TIMEOUT = "timeout"  # the connection or the command ran past its deadline
+    UNREACHABLE = "unreachable"  # no SSH connection after the retries
+    ERROR = "error"  # host key refused, authentication failed, or an opsq bug
+    INTERRUPTED = "interrupted"  # the worker died mid-command; not re-run blindly
+
+    @property
+    def finished(self) -> bool:
+        return self not in (HostStatus.PENDING, HostStatus.RUNNING)
+
+
+class JobStatus(str, Enum):
+    """Where a job stands: ``succeeded`` only when every host is ``ok``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ERROR = "error"  # could not be queued at all (broker down): see jobs.error
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.ERROR)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    """One command run across the hosts a pattern resolved to at submit time."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    command: Mapped[str] = mapped_column(Text)
+    pattern: Mapped[str] = mapped_column(Text)
+    inventory: Mapped[str] = mapped_column(Text)
+    #: The names of the hosts the pattern resolved to, in inventory order.
+    hosts: Mapped[list[str]] = mapped_column(JSONB)
+    host_count: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
+    submitted_by: Mapped[str] = mapped_column(String(128))
+    submitted_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Seconds from submission to the summary being written.
+    duration: Mapped[float | None] = mapped_column(Float)
+    command_timeout: Mapped[float | None] = mapped_column(Float)
+    connect_timeout: Mapped[float | None] = mapped_column(Float)
+    #: Whether a host interrupted by a worker crash may run the command again.
+    rerun_safe: Mapped[bool] = mapped_column(Boolean, default=False)
+    ok_count: Mapped[int] = mapped_column(Integer, default=0)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    timeout_count: Mapped[int] = mapped_column(Integer, default=0)
+    unreachable_count: Mapped[int] = mapped_column(Integer, default=0)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    interrupted_count: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class HostResult(Base):
+    """What one host did for one job: exit code, output, timing."""
+
+    __tablename__ = "host_results"
+    __table_args__ = (
+        UniqueConstraint("job_id", "host", name="host_results_job_host_key"),
+        Index("host_results_host_idx", "host"),
+        Index("host_results_status_idx", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(Text)
+    #: Where and how to connect (``Host.to_dict()``), fixed at submit time.
+    target: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    #: The Celery task id of the per-host task (look it up in Flower).
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=HostStatus.PENDING.value)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    stdout: Mapped[str | None] = mapped_column(Text)
+    stderr: Mapped[str | None] = mapped_column(Text)
+    #: Bytes the command wrote, including any part dropped past the output limit.
+    stdout_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    stderr_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Seconds from the task starting on this host to its result being known.
+    duration: Mapped[float | None] = mapped_column(Float)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(Text)
+    #: Why the host did not run the command (timeout, refused key, unreachable...).
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ChordCounter(Base):
+    """One row per chord the backend joins itself: how many header tasks have returned."""
+
+    __tablename__ = "opsq_chords"
+
+    group_id: Mapped[str] = mapped_column(String(155), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    #: When a worker claimed the right to publish the callback (re-claimable if stale).
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ChordPart(Base):
+    """A header task's result, kept until the chord is joined; its key dedups re-deliveries."""
+
+    __tablename__ = "opsq_chord_parts"
+
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("opsq_chords.group_id", ondelete="CASCADE"), primary_key=True
+    )
+    task_id: Mapped[str] = mapped_column(String(155), primary_key=True)
+    group_index: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(50))
+    #: The task's result encoded with the backend's serializer (JSON).
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -1,0 +1,85 @@
+"""One typed settings object, read from ``OPSQ_*`` environment variables.
+
+Precedence, highest first: the environment, then ``config/opsq.env`` (or the file named
+by ``OPSQ_ENV_FILE``), then the defaults below. Per-job options (``--timeout``) and
+per-host inventory variables (``opsq_timeout``) beat these; see ``opsq.jobs``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The project root: config/ and var/ are found relative to it when run from a checkout.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/opsq"
+DEFAULT_INVENTORY = "config/inventory.yml"
+#: Seconds to wait for a TCP connect plus the SSH handshake and authentication.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds a command may run on one host before it is killed and marked ``timeout``.
+#: Keep it well below RabbitMQ's ``consumer_timeout`` (30 min by default): tasks are
+#: acknowledged late, so a task running longer than that gets its channel closed.
+DEFAULT_COMMAND_TIMEOUT = 300.0
+#: Bytes of stdout (and, separately, stderr) kept per host; the rest is dropped and the
+#: host result is flagged ``truncated``.
+DEFAULT_OUTPUT_LIMIT = 1024 * 1024
+#: How many times a host whose connection fails (refused, reset, no route) is retried.
+DEFAULT_CONNECT_RETRIES = 2
+#: First back-off delay in seconds between connection attempts; doubles every retry.
+DEFAULT_RETRY_BACKOFF = 0.5
+#: Seconds an idle pooled SSH connection is kept open in a worker.
+DEFAULT_POOL_IDLE = 300.0
+#: Concurrent per-host tasks one fleet worker runs (threads).
+DEFAULT_FLEET_CONCURRENCY = 64
+
+
+class Settings(BaseSettings):
+    """opsq's configuration; every field maps to ``OPSQ_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OPSQ_",
+        env_file=os.environ.get("OPSQ_ENV_FILE", str(PROJECT_ROOT / "config" / "opsq.env")),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    broker_url: str = DEFAULT_BROKER_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    inventory: str = DEFAULT_INVENTORY
+    known_hosts: str = "~/.ssh/known_hosts"
+    connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT, gt=0)
+    command_timeout: float = Field(DEFAULT_COMMAND_TIMEOUT, gt=0)
+    output_limit: int = Field(DEFAULT_OUTPUT_LIMIT, ge=1024)
+    connect_retries: int = Field(DEFAULT_CONNECT_RETRIES, ge=0)
+    retry_backoff: float = Field(DEFAULT_RETRY_BACKOFF, ge=0)
+    pool_idle: float = Field(DEFAULT_POOL_IDLE, ge=0)
+    fleet_concurrency: int = Field(DEFAULT_FLEET_CONCURRENCY, ge=1)
+    #: Default SSH user when the inventory names none (``None``: the worker's OS user).
+    ssh_user: str | None = None
+    #: Private key used when the inventory names none (a path; never sent to the broker).
+    ssh_key: str | None = None
+
+    def inventory_path(self) -> Path:
+        """The inventory path, made absolute against the project root when relative."""
+        return _absolute(self.inventory)
+
+    def known_hosts_path(self) -> Path:
+        """The known_hosts file host keys are checked against."""
+        return _absolute(self.known_hosts)
+
+
+def _absolute(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,426 @@
+"""Running one command on one host: Fabric connections with strict host keys, a pool,
+deadlines, and output capture that stays bounded in memory.
+
+Fabric hard-codes paramiko's ``AutoAddPolicy``; every connection made here replaces it
+with a policy that refuses unknown keys, and checks against the known_hosts file from
+settings. A command's own failure is a result (``CommandOutcome``), never an exception.
+"""
+
+from __future__ import annotations
+
+import codecs
+import getpass
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import invoke
+import paramiko
+from fabric import Config as FabricConfig
+from fabric import Connection
+from fabric.runners import Remote
+from invoke.exceptions import CommandTimedOut
+from invoke.runners import Local
+
+from opsq.errors import HostKeyError
+from opsq.inventory import Host
+from opsq.models import HostStatus
+from opsq.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Bytes read from a channel or pipe at a time (invoke's default of 1000 is slow for
+#: large outputs).
+READ_CHUNK_SIZE = 64 * 1024
+#: Upper bound in seconds of the random jitter added to each retry back-off.
+RETRY_JITTER = 0.25
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Deadlines and limits for one host's run, already resolved (job > inventory > settings)."""
+
+    command_timeout: float
+    connect_timeout: float
+    output_limit: int
+    known_hosts: Path
+    connect_retries: int = 0
+    retry_backoff: float = 0.5
+    default_user: str | None = None
+    default_key: str | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        host: Host,
+        settings: Settings,
+        command_timeout: float | None = None,
+        connect_timeout: float | None = None,
+    ) -> RunOptions:
+        """The one place options resolve: the job's value, else the host's inventory
+        variable (``opsq_timeout``, ``opsq_connect_timeout``), else the setting."""
+
+        def pick(job_value: float | None, var: str, default: float) -> float:
+            if job_value is not None:
+                return float(job_value)
+            if host.vars.get(var) is not None:
+                return float(host.vars[var])
+            return float(default)
+
+        return cls(
+            command_timeout=pick(command_timeout, "opsq_timeout", settings.command_timeout),
+            connect_timeout=pick(connect_timeout, "opsq_connect_timeout",
+                                 settings.connect_timeout),
+            output_limit=settings.output_limit,
+            known_hosts=settings.known_hosts_path(),
+            connect_retries=settings.connect_retries,
+            retry_backoff=settings.retry_backoff,
+            default_user=settings.ssh_user,
+            default_key=settings.ssh_key,
+        )
+
+
+@dataclass
+class CommandOutcome:
+    """What happened on one host. ``status`` tells success from failure without parsing."""
+
+    status: HostStatus
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    truncated: bool = False
+    error: str | None = None
+    attempts: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is HostStatus.OK
+
+
+# -- output capture -------------------------------------------------------------------
+
+
+class _CappedOutput:
+    """Runner mixin: keep at most ``output_limit`` bytes per stream, count the rest.
+
+    invoke keeps every chunk in memory and re-joins the whole buffer after each read to
+    feed its watchers (quadratic on large output), and decodes each 1000-byte chunk on
+    its own (splitting multi-byte characters). This reads big chunks, keeps a bounded
+    prefix, decodes it once as UTF-8 with replacement, and skips the watcher machinery
+    (opsq never answers prompts).
+    """
+
+    read_chunk_size = READ_CHUNK_SIZE
+    output_limit: int = 1024 * 1024
+
+    def _handle_output(self, buffer_: list[str], hide: bool, output: Any, reader: Callable) -> None:
+        kept = bytearray()
+        total = 0
+        while True:
+            data = reader(self.read_chunk_size)
+            if not data:
+                break
+            total += len(data)
+            room = self.output_limit - len(kept)
+            if room > 0:
+                kept += data[:room]
+        # An incremental decoder with final=True replaces a character cut at the limit
+        # with one U+FFFD instead of raising.
+        text = codecs.getincrementaldecoder("utf-8")("replace").decode(bytes(kept), final=True)
+        buffer_.append(text)
+        name = "stdout" if buffer_ is getattr(self, "stdout", None) else "stderr"
+        self.byte_counts = {**getattr(self, "byte_counts", {}), name: total}
+
+
+class CappedRemote(_CappedOutput, Remote):
+    """Fabric's remote runner with bounded output capture."""
+
+
+class CappedLocal(_CappedOutput, Local):
+    """invoke's local runner with bounded output capture (``ansible_connection=local``)."""
+
+
+def _execute(runner: Any, command: str, options: RunOptions) -> CommandOutcome:
+    runner.output_limit = options.output_limit
+    try:
+        result = runner.run(
+            command, hide=True, warn=True, in_stream=False, timeout=options.command_timeout
+        )
+    except CommandTimedOut as exc:
+        outcome = _outcome_from(exc.result, runner, options)
+        outcome.status = HostStatus.TIMEOUT
+        outcome.exit_code = None
+        outcome.error = f"command still running after {options.command_timeout:g} s; killed"
+        return outcome
+    outcome = _outcome_from(result, runner, options)
+    outcome.status = HostStatus.OK if result.exited == 0 else HostStatus.FAILED
+    outcome.exit_code = result.exited
+    return outcome
+
+
+def _outcome_from(result: Any, runner: Any, options: RunOptions) -> CommandOutcome:
+    counts = getattr(runner, "byte_counts", {})
+    out_bytes, err_bytes = counts.get("stdout", 0), counts.get("stderr", 0)
+    return CommandOutcome(
+        status=HostStatus.ERROR,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        stdout_bytes=out_bytes,
+        stderr_bytes=err_bytes,
+        truncated=max(out_bytes, err_bytes) > options.output_limit,
+    )
+
+
+# -- host keys --------------------------------------------------------------------------
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The key's SHA256 fingerprint, as ``ssh-keygen -l`` prints it."""
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    """How OpenSSH names a host in known_hosts (``[addr]:port`` unless the port is 22)."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+class RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):
+    """Refuse a host whose key is not in known_hosts, naming its fingerprint."""
+
+    def __init__(self, host: Host, known_hosts: Path) -> None:
+        self.host, self.known_hosts = host, known_hosts
+
+    def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        raise HostKeyError(
+            f"host key of {self.host.name} ({hostname}) is not in {self.known_hosts}: "
+            f"it offers {fingerprint(key)}. If that is the right key, run "
+            f"'opsq hosts trust {self.host.name}'"
+        )
+
+
+def load_known_hosts(path: Path) -> paramiko.HostKeys:
+    """Read known_hosts; a missing file is an empty one (every host then is refused)."""
+    keys = paramiko.HostKeys()
+    if path.exists():
+        keys.load(str(path))
+    return keys
+
+
+def scan_host_key(host: Host, timeout: float) -> paramiko.PKey:
+    """Fetch the key a host presents, without authenticating. Raises OSError/SSHException."""
+    sock = socket.create_connection((host.address, host.port), timeout=timeout)
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeout
+    try:
+        transport.start_client(timeout=timeout)
+        return transport.get_remote_server_key()
+    finally:
+        transport.close()
+
+
+# -- connections ------------------------------------------------------------------------
+
+
+_fabric_config_lock = threading.Lock()
+_fabric_config: FabricConfig | None = None
+
+
+def _base_config() -> FabricConfig:
+    # Building a Config reads several files; do it once per process (Connection clones it).
+    global _fabric_config
+    with _fabric_config_lock:
+        if _fabric_config is None:
+            _fabric_config = FabricConfig(overrides={"runners": {"remote": CappedRemote}})
+        return _fabric_config
+
+
+def open_connection(host: Host, options: RunOptions) -> Connection:
+    """An open, authenticated connection that checked the host key strictly.
+
+    Raises HostKeyError, paramiko.AuthenticationException, paramiko.SSHException, OSError.
+    """
+    key_file = host.key_file or options.default_key
+    connect_kwargs: dict[str, Any] = {
+        "timeout": options.connect_timeout,
+        "banner_timeout": options.connect_timeout,
+        "auth_timeout": options.connect_timeout,
+        "channel_timeout": options.connect_timeout,
+        "allow_agent": False,
+        "look_for_keys": key_file is None,
+    }
+    if key_file:
+        connect_kwargs["key_filename"] = [str(Path(key_file).expanduser())]
+    conn = Connection(
+        host=host.address,
+        port=host.port,
+        user=host.user or options.default_user or getpass.getuser(),
+        config=_base_config(),
+        connect_kwargs=connect_kwargs,
+    )
+    conn.client.set_missing_host_key_policy(RefuseUnknownHostKey(host, options.known_hosts))
+    conn.client.get_host_keys().update(load_known_hosts(options.known_hosts))
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException as exc:
+        conn.close()
+        raise HostKeyError(
+            f"host key of {host.name} ({known_hosts_name(host.address, host.port)}) CHANGED: "
+            f"{options.known_hosts} has {fingerprint(exc.expected_key)}, the host offers "
+            f"{fingerprint(exc.key)}. Possible man-in-the-middle; if the change is expected, "
+            f"remove the old line and run 'opsq hosts trust {host.name}'"
+        ) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class ConnectionPool:
+    """Open SSH connections kept per host in one worker process, with an idle expiry.
+
+    A connection is checked out by one task at a time. One that timed out or broke is
+    closed instead of being returned.
+    """
+
+    def __init__(self, idle_seconds: float) -> None:
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, list[tuple[Connection, float]]] = {}
+
+    @staticmethod
+    def key(host: Host, options: RunOptions) -> tuple:
+        return (host.address, host.port, host.user or options.default_user,
+                host.key_file or options.default_key, str(options.known_hosts))
+
+    def checkout(self, key: tuple) -> Connection | None:
+        """An idle, live connection for ``key``, or None."""
+        now = time.monotonic()
+        stale: list[Connection] = []
+        found = None
+        with self._lock:
+            entries = self._idle.get(key, [])
+            while entries:
+                conn, since = entries.pop()
+                if now - since <= self.idle_seconds and conn.is_connected:
+                    found = conn
+                    break
+                stale.append(conn)
+        for conn in stale:
+            _close_quietly(conn)
+        return found
+
+    def checkin(self, key: tuple, conn: Connection) -> None:
+        if self.idle_seconds <= 0 or not conn.is_connected:
+            _close_quietly(conn)
+            return
+        with self._lock:
+            self._idle.setdefault(key, []).append((conn, time.monotonic()))
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries = [c for conns in self._idle.values() for c, _ in conns]
+            self._idle.clear()
+        for conn in entries:
+            _close_quietly(conn)
+
+
+def _close_quietly(conn: Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # closing a broken transport may raise; it is gone either way
+        logger.debug("closing connection to %s failed", conn.host, exc_info=True)
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+def classify_connect_error(host: Host, exc: BaseException) -> tuple[HostStatus, str, bool]:
+    """Map a connection failure to (status, message, worth retrying)."""
+    where = f"{host.name} ({host.address}:{host.port})"
+    if isinstance(exc, HostKeyError):
+        return HostStatus.ERROR, str(exc), False
+    if isinstance(exc, paramiko.AuthenticationException):
+        return HostStatus.ERROR, (
+            f"authentication failed on {where}: {exc} (check ansible_user and "
+            "ansible_ssh_private_key_file / OPSQ_SSH_KEY)"
+        ), False
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionError):
+        return HostStatus.UNREACHABLE, f"cannot connect to {where}: connection refused", True
+    if isinstance(exc, socket.gaierror):
+        return HostStatus.UNREACHABLE, f"cannot resolve {host.address} for {host.name}: {exc}", \
+            False
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return HostStatus.UNREACHABLE, f"no answer from {where} within the connect timeout", False
+    if isinstance(exc, paramiko.SSHException) and (
+        "banner" in str(exc).lower() or "timeout" in str(exc).lower()
+    ):
+        # TCP connected but the SSH handshake stalled: a hung host.
+        return HostStatus.TIMEOUT, f"{where} accepted TCP but did not complete the SSH " \
+            f"handshake within the connect timeout ({exc})", False
+    if isinstance(exc, OSError):
+        return HostStatus.UNREACHABLE, f"cannot connect to {where}: {exc}", True
+    if isinstance(exc, paramiko.SSHException | EOFError):
+        return HostStatus.UNREACHABLE, f"SSH failure on {where}: {exc}", True
+    return HostStatus.ERROR, f"{where}: {type(exc).__name__}: {exc}", False
+
+
+def run_local(command: str, options: RunOptions) -> CommandOutcome:
+    """Run ``command`` on the worker itself (``ansible_connection=local``)."""
+    ctx = invoke.Context(invoke.Config(overrides={"runners": {"local": CappedLocal}}))
+    return _execute(CappedLocal(ctx), command, options)
+
+
+def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) -> CommandOutcome:
+    """Run ``command`` on ``host`` within its deadlines; never raises for a host's failure.
+
+    Connection failures that may pass (refused, reset) are retried ``connect_retries``
+    times with exponential back-off; a timeout, a refused host key or a failed
+    authentication are not. The command itself is never retried.
+    """
+    if host.connection == "local":
+        return run_local(command, options)
+    key = pool.key(host, options)
+    attempt = 0
+    while True:
+        attempt += 1
+        conn = pool.checkout(key)
+        reused = conn is not None
+        if conn is None:
+            try:
+                conn = open_connection(host, options)
+            except Exception as exc:
+                status, message, retry = classify_connect_error(host, exc)
+                if retry and attempt <= options.connect_retries:
+                    delay = options.retry_backoff * 2 ** (attempt - 1)
+                    time.sleep(delay + random.uniform(0, RETRY_JITTER))
+                    continue
+                if retry and attempt > 1:
+                    message += f" (after {attempt} attempts)"
+                return CommandOutcome(status=status, error=message, attempts=attempt)
+        runner = CappedRemote(context=conn, inline_env=conn.inline_ssh_env)
+        try:
+            outcome = _execute(runner, command, options)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            _close_quietly(conn)
+            if reused and not hasattr(runner, "channel"):
+                # The pooled connection died while idle (server restarted): not the
+                # host's failure, and the command had not started. Take a fresh one.
+                attempt -= 1
+                continue
+            status, message, _ = classify_connect_error(host, exc)
+            return CommandOutcome(status=status, error=message, attempts=attempt)
+        outcome.attempts = attempt
+        if outcome.status is HostStatus.TIMEOUT:
+            _close_quietly(conn)  # the session may be wedged; never reuse it
+        else:
+            pool.checkin(key, conn)
+        return outcome

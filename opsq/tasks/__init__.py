@@ -1,0 +1,1 @@
+"""Celery tasks. Thin: they call into ``opsq.ssh`` and ``opsq.jobs``."""

@@ -1,0 +1,179 @@
+"""The tasks of a job: one per host (``opsq.run_on_host``), the chord callback that
+writes the summary (``opsq.finish_job``), and ``opsq.submit_job`` for submitting from
+anywhere Celery can send a task (``submit_job.delay(...)``, beat, another service).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_shutdown
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from opsq import db, jobs
+from opsq.app import app
+from opsq.inventory import Host
+from opsq.models import HostStatus
+from opsq.settings import get_settings
+from opsq.ssh import CommandOutcome, ConnectionPool, RunOptions, run_on
+
+logger = logging.getLogger(__name__)
+
+#: Attempts at writing a host's result while PostgreSQL is unreachable, and the first
+#: pause in seconds between them (doubling): the command already ran, so its result
+#: is worth waiting for rather than running the command again.
+RESULT_WRITE_ATTEMPTS = 6
+RESULT_WRITE_BACKOFF = 0.5
+
+_pool: ConnectionPool | None = None
+
+
+def connection_pool() -> ConnectionPool:
+    """This worker process's SSH connection pool."""
+    global _pool
+    if _pool is None:
+        _pool = ConnectionPool(get_settings().pool_idle)
+    return _pool
+
+
+@worker_shutdown.connect
+def _close_pool(**_: Any) -> None:
+    if _pool is not None:
+        _pool.close_all()
+
+
+_CLAIM = text(
+    """
+    SELECT h.status, h.attempt, h.target, j.command, j.command_timeout,
+           j.connect_timeout, j.rerun_safe
+    FROM host_results h JOIN jobs j ON j.id = h.job_id
+    WHERE h.job_id = :job AND h.host = :host
+    FOR UPDATE OF h
+    """
+)
+_START = text(
+    """
+    UPDATE host_results SET status = 'running', attempt = attempt + 1, started_at = now(),
+        finished_at = NULL, worker = :worker, task_id = :task
+    WHERE job_id = :job AND host = :host
+    RETURNING attempt
+    """
+)
+_JOB_RUNNING = text(
+    "UPDATE jobs SET status = 'running', started_at = now() "
+    "WHERE id = :job AND status = 'queued'"
+)
+_FINISH = text(
+    """
+    UPDATE host_results SET status = :status, exit_code = :exit_code, stdout = :stdout,
+        stderr = :stderr, stdout_bytes = :stdout_bytes, stderr_bytes = :stderr_bytes,
+        truncated = :truncated, error = :error, finished_at = now(),
+        duration = EXTRACT(EPOCH FROM now() - started_at)
+    WHERE job_id = :job AND host = :host
+    """
+)
+
+
+def _short(job_id: str, host: str, status: str, exit_code: int | None) -> dict[str, Any]:
+    # The chord payload stays small: full output lives in host_results.
+    return {"job_id": job_id, "host": host, "status": status, "exit_code": exit_code}
+
+
+@app.task(name="opsq.run_on_host", bind=True)
+def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
+    """Run the job's command on one host and store the outcome; never raises for a host.
+
+    A second delivery of a task whose first attempt had started (the worker died) does
+    not run the command again unless the job was submitted as safe to re-run: it
+    records ``interrupted``. A delivery after the result was stored returns it as is.
+    """
+    with db.session_scope() as session:
+        row = session.execute(_CLAIM, {"job": job_id, "host": host}).first()
+        if row is None:
+            logger.error("job %s has no host %s (deleted?)", job_id, host)
+            return _short(job_id, host, HostStatus.ERROR.value, None)
+        previous = HostStatus(row.status)
+        if previous.finished:
+            session.rollback()
+            return _short(job_id, host, previous.value, None)
+        if previous is HostStatus.RUNNING and not row.rerun_safe:
+            session.execute(_FINISH, {
+                "job": job_id, "host": host, "status": HostStatus.INTERRUPTED.value,
+                "exit_code": None, "stdout": None, "stderr": None, "stdout_bytes": None,
+                "stderr_bytes": None, "truncated": False,
+                "error": f"attempt {row.attempt} was interrupted (worker lost) and the job "
+                         "is not marked safe to re-run; not running the command again",
+            })
+            return _short(job_id, host, HostStatus.INTERRUPTED.value, None)
+        session.execute(_START, {"job": job_id, "host": host, "worker": self.request.hostname,
+                                 "task": self.request.id})
+        session.execute(_JOB_RUNNING, {"job": job_id})
+    target = Host.from_dict(row.target)
+    try:
+        options = RunOptions.resolve(target, get_settings(), row.command_timeout,
+                                     row.connect_timeout)
+        outcome = run_on(target, row.command, options, connection_pool())
+    except Exception as exc:  # a bug in opsq: record it on the host, keep the chord alive
+        logger.exception("job %s host %s: unexpected error", job_id, host)
+        outcome = CommandOutcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
+    _store_outcome(job_id, host, outcome)
+    return _short(job_id, host, outcome.status.value, outcome.exit_code)
+
+
+def _store_outcome(job_id: str, host: str, outcome: CommandOutcome) -> None:
+    params = {
+        "job": job_id, "host": host, "status": outcome.status.value,
+        "exit_code": outcome.exit_code,
+        # PostgreSQL text cannot hold NUL; everything else survives as decoded.
+        "stdout": outcome.stdout.replace("\x00", "\ufffd"),
+        "stderr": outcome.stderr.replace("\x00", "\ufffd"),
+        "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes,
+        "truncated": outcome.truncated, "error": outcome.error,
+    }
+    for attempt in range(RESULT_WRITE_ATTEMPTS):
+        try:
+            with db.get_engine().begin() as conn:
+                conn.execute(_FINISH, params)
+            return
+        except OperationalError:
+            if attempt == RESULT_WRITE_ATTEMPTS - 1:
+                raise
+            logger.warning("job %s host %s: database unreachable, retrying the write",
+                           job_id, host)
+            time.sleep(RESULT_WRITE_BACKOFF * 2**attempt)
+
+
+@app.task(name="opsq.finish_job", bind=True)
+def finish_job(self: Task, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
+    """The chord callback: count the hosts' outcomes, close the job, return its summary."""
+    return jobs.finish(job_id)
+
+
+@app.task(name="opsq.submit_job", bind=True)
+def submit_job(
+    self: Task,
+    command: str,
+    pattern: str,
+    *,
+    inventory: str | None = None,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
+    rerun_safe: bool = False,
+    submitted_by: str | None = None,
+) -> Any:
+    """Resolve, record and fan out a job from a worker; this task's id is the job id.
+
+    The task replaces itself with the job's chord, so ``AsyncResult(id).get()`` returns
+    the job summary as with ``opsq.jobs.submit``.
+    """
+    spec = jobs.JobSpec(
+        command=command, pattern=pattern, inventory=inventory, command_timeout=timeout,
+        connect_timeout=connect_timeout, rerun_safe=rerun_safe,
+        submitted_by=submitted_by or f"celery:{self.request.hostname}",
+    )
+    job_id = jobs.create(spec, job_id=self.request.id)
+    raise self.replace(jobs.job_signature(job_id))
