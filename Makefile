@@ -1,0 +1,107 @@
+# opsq's front door. `make demo` and `make test` set up everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+VAR      ?= var
+RUN_DIR  ?= $(VAR)/run
+LOG_DIR  ?= $(VAR)/log
+FLEET_DIR ?= $(VAR)/fleet
+N        ?= 5
+CONCURRENCY ?= 64
+
+# Use the local fleet's inventory and host keys when it exists and nothing else is set.
+ifneq ($(wildcard $(FLEET_DIR)/inventory.yml),)
+export OPSQ_INVENTORY ?= $(abspath $(FLEET_DIR)/inventory.yml)
+export OPSQ_KNOWN_HOSTS ?= $(abspath $(FLEET_DIR)/known_hosts)
+endif
+
+# Worker daemons (celery multi): a threads-pool node for SSH work, a prefork node for
+# bookkeeping. %n is the node name, %I the pool process index.
+NODES := fleet control
+MULTI_OPTS := -A opsq -l INFO --pidfile=$(abspath $(RUN_DIR))/%n.pid \
+	--logfile=$(abspath $(LOG_DIR))/%n%I.log \
+	-Q:fleet opsq.fleet -P:fleet threads -c:fleet $(CONCURRENCY) \
+	-Q:control opsq.control -P:control prefork -c:control 2
+
+.PHONY: help
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,flower]'
+	touch $@
+
+.PHONY: venv
+venv: $(STAMP)  ## create .venv and install opsq with its dependencies
+
+.PHONY: services
+services:  ## start PostgreSQL and RabbitMQ if down; install openssh-server if missing
+	@bash deploy/ensure-services.sh
+
+.PHONY: db
+db: venv services  ## create the database and apply the migrations
+	$(BIN)/opsq db upgrade
+
+.PHONY: fleet-up
+fleet-up: venv services  ## start a local fleet of N sshd hosts on 127.0.1.K (N=5)
+	$(BIN)/python -m opsq.devfleet up --dir $(FLEET_DIR) -n $(N)
+
+.PHONY: fleet-down
+fleet-down: venv  ## stop the local fleet
+	$(BIN)/python -m opsq.devfleet down --dir $(FLEET_DIR)
+
+.PHONY: worker
+worker: db  ## run a worker in the foreground (both queues, threads pool)
+	$(BIN)/celery -A opsq worker -l INFO -P threads -c $(CONCURRENCY) -Q opsq.fleet,opsq.control
+
+.PHONY: start
+start: db  ## start the worker daemons (celery multi)
+	@mkdir -p $(RUN_DIR) $(LOG_DIR)
+	$(BIN)/celery multi start $(NODES) $(MULTI_OPTS)
+
+.PHONY: stop
+stop: venv  ## stop the worker daemons, waiting for running tasks to finish
+	$(BIN)/celery multi stopwait $(NODES) $(MULTI_OPTS)
+
+.PHONY: restart
+restart: db  ## restart the worker daemons
+	@mkdir -p $(RUN_DIR) $(LOG_DIR)
+	$(BIN)/celery multi restart $(NODES) $(MULTI_OPTS)
+
+.PHONY: run
+run: venv  ## run CMD on TARGET: make run CMD='uptime' TARGET='fleet:!host03'
+	@test -n "$(CMD)" -a -n "$(TARGET)" || { echo "usage: make run CMD='uptime' TARGET='pattern' [WAIT=1]"; exit 2; }
+	$(BIN)/opsq run "$(CMD)" -t "$(TARGET)" $(if $(WAIT),--wait)
+
+.PHONY: result
+result: venv  ## show a job's results: make result JOB=<id>
+	@test -n "$(JOB)" || { echo "usage: make result JOB=<job id>"; exit 2; }
+	$(BIN)/opsq result "$(JOB)" --wait
+
+.PHONY: jobs
+jobs: venv  ## recent jobs
+	$(BIN)/opsq jobs
+
+.PHONY: demo
+demo: db  ## everything from scratch, then one real job across the local fleet
+	$(MAKE) --no-print-directory fleet-up N=$(N)
+	$(MAKE) --no-print-directory start
+	$(BIN)/python -m opsq.demo
+
+.PHONY: test
+test: venv services  ## the whole suite, against real RabbitMQ, PostgreSQL, workers and sshd
+	$(BIN)/pytest -q
+
+.PHONY: bench
+bench: venv services  ## benchmark: opsq job vs. baselines, same process
+	$(BIN)/python -m tests.bench
+
+.PHONY: lint
+lint: venv
+	$(BIN)/ruff check opsq tests

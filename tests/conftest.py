@@ -1,0 +1,141 @@
+"""Test fixtures against the real thing, isolated per run.
+
+Each run gets a throwaway PostgreSQL database and RabbitMQ vhost, a fleet of real
+``sshd`` hosts on its own loopback subnet, and real Celery workers started as
+subprocesses with the same environment. The environment is set here, before anything
+imports opsq, because opsq reads its settings once per process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+TEST_DB = f"opsq_test_{RUN_ID}"
+TEST_VHOST = f"opsq_test_{RUN_ID}"
+WORK = Path(tempfile.mkdtemp(prefix="opsq-test-"))
+FLEET_DIR = WORK / "fleet"
+#: Loopback subnet of the test fleet, apart from the demo fleet's 127.0.1.x.
+FLEET_SUBNET = "127.0.2"
+FLEET_SIZE = 6
+#: Seconds to wait for a worker to answer a ping after it is started.
+WORKER_START_TIMEOUT = 60
+
+os.environ.update({
+    "OPSQ_DATABASE_URL": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{TEST_DB}",
+    "OPSQ_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}",
+    "OPSQ_INVENTORY": str(FLEET_DIR / "inventory.yml"),
+    "OPSQ_KNOWN_HOSTS": str(FLEET_DIR / "known_hosts"),
+    "OPSQ_CONNECT_TIMEOUT": "3",
+    "OPSQ_COMMAND_TIMEOUT": "60",
+    "OPSQ_CONNECT_RETRIES": "1",
+    "OPSQ_RETRY_BACKOFF": "0.2",
+    "OPSQ_ENV_FILE": "/nonexistent",
+})
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def services():
+    """The run's own database (migrated) and vhost; both dropped at the end."""
+    subprocess.run(["bash", str(ROOT / "deploy" / "ensure-services.sh")], check=True)
+    _rabbitmqctl("add_vhost", TEST_VHOST)
+    _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
+    from opsq import schema
+
+    schema.upgrade()
+    yield
+    from opsq import db
+
+    for engine in list(db._engines.values()):
+        engine.dispose()
+    _rabbitmqctl("delete_vhost", TEST_VHOST)
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
+         f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'],
+        check=False, capture_output=True,
+    )
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fleet(services):
+    """A fleet of real sshd hosts on 127.0.2.K, stopped at the end."""
+    from opsq.devfleet import Fleet
+
+    f = Fleet(FLEET_DIR, n=FLEET_SIZE, subnet=FLEET_SUBNET)
+    f.up()
+    yield f
+    f.down()
+
+
+class Worker:
+    """A real ``celery worker`` subprocess on both queues."""
+
+    def __init__(self, name: str, extra_env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log = WORK / f"worker-{name}.log"
+        env = {**os.environ, **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "opsq", "worker", "-l", "INFO",
+             "-P", "threads", "-c", "32", "-Q", "opsq.fleet,opsq.control",
+             "-n", f"{name}@%h", "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        from opsq.app import app
+
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker died: {self.log.read_text()[-3000:]}")
+            replies = app.control.ping(timeout=0.5) or []
+            if any(self.name in k for r in replies for k in r):
+                return
+        raise RuntimeError(f"worker {self.name} did not answer: {self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(fleet):
+    w = Worker("fleetworker")
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def opsq_cli():
+    """Run the ``opsq`` command as a user would; returns the CompletedProcess."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
+        return subprocess.run(
+            [sys.executable, "-m", "opsq.cli", *args], cwd=ROOT, capture_output=True,
+            text=True, env={**os.environ, **(env or {})}, timeout=timeout,
+        )
+
+    return run

@@ -1,0 +1,285 @@
+"""The core job path end to end: real RabbitMQ, PostgreSQL, worker and sshd hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from sqlalchemy import text
+
+from opsq import db, jobs
+from opsq.app import app
+from opsq.tasks.fleet import submit_job
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+# Each fleet host K answers on 127.0.2.K; the command finds K from the server address
+# sshd puts in SSH_CONNECTION, so hosts can behave differently.
+HOST_NUMBER = "n=$(echo $SSH_CONNECTION | cut -d' ' -f3 | cut -d. -f4)"
+
+
+def run_job(command: str, pattern: str = "fleet", **kw) -> dict:
+    result = jobs.submit(jobs.JobSpec(command=command, pattern=pattern, **kw))
+    return result.get(timeout=60)
+
+
+def rows(job_id: str) -> dict[str, dict]:
+    return {r["host"]: r for r in jobs.host_results(job_id)}
+
+
+def test_mixed_exit_codes_are_results_not_failures():
+    summary = run_job(f"{HOST_NUMBER}; echo out$n; echo err$n >&2; [ $n -le 3 ] || exit $n")
+    assert summary["status"] == "failed"
+    assert summary["total"] == 6
+    assert summary["counts"] == {"ok": 3, "failed": 3}
+    assert sorted(summary["failed_hosts"]) == ["host04", "host05", "host06"]
+    got = rows(summary["job_id"])
+    for k in range(1, 7):
+        r = got[f"host{k:02d}"]
+        assert r["stdout"] == f"out{k}\n"
+        assert r["stderr"] == f"err{k}\n"
+        assert r["exit_code"] == (0 if k <= 3 else k)
+        assert r["status"] == ("ok" if k <= 3 else "failed")
+        assert r["duration"] is not None and r["duration"] >= 0
+        assert r["worker"].startswith("fleetworker@")
+        assert r["attempt"] == 1
+
+
+def test_async_result_get_returns_the_summary_and_the_id_is_the_job_id():
+    result = jobs.submit(jobs.JobSpec(command="echo hi", pattern="host01"))
+    assert not result.ready() or result.get()["job_id"] == result.id
+    summary = result.get(timeout=30)
+    assert summary["job_id"] == result.id
+    assert summary["succeeded"] is True
+    assert summary["hosts"] == {"host01": {"status": "ok", "exit_code": 0}}
+    assert result.ready() and result.successful()
+
+
+def test_submit_job_task_delay_gives_the_job_id():
+    result = submit_job.delay("echo from-delay", "odd")
+    summary = result.get(timeout=30)
+    assert summary["job_id"] == result.id
+    assert sorted(summary["hosts"]) == ["host01", "host03", "host05"]
+    assert all(r["stdout"] == "from-delay\n" for r in jobs.host_results(result.id))
+    assert jobs.summary(result.id)["submitted_by"].startswith("celery:")
+
+
+def test_command_timeout_kills_only_that_host():
+    start = time.monotonic()
+    summary = run_job(f"{HOST_NUMBER}; [ $n = 2 ] && sleep 30; echo done", pattern="host0[1-3]",
+                      command_timeout=1.5)
+    elapsed = time.monotonic() - start
+    assert summary["hosts"]["host02"]["status"] == "timeout"
+    assert summary["hosts"]["host01"]["status"] == "ok"
+    assert summary["hosts"]["host03"]["status"] == "ok"
+    assert "1.5 s" in summary["failed_hosts"]["host02"]
+    assert elapsed < 15, elapsed
+
+
+def test_hung_host_sigstop_ends_as_timeout_within_its_deadline(fleet):
+    fleet.stop_host("host05")
+    try:
+        start = time.monotonic()
+        summary = run_job("echo alive", pattern="fleet", connect_timeout=2, command_timeout=3)
+        elapsed = time.monotonic() - start
+    finally:
+        fleet.cont_host("host05")
+    assert summary["hosts"]["host05"]["status"] == "timeout"
+    assert summary["counts"] == {"ok": 5, "timeout": 1}
+    # connect (2 s) + command (3 s) deadline, plus scheduling slack
+    assert elapsed < 10, elapsed
+    # the host recovers and is usable again once resumed
+    assert run_job("true", pattern="host05")["succeeded"]
+
+
+def test_host_without_sshd_is_unreachable_after_retries(tmp_path, fleet):
+    inv = tmp_path / "inv.yml"
+    inv.write_text(
+        "all:\n  hosts:\n"
+        "    ghost:\n      ansible_host: 127.0.2.250\n      ansible_port: 2222\n"
+        f"      ansible_user: opsqfleet\n      ansible_ssh_private_key_file: {fleet.client_key_path}\n"
+    )
+    summary = run_job("true", pattern="ghost", inventory=str(inv))
+    r = rows(summary["job_id"])["ghost"]
+    assert r["status"] == "unreachable"
+    assert "refused" in r["error"] and "2 attempts" in r["error"]
+    assert summary["status"] == "failed"
+
+
+def test_changed_host_key_is_refused_with_fingerprints(fleet):
+    assert run_job("true", pattern="host06")["succeeded"]
+    fleet.rekey_host("host06")
+    summary = run_job("echo should-not-run", pattern="host06")
+    r = rows(summary["job_id"])["host06"]
+    assert r["status"] == "error"
+    assert "CHANGED" in r["error"] and "SHA256:" in r["error"]
+    assert r["stdout"] in (None, "")
+
+
+def test_unknown_host_key_is_refused_then_trusted_explicitly(tmp_path, fleet, opsq_cli):
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    env = {"OPSQ_KNOWN_HOSTS": str(known)}
+    # The worker checks keys against its own known_hosts: point a second worker at ours.
+    from tests.conftest import Worker
+
+    w = Worker("strictworker", extra_env={**env})
+    try:
+        summary = _run_on_worker("true", "host02", "strictworker")
+        r = rows(summary["job_id"])["host02"]
+        assert r["status"] == "error"
+        assert "not in" in r["error"] and "SHA256:" in r["error"]
+        assert "opsq hosts trust host02" in r["error"]
+
+        out = opsq_cli("hosts", "trust", "host02", env=env)
+        assert out.returncode == 0, out.stderr
+        assert "trusted" in out.stdout and "SHA256:" in out.stdout
+        assert "[127.0.2.2]:2222 ssh-ed25519 " in known.read_text()
+        again = opsq_cli("hosts", "trust", "host02", env=env)
+        assert "already trusted" in again.stdout
+        assert known.read_text().count("127.0.2.2") == 1
+
+        assert _run_on_worker("true", "host02", "strictworker")["succeeded"]
+    finally:
+        w.stop()
+
+
+def _run_on_worker(command: str, pattern: str, worker_name: str) -> dict:
+    # Route this job's per-host task to one worker only, through its own queue.
+    queue = f"q.{worker_name}"
+    app.control.add_consumer(queue, destination=[n for n in _nodes() if worker_name in n],
+                             reply=True)
+    job_id = jobs.create(jobs.JobSpec(command=command, pattern=pattern))
+    sig = jobs.job_signature(job_id)
+    for t in sig.tasks:
+        t.set(queue=queue)
+    sig.apply_async()
+    return app.AsyncResult(job_id).get(timeout=60)
+
+
+def _nodes() -> list[str]:
+    return [k for r in app.control.ping(timeout=1) for k in r]
+
+
+def test_large_output_is_capped_and_flagged():
+    summary = run_job("head -c 5242880 /dev/zero | tr '\\0' a; echo tail >&2", pattern="host01")
+    r = rows(summary["job_id"])["host01"]
+    assert r["status"] == "ok"
+    assert r["truncated"] is True
+    assert r["stdout_bytes"] == 5 * 1024 * 1024
+    assert len(r["stdout"]) == 1024 * 1024 and set(r["stdout"]) == {"a"}
+    assert r["stderr"] == "tail\n"
+
+
+def test_non_utf8_output_is_decoded_with_replacement():
+    summary = run_job(r"printf 'caf\351 \377\376 ok\n'; printf '\000x' >&2", pattern="host01")
+    r = rows(summary["job_id"])["host01"]
+    assert r["status"] == "ok"
+    assert r["stdout"] == "caf\ufffd \ufffd\ufffd ok\n"
+    assert r["stderr"] == "\ufffdx"
+    assert r["truncated"] is False
+
+
+def test_local_connection_runs_without_ssh(tmp_path):
+    inv = tmp_path / "inv.ini"
+    inv.write_text("[here]\nlocalhost ansible_connection=local\n")
+    summary = run_job("echo local-$((6*7))", pattern="here", inventory=str(inv))
+    assert summary["succeeded"]
+    assert rows(summary["job_id"])["localhost"]["stdout"] == "local-42\n"
+
+
+def test_cli_run_prints_job_id_at_once_then_result(opsq_cli):
+    start = time.monotonic()
+    out = opsq_cli("run", "sleep 2; echo later", "-t", "host01")
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    assert time.monotonic() - start < 2 + 3  # returned before the command could finish
+    assert jobs.summary(job_id)["status"] in ("queued", "running")
+    res = opsq_cli("result", job_id, "--wait", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["status"] == "succeeded"
+    assert data["results"][0]["stdout"] == "later\n"
+    st = opsq_cli("status", job_id)
+    assert "succeeded" in st.stdout and "1/1 hosts done" in st.stdout
+    listed = opsq_cli("jobs", "-n", "50")
+    assert job_id in listed.stdout
+
+
+def test_cli_wait_exit_code_and_table(opsq_cli):
+    out = opsq_cli("run", f"{HOST_NUMBER}; echo hello$n; exit $((n % 2))", "-t", "fleet:!host06",
+                   "--wait")
+    assert out.returncode == 1, out.stderr
+    assert "5/5 hosts done" in out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["HOST", "STATUS", "EXIT", "TIME", "OUTPUT"]
+    assert any(ln.split()[:3] == ["host02", "ok", "0"] and "hello2" in ln for ln in lines)
+    assert any(ln.split()[:3] == ["host03", "failed", "1"] for ln in lines)
+    assert "host06" not in out.stdout
+    ok = opsq_cli("run", "true", "-t", "even:!host06", "--wait", "--json")
+    assert ok.returncode == 0
+    assert sorted(json.loads(ok.stdout)["hosts"]) == ["host02", "host04"]
+
+
+def test_bad_pattern_and_inventory_are_refused_before_queuing(tmp_path, opsq_cli):
+    with db.session_scope() as s:
+        before = s.execute(text("SELECT count(*) FROM jobs")).scalar()
+    out = opsq_cli("run", "true", "-t", "nosuchgroup")
+    assert out.returncode == 2
+    assert "nosuchgroup" in out.stderr
+    out = opsq_cli("run", "true", "-t", "fleet:!nosuchhost")
+    assert out.returncode == 2 and "nosuchhost" in out.stderr
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[web\nhost1\n")
+    out = opsq_cli("run", "true", "-t", "all", "-i", str(bad))
+    assert out.returncode == 2
+    assert str(bad) in out.stderr and "line 1" in out.stderr
+    missing = opsq_cli("run", "true", "-t", "all", "-i", str(tmp_path / "nope.yml"))
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    unknown = opsq_cli("result", "00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode == 2 and "no job" in unknown.stderr
+    with db.session_scope() as s:
+        assert s.execute(text("SELECT count(*) FROM jobs")).scalar() == before
+
+
+def test_hosts_lists_what_a_pattern_resolves_to(opsq_cli):
+    out = opsq_cli("hosts", "fleet:!host03:&odd")
+    assert out.returncode == 0, out.stderr
+    assert [ln.split()[0] for ln in out.stdout.splitlines()] == ["host01", "host05"]
+    assert "opsqfleet@127.0.2.1:2222" in out.stdout
+
+
+def test_stopped_broker_gives_a_clear_error_and_keeps_the_record(opsq_cli):
+    out = opsq_cli("run", "true", "-t", "host01",
+                   env={"OPSQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"}, timeout=60)
+    assert out.returncode == 3
+    assert "cannot reach RabbitMQ" in out.stderr and "127.0.0.1:1" in out.stderr
+    with db.session_scope() as s:
+        row = s.execute(text(
+            "SELECT status, error FROM jobs ORDER BY submitted_at DESC LIMIT 1")).one()
+    assert row.status == "error" and "RabbitMQ" in row.error
+
+
+def test_stopped_database_gives_a_clear_error(opsq_cli):
+    out = opsq_cli("run", "true", "-t", "host01",
+                   env={"OPSQ_DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:1/x"})
+    assert out.returncode == 3
+    assert "cannot reach PostgreSQL at postgresql+psycopg2://postgres@127.0.0.1:1/x" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_readme_sql_returns_the_rows():
+    summary = run_job(f"{HOST_NUMBER}; echo sql$n; exit $((n == 4))")
+    readme = (os.path.dirname(__file__) + "/../README.md")
+    blocks = open(readme, encoding="utf-8").read().split("```sql")[1:]
+    queries = [b.split("```")[0].strip() for b in blocks]
+    assert len(queries) >= 4
+    with db.get_engine().connect() as conn:
+        for q in queries:
+            result = conn.execute(text(q), {"job_id": summary["job_id"]}).all()
+            assert result, f"README query returned nothing:\n{q}"
+    with db.get_engine().connect() as conn:
+        failed = conn.execute(text(queries[1]), {"job_id": summary["job_id"]}).all()
+    assert [r.host for r in failed] == ["host04"]
