@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 READ_CHUNK_SIZE = 64 * 1024
 #: Upper bound in seconds of the random jitter added to each retry back-off.
 RETRY_JITTER = 0.25
+#: An SSH failure after this fraction of the connect timeout counts as a stall (timeout).
+STALL_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
@@ -343,8 +345,16 @@ def _close_quietly(conn: Connection) -> None:
 # -- running ----------------------------------------------------------------------------
 
 
-def classify_connect_error(host: Host, exc: BaseException) -> tuple[HostStatus, str, bool]:
-    """Map a connection failure to (status, message, worth retrying)."""
+def classify_connect_error(
+    host: Host, exc: BaseException, elapsed: float, options: RunOptions
+) -> tuple[HostStatus, str, bool]:
+    """Map a connection failure to (status, message, worth retrying).
+
+    ``elapsed`` is how long the attempt took: an SSH-level failure that used up the
+    connect deadline is a host that accepted TCP and then stalled (hung sshd, overload),
+    which paramiko reports in several ways ("Error reading SSH protocol banner",
+    "No existing session" after an unfinished key exchange, "Timeout opening channel").
+    """
     where = f"{host.name} ({host.address}:{host.port})"
     if isinstance(exc, HostKeyError):
         return HostStatus.ERROR, str(exc), False
@@ -353,23 +363,26 @@ def classify_connect_error(host: Host, exc: BaseException) -> tuple[HostStatus, 
             f"authentication failed on {where}: {exc} (check ansible_user and "
             "ansible_ssh_private_key_file / OPSQ_SSH_KEY)"
         ), False
-    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionError):
-        return HostStatus.UNREACHABLE, f"cannot connect to {where}: connection refused", True
     if isinstance(exc, socket.gaierror):
         return HostStatus.UNREACHABLE, f"cannot resolve {host.address} for {host.name}: {exc}", \
             False
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return HostStatus.UNREACHABLE, f"no answer from {where} within the connect timeout", False
-    if isinstance(exc, paramiko.SSHException) and (
-        "banner" in str(exc).lower() or "timeout" in str(exc).lower()
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionError):
+        return HostStatus.UNREACHABLE, f"cannot connect to {where}: connection refused", True
+    if isinstance(exc, TimeoutError | socket.timeout) and not isinstance(
+        exc, paramiko.SSHException
     ):
-        # TCP connected but the SSH handshake stalled: a hung host.
-        return HostStatus.TIMEOUT, f"{where} accepted TCP but did not complete the SSH " \
-            f"handshake within the connect timeout ({exc})", False
-    if isinstance(exc, OSError):
-        return HostStatus.UNREACHABLE, f"cannot connect to {where}: {exc}", True
-    if isinstance(exc, paramiko.SSHException | EOFError):
-        return HostStatus.UNREACHABLE, f"SSH failure on {where}: {exc}", True
+        return HostStatus.UNREACHABLE, f"no answer from {where} within " \
+            f"{options.connect_timeout:g} s (TCP connect)", False
+    if isinstance(exc, paramiko.SSHException | EOFError | OSError) and (
+        elapsed >= options.connect_timeout * STALL_FRACTION
+    ):
+        return HostStatus.TIMEOUT, (
+            f"{where} accepted the connection but SSH did not complete within the "
+            f"{options.connect_timeout:g} s connect timeout (host hung or overloaded: {exc})"
+        ), False
+    if isinstance(exc, paramiko.SSHException | EOFError | OSError):
+        return HostStatus.UNREACHABLE, f"SSH failure on {where}: {exc or type(exc).__name__}", \
+            True
     return HostStatus.ERROR, f"{where}: {type(exc).__name__}: {exc}", False
 
 
@@ -395,10 +408,12 @@ def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) 
         conn = pool.checkout(key)
         reused = conn is not None
         if conn is None:
+            began = time.monotonic()
             try:
                 conn = open_connection(host, options)
             except Exception as exc:
-                status, message, retry = classify_connect_error(host, exc)
+                status, message, retry = classify_connect_error(
+                    host, exc, time.monotonic() - began, options)
                 if retry and attempt <= options.connect_retries:
                     delay = options.retry_backoff * 2 ** (attempt - 1)
                     time.sleep(delay + random.uniform(0, RETRY_JITTER))
@@ -407,16 +422,20 @@ def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) 
                     message += f" (after {attempt} attempts)"
                 return CommandOutcome(status=status, error=message, attempts=attempt)
         runner = CappedRemote(context=conn, inline_env=conn.inline_ssh_env)
+        began = time.monotonic()
         try:
             outcome = _execute(runner, command, options)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             _close_quietly(conn)
-            if reused and not hasattr(runner, "channel"):
+            elapsed = time.monotonic() - began
+            if reused and not hasattr(runner, "channel") and (
+                elapsed < options.connect_timeout * STALL_FRACTION
+            ):
                 # The pooled connection died while idle (server restarted): not the
                 # host's failure, and the command had not started. Take a fresh one.
                 attempt -= 1
                 continue
-            status, message, _ = classify_connect_error(host, exc)
+            status, message, _ = classify_connect_error(host, exc, elapsed, options)
             return CommandOutcome(status=status, error=message, attempts=attempt)
         outcome.attempts = attempt
         if outcome.status is HostStatus.TIMEOUT:

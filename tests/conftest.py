@@ -49,7 +49,7 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def services():
     """The run's own database (migrated) and vhost; both dropped at the end."""
     subprocess.run(["bash", str(ROOT / "deploy" / "ensure-services.sh")], check=True)
@@ -126,6 +126,21 @@ def worker(fleet):
     w = Worker("fleetworker")
     yield w
     w.stop()
+
+
+@pytest.fixture
+def start_worker():
+    """Start extra workers for one test; all are stopped when it ends."""
+    started: list[Worker] = []
+
+    def start(name: str, extra_env: dict[str, str] | None = None) -> Worker:
+        w = Worker(name, extra_env)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
 
 
 @pytest.fixture
