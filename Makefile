@@ -92,6 +92,10 @@ jobs: venv  ## recent jobs
 demo: db  ## everything from scratch, then one real job across the local fleet
 	$(MAKE) --no-print-directory fleet-up N=$(N)
 	$(MAKE) --no-print-directory start
+	$(MAKE) --no-print-directory demo-job
+
+.PHONY: demo-job
+demo-job: venv  # (a sub-make, so it sees the inventory fleet-up just wrote)
 	$(BIN)/python -m opsq.demo
 
 .PHONY: test

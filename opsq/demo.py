@@ -22,7 +22,7 @@ DEMO_COMMAND = "echo \"$(id -un)@$(echo $SSH_CONNECTION | cut -d' ' -f3)\"; upti
 QUERIES = [
     ("each host's result",
      "SELECT host, status, exit_code, round(duration::numeric, 3) AS seconds,\n"
-     "       left(stdout, 40) AS stdout\n"
+     "       left(split_part(stdout, E'\\n', 1), 40) AS stdout\n"
      "FROM host_results WHERE job_id = :job_id ORDER BY host"),
     ("the job",
      "SELECT id, status, host_count, ok_count, failed_count, round(duration::numeric, 3) AS s\n"

@@ -112,12 +112,14 @@ def job_signature(job_id: str) -> chord:
             raise JobNotFound(f"no job {job_id}")
         hosts, command = list(job.hosts), job.command
     shown = mask_secrets(command)[:ARGSREPR_COMMAND_LIMIT]
-    header = group(
+    # A list, not a generator: the backend joins chords of known size with a counter
+    # and would fall back to polling (celery.chord_unlock) for a lazy header.
+    header = group([
         run_on_host.si(job_id, host).set(
             argsrepr=repr((host, shown)), kwargsrepr=repr({"job": job_id})
         )
         for host in hosts
-    )
+    ])
     body = finish_job.s(job_id).set(task_id=job_id, argsrepr=repr((job_id,)))
     return chord(header, body)
 

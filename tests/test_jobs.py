@@ -282,3 +282,18 @@ def test_readme_sql_returns_the_rows():
     with db.get_engine().connect() as conn:
         failed = conn.execute(text(queries[1]), {"job_id": summary["job_id"]}).all()
     assert [r.host for r in failed] == ["host04"]
+
+
+def test_chord_is_joined_by_the_counter_not_by_polling():
+    result = jobs.submit(jobs.JobSpec(command="sleep 1", pattern="odd"))
+    with db.session_scope() as s:
+        sizes = s.execute(text("SELECT size FROM opsq_chords")).scalars().all()
+    assert sizes == [3], "the chord was not registered with the counter join"
+    assert result.get(timeout=30)["succeeded"]
+    with db.session_scope() as s:
+        left = s.execute(text("SELECT count(*) FROM opsq_chords")).scalar()
+        parts = s.execute(text("SELECT count(*) FROM opsq_chord_parts")).scalar()
+        unlocks = s.execute(text(
+            "SELECT count(*) FROM celery_taskmeta WHERE name = 'celery.chord_unlock'")).scalar()
+    assert (left, parts) == (0, 0), "the joined chord's rows were not cleaned up"
+    assert unlocks == 0
