@@ -103,8 +103,9 @@ class PostgresBackend(DatabaseBackend):
             # A frozen chord applied again reuses its group id: start the count afresh.
             conn.execute(text("DELETE FROM opsq_chords WHERE group_id = :gid"), {"gid": group_id})
             conn.execute(
-                text("INSERT INTO opsq_chords (group_id, size) VALUES (:gid, :size)"),
-                {"gid": group_id, "size": len(results)},
+                text("INSERT INTO opsq_chords (group_id, size, callback_id) "
+                     "VALUES (:gid, :size, :cb)"),
+                {"gid": group_id, "size": len(results), "cb": body.options.get("task_id")},
             )
         return None
 
@@ -134,7 +135,7 @@ class PostgresBackend(DatabaseBackend):
             values = [self._unpack_part(r.result) for r in rows]
         except ChordError as exc:
             logger.error("chord %s: %s", gid, exc)
-            self._forget_chord(gid)
+            self.forget_chord(gid)
             return self.chord_error_from_stack(callback, exc)
         try:
             with allow_join_result():
@@ -142,7 +143,7 @@ class PostgresBackend(DatabaseBackend):
         except Exception as exc:  # the broker refused the publish: fail the chord, loudly
             logger.exception("chord %s: callback could not be published", gid)
             return self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
-        self._forget_chord(gid)
+        self.forget_chord(gid)
         return None
 
     def _unpack_part(self, payload: bytes) -> Any:
@@ -153,6 +154,13 @@ class PostgresBackend(DatabaseBackend):
             raise ChordError(f"Dependency {tid} raised {value!r}")
         return value
 
-    def _forget_chord(self, gid: str) -> None:
+    def forget_chord_of(self, callback_id: str) -> None:
+        """Drop the counter of the chord whose callback has this task id (a job id)."""
+        with db.get_engine(self.url).begin() as conn:
+            conn.execute(text("DELETE FROM opsq_chords WHERE callback_id = :cb"),
+                         {"cb": callback_id})
+
+    def forget_chord(self, gid: str) -> None:
+        """Drop a chord's counter and parts (joined, or never published)."""
         with db.get_engine(self.url).begin() as conn:
             conn.execute(text("DELETE FROM opsq_chords WHERE group_id = :gid"), {"gid": gid})

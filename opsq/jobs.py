@@ -28,6 +28,9 @@ from opsq.inventory import Host, Inventory
 from opsq.models import HostResult, HostStatus, Job, JobStatus
 from opsq.settings import DEFAULT_INVENTORY, get_settings
 
+# Tasks are named rather than imported, so submitting does not load Fabric/paramiko.
+RUN_ON_HOST = "opsq.run_on_host"
+FINISH_JOB = "opsq.finish_job"
 #: Seconds between two looks at the database while waiting for a job.
 WAIT_POLL_INTERVAL = 0.05
 #: Characters of a command shown in Flower's argument column.
@@ -104,8 +107,6 @@ def create(spec: JobSpec, job_id: str | None = None) -> str:
 
 def job_signature(job_id: str) -> chord:
     """The job's chord: one ``run_on_host`` per host, then ``finish_job`` with the job id."""
-    from opsq.tasks.fleet import finish_job, run_on_host
-
     with db.session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -115,12 +116,12 @@ def job_signature(job_id: str) -> chord:
     # A list, not a generator: the backend joins chords of known size with a counter
     # and would fall back to polling (celery.chord_unlock) for a lazy header.
     header = group([
-        run_on_host.si(job_id, host).set(
+        app.signature(RUN_ON_HOST, (job_id, host), immutable=True).set(
             argsrepr=repr((host, shown)), kwargsrepr=repr({"job": job_id})
         )
         for host in hosts
     ])
-    body = finish_job.s(job_id).set(task_id=job_id, argsrepr=repr((job_id,)))
+    body = app.signature(FINISH_JOB, (job_id,)).set(task_id=job_id, argsrepr=repr((job_id,)))
     return chord(header, body)
 
 
@@ -134,6 +135,7 @@ def submit(spec: JobSpec) -> AsyncResult:
     try:
         job_signature(job_id).apply_async()
     except (BrokerOperationalError, OSError) as exc:
+        app.backend.forget_chord_of(job_id)  # its counter was made before the publish failed
         safe = app.connection_for_write().as_uri()
         message = (f"cannot reach RabbitMQ at {safe}: {exc} "
                    "(is it running? check OPSQ_BROKER_URL)")

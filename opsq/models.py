@@ -140,6 +140,8 @@ class ChordCounter(Base):
     group_id: Mapped[str] = mapped_column(String(155), primary_key=True)
     size: Mapped[int] = mapped_column(Integer)
     done: Mapped[int] = mapped_column(Integer, default=0)
+    #: The task id of the chord's callback: for a job, the job id.
+    callback_id: Mapped[str | None] = mapped_column(String(155), index=True)
     #: When a worker claimed the right to publish the callback (re-claimable if stale).
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     published: Mapped[bool] = mapped_column(Boolean, default=False)

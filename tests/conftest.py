@@ -49,16 +49,18 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
 
 
-@pytest.fixture(scope="session")
-def services():
-    """The run's own database (migrated) and vhost; both dropped at the end."""
+def create_services() -> None:
+    """Start what is down, then create this run's vhost and migrated database."""
     subprocess.run(["bash", str(ROOT / "deploy" / "ensure-services.sh")], check=True)
     _rabbitmqctl("add_vhost", TEST_VHOST)
     _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
     from opsq import schema
 
     schema.upgrade()
-    yield
+
+
+def drop_services() -> None:
+    """Drop this run's vhost, database and scratch files."""
     from opsq import db
 
     for engine in list(db._engines.values()):
@@ -70,6 +72,14 @@ def services():
         check=False, capture_output=True,
     )
     shutil.rmtree(WORK, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def services():
+    """The run's own database (migrated) and vhost; both dropped at the end."""
+    create_services()
+    yield
+    drop_services()
 
 
 @pytest.fixture(scope="session")
@@ -86,13 +96,14 @@ def fleet(services):
 class Worker:
     """A real ``celery worker`` subprocess on both queues."""
 
-    def __init__(self, name: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, extra_env: dict[str, str] | None = None,
+                 concurrency: int = 32) -> None:
         self.name = name
         self.log = WORK / f"worker-{name}.log"
         env = {**os.environ, **(extra_env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "opsq", "worker", "-l", "INFO",
-             "-P", "threads", "-c", "32", "-Q", "opsq.fleet,opsq.control",
+             "-P", "threads", "-c", str(concurrency), "-Q", "opsq.fleet,opsq.control",
              "-n", f"{name}@%h", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True,

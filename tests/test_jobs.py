@@ -287,8 +287,9 @@ def test_readme_sql_returns_the_rows():
 def test_chord_is_joined_by_the_counter_not_by_polling():
     result = jobs.submit(jobs.JobSpec(command="sleep 1", pattern="odd"))
     with db.session_scope() as s:
-        sizes = s.execute(text("SELECT size FROM opsq_chords")).scalars().all()
-    assert sizes == [3], "the chord was not registered with the counter join"
+        chords = s.execute(text("SELECT callback_id, size FROM opsq_chords")).all()
+    assert [tuple(c) for c in chords] == [(result.id, 3)], \
+        "the chord was not registered with the counter join"
     assert result.get(timeout=30)["succeeded"]
     with db.session_scope() as s:
         left = s.execute(text("SELECT count(*) FROM opsq_chords")).scalar()

@@ -83,7 +83,10 @@ def _short(job_id: str, host: str, status: str, exit_code: int | None) -> dict[s
     return {"job_id": job_id, "host": host, "status": status, "exit_code": exit_code}
 
 
-@app.task(name="opsq.run_on_host", bind=True)
+# ignore_result: the host's outcome lives in host_results and reaches the chord through
+# the backend's join; skipping celery_taskmeta saves two writes per host. Flower still
+# shows every state from the task events.
+@app.task(name="opsq.run_on_host", bind=True, ignore_result=True)
 def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
     """Run the job's command on one host and store the outcome; never raises for a host.
 

@@ -83,6 +83,7 @@ def upgrade() -> None:
         sa.Column("group_id", sa.String(155), primary_key=True),
         sa.Column("size", sa.Integer, nullable=False),
         sa.Column("done", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("callback_id", sa.String(155), index=True),
         sa.Column("claimed_at", sa.DateTime(timezone=True)),
         sa.Column("published", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
