@@ -145,17 +145,55 @@ def test_unknown_host_key_is_refused_then_trusted_explicitly(tmp_path, opsq_cli,
     assert _run_on_worker("true", "host02", "strictworker")["succeeded"]
 
 
-def _run_on_worker(command: str, pattern: str, worker_name: str) -> dict:
-    # Route this job's per-host task to one worker only, through its own queue.
+def _run_on_worker(command: str, pattern: str, worker_name: str, **spec) -> dict:
+    return app.AsyncResult(_submit_via(worker_name, command, pattern, **spec)).get(timeout=60)
+
+
+def _submit_via(worker_name: str, command: str, pattern: str, **spec) -> str:
+    """Submit a job whose per-host tasks only ``worker_name`` consumes (its own queue)."""
     queue = f"q.{worker_name}"
     app.control.add_consumer(queue, destination=[n for n in _nodes() if worker_name in n],
                              reply=True)
-    job_id = jobs.create(jobs.JobSpec(command=command, pattern=pattern))
+    job_id = jobs.create(jobs.JobSpec(command=command, pattern=pattern, **spec))
     sig = jobs.job_signature(job_id)
     for t in sig.tasks:
         t.set(queue=queue)
     sig.apply_async()
-    return app.AsyncResult(job_id).get(timeout=60)
+    return job_id
+
+
+def _wait_for_status(job_id: str, host: str, status: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if rows(job_id)[host]["status"] == status:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{host} never reached {status}: {rows(job_id)[host]}")
+
+
+@pytest.mark.parametrize("rerun_safe", [False, True])
+def test_worker_killed_mid_command_is_redelivered_not_lost(start_worker, rerun_safe):
+    import signal
+
+    name = f"crashy{int(rerun_safe)}"
+    first = start_worker(name)
+    job_id = _submit_via(name, "sleep 2; echo finished", "host03", rerun_safe=rerun_safe)
+    _wait_for_status(job_id, "host03", "running")
+    first.stop(signal.SIGKILL)  # the task was not acknowledged: RabbitMQ re-queues it
+    second = start_worker(f"{name}b")
+    app.control.add_consumer(f"q.{name}", destination=[
+        n for n in _nodes() if n.startswith(second.name + "@")], reply=True)
+    summary = app.AsyncResult(job_id).get(timeout=60)
+    r = rows(job_id)["host03"]
+    assert r["attempt"] == (2 if rerun_safe else 1)
+    if rerun_safe:
+        assert r["status"] == "ok" and r["stdout"] == "finished\n"
+        assert summary["succeeded"]
+    else:
+        assert r["status"] == "interrupted"
+        assert "not marked safe to re-run" in r["error"]
+        assert summary["counts"] == {"interrupted": 1}
+        assert summary["status"] == "failed"
 
 
 def _nodes() -> list[str]:

@@ -1,0 +1,41 @@
+"""Pure logic: option precedence and secret masking (no services)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opsq.inventory import Host
+from opsq.jobs import mask_secrets
+from opsq.settings import Settings
+from opsq.ssh import RunOptions, known_hosts_name
+
+
+def settings(**kw) -> Settings:
+    return Settings(_env_file=None, **{"known_hosts": "/tmp/kh", **kw})
+
+
+def test_job_value_beats_inventory_var_beats_setting():
+    s = settings(command_timeout=300, connect_timeout=10)
+    plain = Host(name="a", address="a")
+    tuned = Host(name="b", address="b", vars={"opsq_timeout": 42, "opsq_connect_timeout": "7"})
+    assert RunOptions.resolve(plain, s).command_timeout == 300
+    assert RunOptions.resolve(tuned, s).command_timeout == 42
+    assert RunOptions.resolve(tuned, s).connect_timeout == 7
+    assert RunOptions.resolve(tuned, s, command_timeout=5).command_timeout == 5
+    assert RunOptions.resolve(tuned, s, connect_timeout=1.5).connect_timeout == 1.5
+    assert RunOptions.resolve(plain, s).known_hosts == Path("/tmp/kh")
+
+
+def test_secrets_are_masked_for_display():
+    assert mask_secrets("mysql --password=hunter2 -e 'select 1'") == \
+        "mysql --password=**** -e 'select 1'"
+    assert mask_secrets("curl -H x API_TOKEN=abc123 https://x") == \
+        "curl -H x API_TOKEN=**** https://x"
+    assert mask_secrets("deploy --secret s3cr3t now") == "deploy --secret **** now"
+    assert mask_secrets("DB_PASSWORD: pw uptime") == "DB_PASSWORD: **** uptime"
+    assert mask_secrets("uptime; df -h") == "uptime; df -h"
+
+
+def test_known_hosts_names_follow_openssh():
+    assert known_hosts_name("10.0.0.1", 22) == "10.0.0.1"
+    assert known_hosts_name("10.0.0.1", 2222) == "[10.0.0.1]:2222"
