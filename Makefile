@@ -74,6 +74,10 @@ restart: db  ## restart the worker daemons
 	@mkdir -p $(RUN_DIR) $(LOG_DIR)
 	$(BIN)/celery multi restart $(NODES) $(MULTI_OPTS)
 
+.PHONY: beat
+beat: db  ## run celery beat in the foreground (fires the schedules in PostgreSQL)
+	$(BIN)/celery -A opsq beat -l INFO
+
 .PHONY: run
 run: venv  ## run CMD on TARGET: make run CMD='uptime' TARGET='fleet:!host03'
 	@test -n "$(CMD)" -a -n "$(TARGET)" || { echo "usage: make run CMD='uptime' TARGET='pattern' [WAIT=1]"; exit 2; }

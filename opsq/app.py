@@ -10,6 +10,8 @@ from kombu import Exchange, Queue
 
 from opsq.settings import get_settings
 
+#: opsq's own task modules; users add theirs with OPSQ_TASK_MODULES.
+OPSQ_TASK_MODULES = ["opsq.tasks.fleet", "opsq.tasks.maintenance", "opsq.tasks.examples"]
 #: Queue of per-host SSH work: IO-bound, consumed by a threads-pool worker.
 FLEET_QUEUE = "opsq.fleet"
 #: Queue of bookkeeping (job summaries, schedules, pruning): a small prefork worker.
@@ -26,7 +28,8 @@ BROKER_CONNECT_TIMEOUT = 4
 def make_app() -> Celery:
     """Build the Celery app from the current settings."""
     settings = get_settings()
-    celery = Celery("opsq", include=["opsq.tasks.fleet"])
+    extra = [m.strip() for m in settings.task_modules.split(",") if m.strip()]
+    celery = Celery("opsq", include=[*OPSQ_TASK_MODULES, *extra])
     celery.conf.update(
         broker_url=settings.broker_url,
         result_backend="opsq.backend:PostgresBackend",
@@ -64,6 +67,7 @@ def make_app() -> Celery:
             "interval_max": 1,
         },
         worker_hijack_root_logger=False,
+        beat_scheduler="opsq.scheduler:DatabaseScheduler",
         enable_utc=True,
         timezone="UTC",
     )

@@ -238,6 +238,192 @@ def upgrade() -> None:
     click.echo(f"database schema is up to date ({_safe_url(get_settings().database_url)})")
 
 
+@main.group()
+def schedule() -> None:
+    """Schedules fired by 'celery -A opsq beat' (cron, interval or one-off)."""
+
+
+def _timing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed([
+        click.option("--cron", metavar="'M H DOM MON DOW'", help="Five-field cron line."),
+        click.option("--every", metavar="DURATION", help="Interval: 30s, 10m, 2h, 1d."),
+        click.option("--at", "at", metavar="ISO-TIME", help="Once, e.g. 2026-12-01T09:00."),
+        click.option("--tz", metavar="ZONE", help="IANA zone for --cron and --at (UTC)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.argument("command", nargs=-1)
+@_timing_options
+@click.option("-t", "--target", "pattern", metavar="PATTERN", help="Hosts of a fleet command.")
+@_inventory_option
+@click.option("--timeout", type=float, metavar="SECONDS")
+@click.option("--connect-timeout", type=float, metavar="SECONDS")
+@click.option("--task", metavar="NAME", help="Send this registered Celery task instead.")
+@click.option("--args", "args_json", metavar="JSON", help="--task positional args (array).")
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="--task keyword args (object).")
+@click.option("--disabled", is_flag=True, help="Create it disabled.")
+@_errors
+def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: str | None,
+                 at: str | None, tz: str | None, pattern: str | None, inventory: str | None,
+                 timeout: float | None, connect_timeout: float | None, task: str | None,
+                 args_json: str | None, kwargs_json: str | None, disabled: bool) -> None:
+    """Add schedule NAME: '-t PATTERN -- COMMAND' or '--task NAME'.
+
+    \b
+    opsq schedule add disk --cron '0 2 * * *' --tz Europe/Paris -t db -- df -h /
+    opsq schedule add ping --every 10m -t web -- true
+    opsq schedule add once --at 2026-12-01T09:00 -t all -- reboot
+    opsq schedule add bday --cron '0 9 * * *' --task opsq.examples.birthday_greetings
+    """
+    from opsq import schedules
+
+    when = schedules.timing(cron, every, at, tz)
+    if task:
+        if command or pattern:
+            raise click.UsageError("give either --task or '-t PATTERN -- COMMAND', not both")
+        row = schedules.add(name, when, task, schedules.parse_json(args_json, "args", list),
+                            schedules.parse_json(kwargs_json, "kwargs", dict), not disabled)
+    else:
+        if not pattern or not command:
+            raise click.UsageError("a fleet schedule needs -t PATTERN and '-- COMMAND'")
+        if args_json or kwargs_json:
+            raise click.UsageError("--args/--kwargs go with --task")
+        kwargs = schedules.fleet_kwargs(" ".join(command), pattern, inventory, timeout,
+                                        connect_timeout)
+        row = schedules.add(name, when, schedules.SUBMIT_TASK, [], kwargs, not disabled)
+    click.echo(f"schedule {row.name} added; next run {_when(row.next_run_at)}")
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
+
+
+def _what(row: Any) -> str:
+    if row.task == "opsq.submit_job":
+        return f"{row.kwargs.get('pattern')}: {row.kwargs.get('command')}"
+    return f"{row.task}{tuple(row.args) if row.args else '()'} {row.kwargs or ''}".rstrip()
+
+
+def _expr(row: Any) -> str:
+    if row.kind == "interval":
+        return f"every {float(row.expression):g}s"
+    if row.kind == "cron":
+        return f"cron '{row.expression}' {row.timezone}"
+    return f"at {row.expression}"
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_errors
+def schedule_list(as_json: bool) -> None:
+    """Every schedule with its timing, next run and what it runs."""
+    from opsq import schedules
+
+    rows = schedules.all_schedules()
+    if as_json:
+        click.echo(json.dumps([_schedule_dict(r) for r in rows], indent=2, default=str))
+        return
+    for r in rows:
+        state = "on " if r.enabled else "off"
+        click.echo(f"{r.name:<20} {state} {_expr(r):<32} next {_when(r.next_run_at):<24} "
+                   f"runs {r.run_count:<5} {_what(r)}")
+
+
+def _schedule_dict(r: Any) -> dict[str, Any]:
+    return {k: getattr(r, k) for k in (
+        "name", "kind", "expression", "timezone", "task", "args", "kwargs", "enabled",
+        "created_at", "updated_at", "last_run_at", "next_run_at", "run_count", "last_task_id")}
+
+
+@schedule.command("show")
+@click.argument("name")
+@click.option("-n", "--limit", default=10, show_default=True, help="Recent jobs shown.")
+@_errors
+def schedule_show(name: str, limit: int) -> None:
+    """One schedule, with its recent jobs."""
+    from opsq import schedules
+
+    r = schedules.get(name)
+    for key, value in _schedule_dict(r).items():
+        click.echo(f"{key:<13} {value}")
+    recent = schedules.recent_jobs(r.id, limit)
+    click.echo(f"recent jobs ({len(recent)}):")
+    for j in recent:
+        click.echo(f"  {j.id}  {j.submitted_at:%Y-%m-%d %H:%M:%S}  {j.status:<9} "
+                   f"{j.ok_count}/{j.host_count} ok")
+
+
+@schedule.command("edit")
+@click.argument("name")
+@_timing_options
+@click.option("-t", "--target", "pattern", metavar="PATTERN")
+@click.option("--command", metavar="COMMAND")
+@click.option("--timeout", type=float, metavar="SECONDS")
+@_errors
+def schedule_edit(name: str, cron: str | None, every: str | None, at: str | None,
+                  tz: str | None, pattern: str | None, command: str | None,
+                  timeout: float | None) -> None:
+    """Change a schedule's timing or command; beat picks it up within a second."""
+    from opsq import schedules
+
+    when = schedules.timing(cron, every, at, tz) if (cron or every or at) else None
+    if tz and when is None:
+        raise click.UsageError("--tz goes with --cron or --at")
+    update = {k: v for k, v in (("pattern", pattern), ("command", command),
+                                ("timeout", timeout)) if v is not None}
+    if when is None and not update:
+        raise click.UsageError("nothing to change")
+    r = schedules.edit(name, when=when, kwargs_update=update)
+    click.echo(f"schedule {r.name}: {_expr(r)}; next run {_when(r.next_run_at)}")
+
+
+@schedule.command("enable")
+@click.argument("name")
+@_errors
+def schedule_enable(name: str) -> None:
+    """Enable a schedule (it continues from now; missed runs are not fired)."""
+    from opsq import schedules
+
+    r = schedules.edit(name, enabled=True)
+    click.echo(f"schedule {r.name} enabled; next run {_when(r.next_run_at)}")
+
+
+@schedule.command("disable")
+@click.argument("name")
+@_errors
+def schedule_disable(name: str) -> None:
+    """Disable a schedule; it stops firing within a second."""
+    from opsq import schedules
+
+    schedules.edit(name, enabled=False)
+    click.echo(f"schedule {name} disabled")
+
+
+@schedule.command("rm")
+@click.argument("name")
+@_errors
+def schedule_rm(name: str) -> None:
+    """Remove a schedule (its jobs stay, with the schedule's name)."""
+    from opsq import schedules
+
+    schedules.remove(name)
+    click.echo(f"schedule {name} removed")
+
+
+@schedule.command("run-now")
+@click.argument("name")
+@_errors
+def schedule_run_now(name: str) -> None:
+    """Fire a schedule once now; prints the job (task) id."""
+    from opsq import schedules
+
+    click.echo(schedules.run_now(name))
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 

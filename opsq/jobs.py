@@ -58,6 +58,8 @@ class JobSpec:
     connect_timeout: float | None = None
     rerun_safe: bool = False
     submitted_by: str | None = None
+    schedule_id: int | None = None
+    schedule: str | None = None
 
 
 def load_inventory(path: str | None = None) -> Inventory:
@@ -95,7 +97,7 @@ def create(spec: JobSpec, job_id: str | None = None) -> str:
             hosts=[h.name for h in hosts], host_count=len(hosts),
             status=JobStatus.QUEUED.value, submitted_by=spec.submitted_by or _whoami(),
             command_timeout=spec.command_timeout, connect_timeout=spec.connect_timeout,
-            rerun_safe=spec.rerun_safe,
+            rerun_safe=spec.rerun_safe, schedule_id=spec.schedule_id, schedule=spec.schedule,
         ))
         session.execute(insert(HostResult), [
             {"job_id": job_id, "host": h.name, "target": h.to_dict(),
@@ -103,6 +105,19 @@ def create(spec: JobSpec, job_id: str | None = None) -> str:
             for h in hosts
         ])
     return job_id
+
+
+def record_failed_submission(spec: JobSpec, job_id: str, reason: str) -> None:
+    """Keep a job that could not start (e.g. a schedule's pattern no longer matches) as a
+    row with status ``error``, so it shows in ``opsq jobs`` and SQL instead of vanishing."""
+    with db.session_scope() as session:
+        session.execute(insert(Job).values(
+            id=job_id, command=spec.command, pattern=spec.pattern,
+            inventory=spec.inventory or "", hosts=[], host_count=0,
+            status=JobStatus.ERROR.value, submitted_by=spec.submitted_by or _whoami(),
+            schedule_id=spec.schedule_id, schedule=spec.schedule, error=reason,
+            finished_at=func.now(),
+        ))
 
 
 def job_signature(job_id: str) -> chord:

@@ -95,6 +95,11 @@ class Job(Base):
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     interrupted_count: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    #: The schedule that started the job (NULL when run by hand or the schedule is gone).
+    schedule_id: Mapped[int | None] = mapped_column(
+        ForeignKey("schedules.id", ondelete="SET NULL"), index=True)
+    #: The schedule's name, kept after the schedule is removed.
+    schedule: Mapped[str | None] = mapped_column(Text)
 
 
 class HostResult(Base):
@@ -130,6 +135,38 @@ class HostResult(Base):
     worker: Mapped[str | None] = mapped_column(Text)
     #: Why the host did not run the command (timeout, refused key, unreachable...).
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ScheduleKind(str, Enum):
+    CRON = "cron"
+    INTERVAL = "interval"
+    ONCE = "once"
+
+
+class Schedule(Base):
+    """A job or task fired by ``celery beat`` on a cron line, an interval, or once."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    #: A five-field cron line, an interval in seconds, or an ISO 8601 time (once).
+    expression: Mapped[str] = mapped_column(Text)
+    #: IANA zone the cron line and a naive ``--at`` time are read in.
+    timezone: Mapped[str] = mapped_column(Text, default="UTC")
+    #: The Celery task sent; fleet commands are ``opsq.submit_job``.
+    task: Mapped[str] = mapped_column(Text)
+    args: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    run_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: The task id of the last firing: for a fleet command, the job id.
+    last_task_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class ChordCounter(Base):

@@ -35,6 +35,8 @@ DEFAULT_CONNECT_RETRIES = 2
 DEFAULT_RETRY_BACKOFF = 0.5
 #: Seconds an idle pooled SSH connection is kept open in a worker.
 DEFAULT_POOL_IDLE = 300.0
+#: Days finished jobs and their host results are kept by the daily retention schedule.
+DEFAULT_RETENTION_DAYS = 30
 #: Concurrent per-host tasks one fleet worker runs (threads).
 DEFAULT_FLEET_CONCURRENCY = 64
 
@@ -60,6 +62,9 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(DEFAULT_RETRY_BACKOFF, ge=0)
     pool_idle: float = Field(DEFAULT_POOL_IDLE, ge=0)
     fleet_concurrency: int = Field(DEFAULT_FLEET_CONCURRENCY, ge=1)
+    retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1)
+    #: Extra task modules workers and ``opsq schedule add --task`` import (comma-separated).
+    task_modules: str = ""
     #: Default SSH user when the inventory names none (``None``: the worker's OS user).
     ssh_user: str | None = None
     #: Private key used when the inventory names none (a path; never sent to the broker).

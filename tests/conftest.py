@@ -139,6 +139,61 @@ def worker(fleet):
     w.stop()
 
 
+class Beat:
+    """A real ``celery beat`` subprocess with opsq's database scheduler."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.log = WORK / f"beat-{name}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "opsq", "beat", "-l", "INFO",
+             "-s", str(WORK / f"beat-{name}.db")],
+            cwd=ROOT, env=dict(os.environ), stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    @property
+    def leading(self) -> bool:
+        return "beat: leading" in self.text()
+
+    def wait_leading(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.leading:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"beat died: {self.text()[-3000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"beat {self.name} never led: {self.text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_beat():
+    """Start beat processes for one test; all are stopped when it ends."""
+    started: list[Beat] = []
+
+    def start(name: str = "beat") -> Beat:
+        b = Beat(name)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
 @pytest.fixture
 def start_worker():
     """Start extra workers for one test; all are stopped when it ends."""

@@ -10,12 +10,14 @@ import time
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 from celery.signals import worker_shutdown
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from opsq import db, jobs
 from opsq.app import app
+from opsq.errors import InventoryError, PatternError
 from opsq.inventory import Host
 from opsq.models import HostStatus
 from opsq.settings import get_settings
@@ -167,16 +169,28 @@ def submit_job(
     connect_timeout: float | None = None,
     rerun_safe: bool = False,
     submitted_by: str | None = None,
+    schedule_id: int | None = None,
+    schedule: str | None = None,
 ) -> Any:
     """Resolve, record and fan out a job from a worker; this task's id is the job id.
 
     The task replaces itself with the job's chord, so ``AsyncResult(id).get()`` returns
-    the job summary as with ``opsq.jobs.submit``.
+    the job summary as with ``opsq.jobs.submit``. A pattern or inventory that no longer
+    resolves is kept as a job with status ``error``. A second delivery of the same
+    firing (same task id) is ignored: the job exists already.
     """
     spec = jobs.JobSpec(
         command=command, pattern=pattern, inventory=inventory, command_timeout=timeout,
         connect_timeout=connect_timeout, rerun_safe=rerun_safe,
         submitted_by=submitted_by or f"celery:{self.request.hostname}",
+        schedule_id=schedule_id, schedule=schedule,
     )
-    job_id = jobs.create(spec, job_id=self.request.id)
+    try:
+        job_id = jobs.create(spec, job_id=self.request.id)
+    except IntegrityError:
+        logger.warning("job %s exists already: duplicate submission ignored", self.request.id)
+        raise Ignore() from None
+    except (InventoryError, PatternError) as exc:
+        jobs.record_failed_submission(spec, self.request.id, str(exc))
+        return jobs.summary(self.request.id)
     raise self.replace(jobs.job_signature(job_id))

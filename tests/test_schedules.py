@@ -1,0 +1,314 @@
+"""Schedules end to end: real beat processes, a real worker, PostgreSQL and RabbitMQ."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from opsq import db, jobs, schedules
+from opsq.models import ScheduleKind
+from opsq.scheduler import fire_due
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+@pytest.fixture(autouse=True)
+def clean_schedules():
+    # Each test starts with only the built-in retention schedule, disabled so it stays
+    # out of the counts.
+    with db.session_scope() as s:
+        s.execute(text("DELETE FROM schedules WHERE name <> :n"),
+                  {"n": schedules.RETENTION_SCHEDULE})
+        s.execute(text("UPDATE schedules SET enabled = false, next_run_at = NULL"))
+    yield
+
+
+def jobs_of(name: str) -> list[dict]:
+    with db.session_scope() as s:
+        rows = s.execute(text(
+            "SELECT id, status, host_count, ok_count, submitted_at FROM jobs "
+            "WHERE schedule = :n ORDER BY submitted_at"), {"n": name}).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def wait_until(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def add_every(name: str, every: str, command: str = "echo tick", pattern: str = "odd"):
+    return schedules.add(name, schedules.timing(every=every), schedules.SUBMIT_TASK,
+                         kwargs=schedules.fleet_kwargs(command, pattern))
+
+
+def test_every_2s_fires_real_jobs_then_disable_edit_and_remove_take_effect(
+        start_beat, opsq_cli):
+    add_every("tick", "2s")
+    beat = start_beat()
+    beat.wait_leading()
+    fired = wait_until(lambda: len(jobs_of("tick")) >= 3 and jobs_of("tick"), 12,
+                       "three firings")
+    done = wait_until(
+        lambda: [j for j in jobs_of("tick") if j["status"] == "succeeded"][:2], 20,
+        "two finished jobs")
+    for j in done:
+        assert (j["host_count"], j["ok_count"]) == (3, 3)
+        rows = jobs.host_results(j["id"])
+        assert {r["stdout"] for r in rows} == {"tick\n"}
+    gaps = [(b["submitted_at"] - a["submitted_at"]).total_seconds()
+            for a, b in zip(fired, fired[1:], strict=False)]
+    assert all(1.0 < g < 3.5 for g in gaps[:2]), gaps
+
+    # editing the interval takes effect without restarting beat
+    out = opsq_cli("schedule", "edit", "tick", "--every", "1s")
+    assert out.returncode == 0, out.stderr
+    before = len(jobs_of("tick"))
+    time.sleep(4.5)
+    assert len(jobs_of("tick")) - before >= 3
+
+    # disabling stops the firings within 5 s
+    out = opsq_cli("schedule", "disable", "tick")
+    assert out.returncode == 0, out.stderr
+    time.sleep(1.5)
+    settled = len(jobs_of("tick"))
+    time.sleep(4)
+    assert len(jobs_of("tick")) == settled
+
+    # enabling resumes from now, without a burst of the runs missed while disabled
+    assert opsq_cli("schedule", "enable", "tick").returncode == 0
+    wait_until(lambda: len(jobs_of("tick")) > settled, 5, "a firing after enable")
+    time.sleep(0.5)
+    assert len(jobs_of("tick")) <= settled + 1
+
+    # removing stops them too; the jobs stay, with the schedule's name
+    assert opsq_cli("schedule", "rm", "tick").returncode == 0
+    time.sleep(1.5)
+    settled = len(jobs_of("tick"))
+    time.sleep(4)
+    assert len(jobs_of("tick")) == settled > 0
+
+
+def test_two_beats_fire_once_per_due_time_and_standby_takes_over(start_beat):
+    add_every("duo", "1s", command="true", pattern="host01")
+    a, b = start_beat("a"), start_beat("b")
+    wait_until(lambda: a.leading or b.leading, 30, "a leader")
+    time.sleep(1)
+    assert [a.leading, b.leading].count(True) == 1
+    leader, standby = (a, b) if a.leading else (b, a)
+    time.sleep(4)
+    runs = schedules.get("duo").run_count
+    ids = [j["id"] for j in jobs_of("duo")]
+    assert 3 <= runs <= 6, runs
+    assert len(ids) == len(set(ids))
+    assert abs(len(ids) - runs) <= 1  # the last firing's job may not be written yet
+
+    leader.stop(signal.SIGKILL)
+    standby.wait_leading(timeout=10)
+    count = schedules.get("duo").run_count
+    wait_until(lambda: schedules.get("duo").run_count >= count + 2, 10,
+               "firings from the new leader")
+
+
+def test_missed_runs_fire_once_not_in_a_burst():
+    row = add_every("late", "2s", command="true", pattern="host01")
+    cron = schedules.add("late-cron", schedules.timing(cron="* * * * *"),
+                         schedules.SUBMIT_TASK,
+                         kwargs=schedules.fleet_kwargs("true", "host01"))
+    now = datetime.now(UTC)
+    with db.session_scope() as s:
+        # as if beat had been down for ten minutes
+        s.execute(text("UPDATE schedules SET next_run_at = :t WHERE id IN (:a, :b)"),
+                  {"t": now - timedelta(minutes=10), "a": row.id, "b": cron.id})
+    assert sorted(fire_due(now)) == ["late", "late-cron"]
+    assert fire_due(now) == []
+    late, late_cron = schedules.get("late"), schedules.get("late-cron")
+    assert late.run_count == late_cron.run_count == 1
+    assert now < late.next_run_at <= now + timedelta(seconds=2)
+    assert late_cron.next_run_at == (now + timedelta(minutes=1)).replace(second=0,
+                                                                           microsecond=0)
+    wait_until(lambda: len(jobs_of("late")) == 1 and len(jobs_of("late-cron")) == 1, 15,
+               "one job each")
+
+
+def test_a_firing_sent_twice_makes_one_job():
+    row = add_every("twice", "1h", command="true", pattern="host01")
+    due = datetime.now(UTC).replace(microsecond=0)
+    task_id = schedules.firing_id(row.id, due)
+    schedules.send(row, task_id=task_id)
+    schedules.send(row, task_id=task_id)  # a failed-over beat re-sending the same firing
+    summary = jobs.wait(wait_until(lambda: jobs_of("twice") and task_id, 15, "the job"),
+                        timeout=30)
+    assert summary["succeeded"]
+    time.sleep(1)
+    assert [j["id"] for j in jobs_of("twice")] == [task_id]
+
+
+def test_one_off_fires_once_and_disables_itself(start_beat):
+    at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    schedules.add("oneoff", schedules.timing(at=at), schedules.SUBMIT_TASK,
+                  kwargs=schedules.fleet_kwargs("echo once", "host02"))
+    start_beat().wait_leading()
+    wait_until(lambda: jobs_of("oneoff"), 15, "the one-off job")
+    time.sleep(3)
+    assert len(jobs_of("oneoff")) == 1
+    row = schedules.get("oneoff")
+    assert (row.enabled, row.next_run_at, row.run_count) == (False, None, 1)
+
+
+def test_cron_next_run_across_time_zones_and_dst():
+    paris = schedules.Timing(ScheduleKind.CRON, "30 2 * * *", "Europe/Paris")
+    # 2026-03-29: clocks jump 02:00 -> 03:00 in Paris; 02:30 does not exist that day.
+    before = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)
+    first = paris.next_after(before)
+    assert first == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)  # 03:00 CEST
+    assert paris.next_after(first) == datetime(2026, 3, 30, 0, 30, tzinfo=UTC)
+    ny = schedules.Timing(ScheduleKind.CRON, "0 9 * * 1-5", "America/New_York")
+    friday_evening = datetime(2026, 11, 27, 23, 0, tzinfo=UTC)
+    assert ny.next_after(friday_evening) == datetime(2026, 11, 30, 14, 0, tzinfo=UTC)
+    utc = schedules.Timing(ScheduleKind.CRON, "*/15 * * * *", "UTC")
+    assert utc.next_after(datetime(2026, 1, 1, 10, 7, tzinfo=UTC)) == \
+        datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
+    every = schedules.Timing(ScheduleKind.INTERVAL, "10.0")
+    prev = datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC)
+    assert every.next_after(prev + timedelta(seconds=35), prev) == prev + timedelta(seconds=40)
+
+
+def test_interval_and_at_parsing():
+    assert schedules.parse_every("30s") == 30
+    assert schedules.parse_every("10m") == 600
+    assert schedules.parse_every("2h") == 7200
+    assert schedules.parse_every("1.5d") == 129600
+    t = schedules.timing(at="2026-12-01T09:00", tz="Europe/Paris")
+    assert t.expression == "2026-12-01T08:00:00+00:00"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cron", "61 * * * *", "-t", "odd", "--", "true"], "invalid cron line"),
+    (["--cron", "0 2 * * * *", "-t", "odd", "--", "true"], "five fields"),
+    (["--cron", "0 9 * * *", "--tz", "Mars/Olympus", "-t", "odd", "--", "true"],
+     "unknown time zone 'Mars/Olympus'"),
+    (["--every", "10x", "-t", "odd", "--", "true"], "invalid interval"),
+    (["--every", "0s", "-t", "odd", "--", "true"], "shorter than"),
+    (["--at", "tomorrow", "-t", "odd", "--", "true"], "invalid time"),
+    (["--at", "2020-01-01T00:00", "-t", "odd", "--", "true"], "in the past"),
+    (["--every", "1m", "--task", "no.such.task"], "unknown task 'no.such.task'"),
+    (["--every", "1m", "--task", "opsq.prune", "--kwargs", "[1]"], "JSON object"),
+    (["--every", "1m", "--task", "opsq.prune", "--args", "{nope"], "not valid JSON"),
+    (["--every", "1m", "-t", "nosuchgroup", "--", "true"], "nosuchgroup"),
+    (["--every", "1m", "--cron", "* * * * *", "-t", "odd", "--", "true"], "exactly one"),
+    (["--every", "1m", "-t", "odd"], "needs -t PATTERN and '-- COMMAND'"),
+])
+def test_bad_schedule_input_is_refused_and_changes_nothing(opsq_cli, args, message):
+    before = [r.name for r in schedules.all_schedules()]
+    out = opsq_cli("schedule", "add", "bad", *args)
+    assert out.returncode == 2, out.stdout
+    assert message in out.stderr
+    assert [r.name for r in schedules.all_schedules()] == before
+
+
+def test_duplicate_name_is_refused(opsq_cli):
+    ok = opsq_cli("schedule", "add", "dup", "--every", "1h", "-t", "odd", "--", "true")
+    assert ok.returncode == 0, ok.stderr
+    again = opsq_cli("schedule", "add", "dup", "--cron", "0 1 * * *", "-t", "even", "--", "ls")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    row = schedules.get("dup")
+    assert (row.kind, row.kwargs["pattern"]) == ("interval", "odd")
+
+
+def test_cli_list_show_and_run_now(opsq_cli):
+    out = opsq_cli("schedule", "add", "disk", "--cron", "0 2 * * *", "--tz", "Europe/Paris",
+                   "-t", "even", "--", "df", "-h", "/")
+    assert out.returncode == 0, out.stderr
+    listed = opsq_cli("schedule", "list").stdout
+    assert "disk" in listed and "cron '0 2 * * *' Europe/Paris" in listed
+    assert "even: df -h /" in listed
+    job_id = opsq_cli("schedule", "run-now", "disk").stdout.strip()
+    summary = jobs.wait(wait_until(lambda: jobs_of("disk") and job_id, 15, "the job"),
+                        timeout=30)
+    assert summary["total"] == 3 and summary["succeeded"]
+    shown = opsq_cli("schedule", "show", "disk").stdout
+    assert job_id in shown and "run_count     1" in shown
+    assert job_id in opsq_cli("jobs").stdout
+
+
+def test_schedule_whose_pattern_stopped_matching_records_an_error_job(tmp_path):
+    inv = tmp_path / "inv.ini"
+    inv.write_text("[gone]\nlocalhost ansible_connection=local\n")
+    row = schedules.add("vanishing", schedules.timing(every="1h"), schedules.SUBMIT_TASK,
+                        kwargs=schedules.fleet_kwargs("true", "gone", inventory=str(inv)))
+    inv.write_text("[other]\nlocalhost ansible_connection=local\n")
+    task_id = schedules.send(row)
+    wait_until(lambda: jobs_of("vanishing"), 15, "the error job")
+    summary = jobs.summary(task_id)
+    assert summary["status"] == "error" and "gone" in summary["error"]
+
+
+def test_birthday_example_greets_the_right_customers_once():
+    from opsq.tasks.examples import birthday_greetings
+
+    with db.session_scope() as s:
+        s.execute(text("DELETE FROM customers"))
+        s.execute(text(
+            "INSERT INTO customers (name, phone, birthday) VALUES "
+            "('Ada', '+100', '1990-03-14'), ('Bob', '+200', '1985-03-15'), "
+            "('Cy', '+300', '2000-03-14'), ('Leap', '+400', '1996-02-29'), "
+            "('Feb28', '+500', '1970-02-28')"))
+    assert birthday_greetings.delay(on="2026-03-14").get(timeout=30) == \
+        {"date": "2026-03-14", "greeted": ["Ada", "Cy"]}
+    # a second run the same day sends nothing twice
+    assert birthday_greetings.delay(on="2026-03-14").get(timeout=30)["greeted"] == []
+    # 29 February birthdays are greeted on 28 February in common years, not in leap years
+    assert birthday_greetings.delay(on="2027-02-28").get(timeout=30)["greeted"] == \
+        ["Leap", "Feb28"]
+    assert birthday_greetings.delay(on="2028-02-28").get(timeout=30)["greeted"] == ["Feb28"]
+    with db.session_scope() as s:
+        sent = s.execute(text("SELECT count(*), min(message) FROM greetings "
+                              "WHERE sent_on = '2026-03-14'")).one()
+    assert sent[0] == 2 and sent[1].startswith("Happy birthday, Ada")
+    today = date.today().isoformat()
+    assert birthday_greetings.delay(tz="UTC").get(timeout=30)["date"] in (
+        today, (date.today() + timedelta(days=1)).isoformat(),
+        (date.today() - timedelta(days=1)).isoformat())
+
+
+def test_birthday_task_can_be_scheduled_from_the_cli(opsq_cli):
+    out = opsq_cli("schedule", "add", "birthdays", "--cron", "0 9 * * *", "--tz",
+                   "Europe/Paris", "--task", "opsq.examples.birthday_greetings",
+                   "--kwargs", '{"tz": "Europe/Paris"}')
+    assert out.returncode == 0, out.stderr
+    row = schedules.get("birthdays")
+    assert (row.task, row.kwargs) == ("opsq.examples.birthday_greetings", {"tz": "Europe/Paris"})
+    assert row.next_run_at.astimezone(schedules.ZoneInfo("Europe/Paris")).hour == 9
+
+
+def test_retention_prunes_old_finished_jobs_only():
+    from opsq.tasks.maintenance import prune
+
+    old_done = jobs.submit(jobs.JobSpec(command="true", pattern="host01")).get(timeout=30)
+    recent = jobs.submit(jobs.JobSpec(command="true", pattern="host01")).get(timeout=30)
+    old_running = jobs.create(jobs.JobSpec(command="true", pattern="host02"))
+    with db.session_scope() as s:
+        s.execute(text("UPDATE jobs SET submitted_at = now() - interval '40 days' "
+                       "WHERE id IN (:a, :b)"), {"a": old_done["job_id"], "b": old_running})
+        s.execute(text("UPDATE jobs SET status = 'running' WHERE id = :b"), {"b": old_running})
+    result = prune.delay(days=30).get(timeout=60)
+    assert result["jobs_deleted"] >= 1
+    with db.session_scope() as s:
+        ids = set(s.execute(text("SELECT id FROM jobs")).scalars())
+        orphans = s.execute(text(
+            "SELECT count(*) FROM host_results WHERE job_id = :a"),
+            {"a": old_done["job_id"]}).scalar()
+    assert old_done["job_id"] not in ids and orphans == 0
+    assert recent["job_id"] in ids and old_running in ids
+    builtin = schedules.get(schedules.RETENTION_SCHEDULE)
+    assert (builtin.kind, builtin.expression, builtin.task) == ("cron", "17 3 * * *",
+                                                                "opsq.prune")
