@@ -7,8 +7,6 @@ VENV     ?= .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 VAR      ?= var
-RUN_DIR  ?= $(VAR)/run
-LOG_DIR  ?= $(VAR)/log
 FLEET_DIR ?= $(VAR)/fleet
 N        ?= 5
 CONCURRENCY ?= 64
@@ -18,14 +16,6 @@ ifneq ($(wildcard $(FLEET_DIR)/inventory.yml),)
 export OPSQ_INVENTORY ?= $(abspath $(FLEET_DIR)/inventory.yml)
 export OPSQ_KNOWN_HOSTS ?= $(abspath $(FLEET_DIR)/known_hosts)
 endif
-
-# Worker daemons (celery multi): a threads-pool node for SSH work, a prefork node for
-# bookkeeping. %n is the node name, %I the pool process index.
-NODES := fleet control
-MULTI_OPTS := -A opsq -l INFO --pidfile=$(abspath $(RUN_DIR))/%n.pid \
-	--logfile=$(abspath $(LOG_DIR))/%n%I.log \
-	-Q:fleet opsq.fleet -P:fleet threads -c:fleet $(CONCURRENCY) \
-	-Q:control opsq.control -P:control prefork -c:control 2
 
 .PHONY: help
 help:  ## list the targets
@@ -61,22 +51,28 @@ worker: db  ## run a worker in the foreground (both queues, threads pool)
 	$(BIN)/celery -A opsq worker -l INFO -P threads -c $(CONCURRENCY) -Q opsq.fleet,opsq.control
 
 .PHONY: start
-start: db  ## start the worker daemons (celery multi)
-	@mkdir -p $(RUN_DIR) $(LOG_DIR)
-	$(BIN)/celery multi start $(NODES) $(MULTI_OPTS)
+start: db  ## start the worker daemons (celery multi: fleet + control nodes) and beat
+	$(BIN)/opsq daemons start
 
 .PHONY: stop
-stop: venv  ## stop the worker daemons, waiting for running tasks to finish
-	$(BIN)/celery multi stopwait $(NODES) $(MULTI_OPTS)
+stop: venv  ## stop the daemons after their running tasks finish
+	$(BIN)/opsq daemons stop
 
 .PHONY: restart
-restart: db  ## restart the worker daemons
-	@mkdir -p $(RUN_DIR) $(LOG_DIR)
-	$(BIN)/celery multi restart $(NODES) $(MULTI_OPTS)
+restart: db  ## restart the daemons (warm: running tasks finish first)
+	$(BIN)/opsq daemons restart
+
+.PHONY: status
+status: venv  ## each daemon's pid and whether it answers a ping
+	$(BIN)/opsq daemons status
 
 .PHONY: beat
 beat: db  ## run celery beat in the foreground (fires the schedules in PostgreSQL)
 	$(BIN)/celery -A opsq beat -l INFO
+
+.PHONY: flower
+flower: venv  ## Flower on 127.0.0.1:5555; needs OPSQ_FLOWER_USER and OPSQ_FLOWER_PASSWORD
+	$(BIN)/opsq flower
 
 .PHONY: run
 run: venv  ## run CMD on TARGET: make run CMD='uptime' TARGET='fleet:!host03'

@@ -424,6 +424,55 @@ def schedule_run_now(name: str) -> None:
     click.echo(schedules.run_now(name))
 
 
+@main.group()
+def daemons() -> None:
+    """Worker nodes (celery multi) and beat as background daemons."""
+
+
+@daemons.command("start")
+@click.option("--no-beat", is_flag=True, help="Start the workers only.")
+def daemons_start(no_beat: bool) -> None:
+    """Start the fleet and control nodes and beat; clears stale pid files first."""
+    from opsq import daemons as d
+
+    sys.exit(d.start(with_beat=not no_beat, echo=click.echo))
+
+
+@daemons.command("stop")
+@click.option("--no-beat", is_flag=True, help="Leave beat running.")
+def daemons_stop(no_beat: bool) -> None:
+    """Stop after the running tasks finish (warm shutdown); nothing is lost."""
+    from opsq import daemons as d
+
+    sys.exit(d.stop(with_beat=not no_beat, echo=click.echo))
+
+
+@daemons.command("restart")
+@click.option("--no-beat", is_flag=True)
+def daemons_restart(no_beat: bool) -> None:
+    """Restart the nodes (warm) and beat."""
+    from opsq import daemons as d
+
+    sys.exit(d.restart(with_beat=not no_beat, echo=click.echo))
+
+
+@daemons.command("status")
+def daemons_status() -> None:
+    """Each node's pid and whether it answers a Celery ping."""
+    from opsq import daemons as d
+
+    sys.exit(d.status(echo=click.echo))
+
+
+@main.command()
+@_errors
+def flower() -> None:
+    """Start Flower on OPSQ_FLOWER_ADDRESS:OPSQ_FLOWER_PORT with authentication."""
+    from opsq.dashboard import exec_flower
+
+    exec_flower()
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 

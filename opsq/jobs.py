@@ -218,7 +218,8 @@ def summary(job_id: str) -> dict[str, Any]:
             "job_id": job.id,
             "status": job.status,
             "succeeded": job.status == JobStatus.SUCCEEDED.value,
-            "command": job.command,
+            # Masked: the summary is stored in celery_taskmeta and shown by Flower.
+            "command": mask_secrets(job.command),
             "pattern": job.pattern,
             "total": job.host_count,
             "done": sum(n for s, n in counts.items() if HostStatus(s).finished),

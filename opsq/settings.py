@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1)
     #: Extra task modules workers and ``opsq schedule add --task`` import (comma-separated).
     task_modules: str = ""
+    #: Where the daemons keep pid files and logs (relative: to the project root).
+    run_dir: str = "var/run"
+    log_dir: str = "var/log"
+    log_level: str = "INFO"
+    #: Flower: address, port, credentials (required unless flower_no_auth on loopback),
+    #: its state database, and RabbitMQ's management API for queue lengths.
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_user: str | None = None
+    flower_password: str | None = None
+    flower_no_auth: bool = False
+    flower_db: str = "var/flower/flower.db"
+    broker_api: str | None = None
     #: Default SSH user when the inventory names none (``None``: the worker's OS user).
     ssh_user: str | None = None
     #: Private key used when the inventory names none (a path; never sent to the broker).
@@ -73,6 +86,12 @@ class Settings(BaseSettings):
     def inventory_path(self) -> Path:
         """The inventory path, made absolute against the project root when relative."""
         return _absolute(self.inventory)
+
+    def run_path(self) -> Path:
+        return _absolute(self.run_dir)
+
+    def log_path(self) -> Path:
+        return _absolute(self.log_dir)
 
     def known_hosts_path(self) -> Path:
         """The known_hosts file host keys are checked against."""

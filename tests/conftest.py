@@ -210,6 +210,17 @@ def start_worker():
 
 
 @pytest.fixture
+def own_vhost(services):
+    """A broker URL on a vhost of its own, for processes that must not share the queues
+    with the session's worker."""
+    vhost = f"{TEST_VHOST}_{secrets.token_hex(3)}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
 def opsq_cli():
     """Run the ``opsq`` command as a user would; returns the CompletedProcess."""
 

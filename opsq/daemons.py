@@ -1,0 +1,178 @@
+"""Worker and beat daemons: ``celery multi`` for the workers, ``celery beat --detach``.
+
+Two worker nodes: ``fleet`` (threads pool, many slots, queue ``opsq.fleet``) for SSH work
+and ``control`` (prefork, two processes, queue ``opsq.control``) for bookkeeping, with pid
+files and logs under the run and log directories from settings. ``stop`` is a warm
+shutdown that waits for running tasks (tasks are acknowledged late, so queued ones stay in
+RabbitMQ). A pid file left by a killed daemon is reported and removed before starting.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from opsq.app import CONTROL_QUEUE, FLEET_QUEUE
+from opsq.settings import PROJECT_ROOT, get_settings
+
+NODES = ("fleet", "control")
+#: Processes of the control node's prefork pool.
+CONTROL_CONCURRENCY = 2
+#: Seconds ``stop`` waits for beat to exit after SIGTERM before SIGKILL.
+BEAT_STOP_TIMEOUT = 15
+#: Seconds a node has to answer ``status``'s ping.
+PING_TIMEOUT = 2.0
+
+
+def celery_bin() -> list[str]:
+    return [sys.executable, "-m", "celery"]
+
+
+def multi_args(action: str) -> list[str]:
+    """The ``celery multi`` command line for ``action`` (start, stopwait, restart...)."""
+    s = get_settings()
+    run, log = s.run_path(), s.log_path()
+    return [
+        *celery_bin(), "multi", action, *NODES, "-A", "opsq", "-l", s.log_level,
+        f"--pidfile={run}/%n.pid", f"--logfile={log}/%n%I.log",
+        "-Q:fleet", FLEET_QUEUE, "-P:fleet", "threads", "-c:fleet", str(s.fleet_concurrency),
+        "-Q:control", CONTROL_QUEUE, "-P:control", "prefork",
+        "-c:control", str(CONTROL_CONCURRENCY),
+    ]
+
+
+def beat_pidfile() -> Path:
+    return get_settings().run_path() / "beat.pid"
+
+
+def beat_args() -> list[str]:
+    s = get_settings()
+    return [*celery_bin(), "-A", "opsq", "beat", "--detach", "-l", s.log_level,
+            f"--pidfile={beat_pidfile()}", f"--logfile={s.log_path()}/beat.log",
+            f"--schedule={s.run_path()}/beat-schedule"]
+
+
+@dataclass
+class PidInfo:
+    name: str
+    path: Path
+    pid: int | None
+    alive: bool
+
+
+def read_pid(name: str, path: Path) -> PidInfo:
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return PidInfo(name, path, None, False)
+    return PidInfo(name, path, pid, _is_celery(pid))
+
+
+def _is_celery(pid: int) -> bool:
+    # Alive, not a zombie, and a celery process: a recycled pid is not our daemon.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and b"celery" in cmdline
+
+
+def pidfiles() -> list[PidInfo]:
+    run = get_settings().run_path()
+    return [read_pid(n, run / f"{n}.pid") for n in NODES] + [read_pid("beat", beat_pidfile())]
+
+
+def clear_stale(echo: Callable[[str], None] = print) -> list[str]:
+    """Remove pid files whose process is gone; returns their names."""
+    cleared = []
+    for info in pidfiles():
+        if info.path.exists() and not info.alive:
+            echo(f"stale pid file {info.path} (pid {info.pid} is not running): removed")
+            info.path.unlink()
+            cleared.append(info.name)
+    return cleared
+
+
+def _run(args: list[str]) -> int:
+    return subprocess.run(args, cwd=PROJECT_ROOT).returncode
+
+
+def start(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
+    s = get_settings()
+    s.run_path().mkdir(parents=True, exist_ok=True)
+    s.log_path().mkdir(parents=True, exist_ok=True)
+    clear_stale(echo)
+    rc = _run(multi_args("start"))
+    if with_beat and rc == 0:
+        beat = read_pid("beat", beat_pidfile())
+        if beat.alive:
+            echo(f"beat already running (pid {beat.pid})")
+        else:
+            rc = _run(beat_args())
+            echo("> beat: started" if rc == 0 else "> beat: FAILED to start")
+    return rc
+
+
+def stop(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
+    """Warm shutdown: wait for running tasks to finish, then exit."""
+    rc = _run(multi_args("stopwait"))
+    if with_beat:
+        stop_beat(echo)
+    clear_stale(echo)
+    return rc
+
+
+def stop_beat(echo: Callable[[str], None] = print) -> None:
+    beat = read_pid("beat", beat_pidfile())
+    if not beat.alive or beat.pid is None:
+        return
+    os.kill(beat.pid, signal.SIGTERM)
+    deadline = time.monotonic() + BEAT_STOP_TIMEOUT
+    while time.monotonic() < deadline and _is_celery(beat.pid):
+        time.sleep(0.1)
+    if _is_celery(beat.pid):
+        os.kill(beat.pid, signal.SIGKILL)
+    beat.path.unlink(missing_ok=True)
+    echo(f"> beat: stopped (pid {beat.pid})")
+
+
+def restart(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
+    clear_stale(echo)
+    rc = _run(multi_args("restart"))
+    if with_beat:
+        stop_beat(echo)
+        rc = rc or _run(beat_args())
+    return rc
+
+
+def status(echo: Callable[[str], None] = print) -> int:
+    """Each node's pid and whether it answers a Celery ping; 0 when all are up."""
+    from opsq.app import app
+
+    host = socket.gethostname()
+    answers: set[str] = set()
+    try:
+        for reply in app.control.ping(timeout=PING_TIMEOUT) or []:
+            answers.update(reply)
+    except Exception as exc:  # broker down: still show the pid files
+        echo(f"cannot ping through the broker: {exc}")
+    ok = True
+    for info in pidfiles():
+        if info.name == "beat":
+            state = "running" if info.alive else "not running"
+            ping = "-"
+        else:
+            state = "running" if info.alive else ("stale pid file" if info.path.exists()
+                                                  else "not running")
+            ping = "answers ping" if f"{info.name}@{host}" in answers else "no ping reply"
+        ok = ok and info.alive and ping != "no ping reply"
+        echo(f"{info.name:<8} pid {info.pid or '-':<8} {state:<15} {ping}")
+    return 0 if ok else 1
