@@ -74,6 +74,11 @@ beat: db  ## run celery beat in the foreground (fires the schedules in PostgreSQ
 flower: venv  ## Flower on 127.0.0.1:5555; needs OPSQ_FLOWER_USER and OPSQ_FLOWER_PASSWORD
 	$(BIN)/opsq flower
 
+.PHONY: screenshot
+screenshot: venv  ## Flower's task list with a fresh job, as var/flower-tasks.png (needs make start)
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	$(BIN)/python -m tests.screenshot
+
 .PHONY: run
 run: venv  ## run CMD on TARGET: make run CMD='uptime' TARGET='fleet:!host03'
 	@test -n "$(CMD)" -a -n "$(TARGET)" || { echo "usage: make run CMD='uptime' TARGET='pattern' [WAIT=1]"; exit 2; }
