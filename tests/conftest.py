@@ -142,7 +142,7 @@ def worker(fleet):
 class Beat:
     """A real ``celery beat`` subprocess with opsq's database scheduler."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str = "beat") -> None:
         self.name = name
         self.log = WORK / f"beat-{name}.log"
         self.proc = subprocess.Popen(
@@ -179,34 +179,29 @@ class Beat:
                 self.proc.wait()
 
 
-@pytest.fixture
-def start_beat():
-    """Start beat processes for one test; all are stopped when it ends."""
-    started: list[Beat] = []
+def _starter(cls):
+    """A fixture body that starts ``cls`` processes on demand and stops them all after."""
+    started = []
 
-    def start(name: str = "beat") -> Beat:
-        b = Beat(name)
-        started.append(b)
-        return b
+    def start(*args, **kwargs):
+        started.append(cls(*args, **kwargs))
+        return started[-1]
 
     yield start
-    for b in started:
-        b.stop()
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def start_beat():
+    """Start beat processes for one test: start_beat(name)."""
+    yield from _starter(Beat)
 
 
 @pytest.fixture
 def start_worker():
-    """Start extra workers for one test; all are stopped when it ends."""
-    started: list[Worker] = []
-
-    def start(name: str, extra_env: dict[str, str] | None = None) -> Worker:
-        w = Worker(name, extra_env)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+    """Start extra workers for one test: start_worker(name, extra_env)."""
+    yield from _starter(Worker)
 
 
 @pytest.fixture

@@ -16,28 +16,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import alive, wait_until
 
 from opsq import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class Daemons:

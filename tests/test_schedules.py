@@ -7,6 +7,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from helpers import wait_until
 from sqlalchemy import text
 
 from opsq import db, jobs, schedules
@@ -35,14 +36,6 @@ def jobs_of(name: str) -> list[dict]:
     return [dict(r._mapping) for r in rows]
 
 
-def wait_until(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def add_every(name: str, every: str, command: str = "echo tick", pattern: str = "odd"):
