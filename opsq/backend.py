@@ -117,16 +117,21 @@ class PostgresBackend(DatabaseBackend):
             return
         payload = ensure_bytes(self.encode([tid, state, self.encode_result(result, state)]))
         engine = db.get_engine(self.url)
-        with engine.begin() as conn:
-            row = conn.execute(
-                _ADD_PART,
-                {"gid": gid, "tid": tid, "idx": request.group_index, "state": state,
-                 "result": payload},
-            ).first()
-            if row is None or row.done < row.size:
-                return  # not a chord of ours (chord_unlock joins it), or not complete yet
-            claimed = conn.execute(_CLAIM, {"gid": gid, "stale": CHORD_CLAIM_STALE}).first()
-        if claimed is None:
+
+        def add_part() -> bool:
+            with engine.begin() as conn:
+                row = conn.execute(
+                    _ADD_PART,
+                    {"gid": gid, "tid": tid, "idx": request.group_index, "state": state,
+                     "result": payload},
+                ).first()
+                if row is None or row.done < row.size:
+                    return False  # not a chord of ours (chord_unlock joins it), or not yet
+                return conn.execute(_CLAIM, {"gid": gid, "stale": CHORD_CLAIM_STALE}
+                                    ).first() is not None
+
+        # Losing this write would leave the job unfinished forever: wait out a restart.
+        if not db.retrying(add_part, f"chord {gid} part {tid}"):
             return
         callback = maybe_signature(request.chord, app=self.app)
         try:

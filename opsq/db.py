@@ -7,10 +7,13 @@ forked child (so in the threads pool): measured at ~4.5 s of mostly PostgreSQL C
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
@@ -30,6 +33,9 @@ POOL_TIMEOUT = 30
 POOL_RECYCLE = 1800
 #: Seconds to wait for PostgreSQL to accept a TCP connection.
 CONNECT_TIMEOUT = 5
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -107,6 +113,29 @@ def ping(url: str | None = None) -> None:
             conn.execute(text("SELECT 1"))
     except OperationalError as exc:
         raise unavailable(exc, url) from exc
+
+
+#: Attempts at a write that must not be lost (a host's result, a chord part) while
+#: PostgreSQL is unreachable, and the first pause between them in seconds (doubling):
+#: about half a minute in all, enough for a database restart.
+WRITE_ATTEMPTS = 7
+WRITE_BACKOFF = 0.5
+
+
+def retrying(write: Callable[[], T], what: str) -> T:
+    """Run ``write``, retrying while the database is unreachable; re-raise at the end.
+
+    For writes after work has been done (a command ran): waiting beats redoing it.
+    """
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            return write()
+        except OperationalError:
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise
+            logger.warning("%s: database unreachable, retrying", what)
+            time.sleep(WRITE_BACKOFF * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def dispose_all() -> None:

@@ -88,6 +88,12 @@ def create(spec: JobSpec, job_id: str | None = None) -> str:
                         ("connect timeout", spec.connect_timeout)):
         if value is not None and value <= 0:
             raise OpsqError(f"the {name} must be a positive number of seconds, not {value}")
+    limit = get_settings().max_command_timeout
+    if (spec.command_timeout or get_settings().command_timeout) > limit:
+        raise OpsqError(
+            f"a command timeout above {limit:g} s is refused: RabbitMQ would drop the "
+            "worker's channel first (consumer_timeout); raise OPSQ_MAX_COMMAND_TIMEOUT "
+            "together with consumer_timeout (deploy/README.md)")
     inv = load_inventory(spec.inventory)
     hosts = inv.resolve(spec.pattern)
     job_id = job_id or str(uuid.uuid4())

@@ -26,6 +26,10 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Keep it well below RabbitMQ's ``consumer_timeout`` (30 min by default): tasks are
 #: acknowledged late, so a task running longer than that gets its channel closed.
 DEFAULT_COMMAND_TIMEOUT = 300.0
+#: Longest command deadline accepted, in seconds: tasks are acknowledged when they end,
+#: and RabbitMQ closes the channel of a consumer holding a message longer than its
+#: consumer_timeout (30 min by default). Raise both together (deploy/README.md).
+DEFAULT_MAX_COMMAND_TIMEOUT = 1740.0
 #: Bytes of stdout (and, separately, stderr) kept per host; the rest is dropped and the
 #: host result is flagged ``truncated``.
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
@@ -57,6 +61,7 @@ class Settings(BaseSettings):
     known_hosts: str = "~/.ssh/known_hosts"
     connect_timeout: float = Field(DEFAULT_CONNECT_TIMEOUT, gt=0)
     command_timeout: float = Field(DEFAULT_COMMAND_TIMEOUT, gt=0)
+    max_command_timeout: float = Field(DEFAULT_MAX_COMMAND_TIMEOUT, gt=0)
     output_limit: int = Field(DEFAULT_OUTPUT_LIMIT, ge=1024)
     connect_retries: int = Field(DEFAULT_CONNECT_RETRIES, ge=0)
     retry_backoff: float = Field(DEFAULT_RETRY_BACKOFF, ge=0)

@@ -336,3 +336,59 @@ def test_chord_is_joined_by_the_counter_not_by_polling():
             "SELECT count(*) FROM celery_taskmeta WHERE name = 'celery.chord_unlock'")).scalar()
     assert (left, parts) == (0, 0), "the joined chord's rows were not cleaned up"
     assert unlocks == 0
+
+
+def test_timeout_beyond_the_broker_consumer_timeout_is_refused(opsq_cli):
+    out = opsq_cli("run", "true", "-t", "host01", "--timeout", "7200")
+    assert out.returncode == 2 and "consumer_timeout" in out.stderr
+
+
+def _pg(action: str) -> None:
+    import subprocess
+
+    version = sorted(Path("/etc/postgresql").iterdir())[0].name
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action,
+                    *(["-m", "fast"] if action == "stop" else [])], check=True)
+
+
+def test_database_restart_mid_job_loses_nothing():
+    result = jobs.submit(jobs.JobSpec(command="sleep 3; echo kept", pattern="odd"))
+    deadline = time.monotonic() + 30
+    while {r["status"] for r in jobs.host_results(result.id)} != {"running"}:
+        assert time.monotonic() < deadline, jobs.host_results(result.id)
+        time.sleep(0.05)
+    _pg("stop")
+    try:
+        time.sleep(4)  # the commands finish while PostgreSQL is down
+    finally:
+        _pg("start")
+    summary = result.get(timeout=120)
+    assert summary["succeeded"], summary
+    assert {r["stdout"] for r in jobs.host_results(result.id)} == {"kept\n"}
+    # and the next job runs normally on the same worker
+    assert run_job("echo after", pattern="host01")["succeeded"]
+
+
+def test_broker_restart_the_worker_reconnects_and_jobs_run():
+    import subprocess
+
+    before = run_job("echo before", pattern="host01")
+    assert before["succeeded"]
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, capture_output=True)
+    try:
+        time.sleep(2)
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, capture_output=True)
+    # the worker reconnects by itself (no restart) and takes new work
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            summary = jobs.submit(jobs.JobSpec(command="echo after", pattern="even")).get(
+                timeout=60)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    assert summary["succeeded"] and summary["total"] == 3

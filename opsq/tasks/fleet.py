@@ -6,18 +6,17 @@ anywhere Celery can send a task (``submit_job.delay(...)``, beat, another servic
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_shutdown
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from opsq import db, jobs
 from opsq.app import app
-from opsq.errors import InventoryError, PatternError
+from opsq.errors import BackendUnavailable, InventoryError, PatternError
 from opsq.inventory import Host
 from opsq.models import HostStatus
 from opsq.settings import get_settings
@@ -25,11 +24,10 @@ from opsq.ssh import CommandOutcome, ConnectionPool, RunOptions, run_on
 
 logger = logging.getLogger(__name__)
 
-#: Attempts at writing a host's result while PostgreSQL is unreachable, and the first
-#: pause in seconds between them (doubling): the command already ran, so its result
-#: is worth waiting for rather than running the command again.
-RESULT_WRITE_ATTEMPTS = 6
-RESULT_WRITE_BACKOFF = 0.5
+#: Retries (through the broker, doubling from 1 s up to CLAIM_RETRY_MAX_DELAY) of a
+#: host task that cannot reach PostgreSQL before it has started anything.
+CLAIM_RETRIES = 12
+CLAIM_RETRY_MAX_DELAY = 30
 
 _pool: ConnectionPool | None = None
 
@@ -96,6 +94,21 @@ def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
     not run the command again unless the job was submitted as safe to re-run: it
     records ``interrupted``. A delivery after the result was stored returns it as is.
     """
+    try:
+        row = _claim(self, job_id, host)
+    except BackendUnavailable as exc:
+        # Nothing has run yet: wait for PostgreSQL through the broker, not in a thread.
+        delay = min(CLAIM_RETRY_MAX_DELAY, 2 ** self.request.retries)
+        logger.warning("job %s host %s: %s; retrying in %s s", job_id, host, exc, delay)
+        raise self.retry(exc=exc, countdown=delay, max_retries=CLAIM_RETRIES) from None
+    if isinstance(row, dict):
+        return row
+    return _run_claimed(job_id, host, row)
+
+
+def _claim(self: Task, job_id: str, host: str) -> Any:
+    """Mark the host running (attempt + 1), or return the short result when it must not
+    run: already finished (duplicate delivery) or interrupted (see run_on_host)."""
     with db.session_scope() as session:
         row = session.execute(_CLAIM, {"job": job_id, "host": host}).first()
         if row is None:
@@ -117,6 +130,10 @@ def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
         session.execute(_START, {"job": job_id, "host": host, "worker": self.request.hostname,
                                  "task": self.request.id})
         session.execute(_JOB_RUNNING, {"job": job_id})
+    return row
+
+
+def _run_claimed(job_id: str, host: str, row: Any) -> dict[str, Any]:
     target = Host.from_dict(row.target)
     try:
         options = RunOptions.resolve(target, get_settings(), row.command_timeout,
@@ -139,20 +156,15 @@ def _store_outcome(job_id: str, host: str, outcome: CommandOutcome) -> None:
         "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes,
         "truncated": outcome.truncated, "error": outcome.error,
     }
-    for attempt in range(RESULT_WRITE_ATTEMPTS):
-        try:
-            with db.get_engine().begin() as conn:
-                conn.execute(_FINISH, params)
-            return
-        except OperationalError:
-            if attempt == RESULT_WRITE_ATTEMPTS - 1:
-                raise
-            logger.warning("job %s host %s: database unreachable, retrying the write",
-                           job_id, host)
-            time.sleep(RESULT_WRITE_BACKOFF * 2**attempt)
+    def write() -> None:
+        with db.get_engine().begin() as conn:
+            conn.execute(_FINISH, params)
+
+    db.retrying(write, f"storing job {job_id} host {host}")
 
 
-@app.task(name="opsq.finish_job", bind=True)
+@app.task(name="opsq.finish_job", bind=True, autoretry_for=(BackendUnavailable,),
+          retry_backoff=True, retry_backoff_max=30, max_retries=20)
 def finish_job(self: Task, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
     """The chord callback: count the hosts' outcomes, close the job, return its summary."""
     return jobs.finish(job_id)
