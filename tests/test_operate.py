@@ -200,3 +200,25 @@ def test_flower_shows_a_job_with_auth_and_without_secrets(flower):
     flower.stop()
     flower.start()
     assert job_id in tasks()
+
+
+def test_plain_celery_multi_from_celerys_docs_works_against_the_app(tmp_path, own_vhost, fleet):
+    env = {**os.environ, "OPSQ_BROKER_URL": own_vhost}
+    opts = [f"--pidfile={tmp_path}/%n.pid", f"--logfile={tmp_path}/%n%I.log"]
+    celery = [sys.executable, "-m", "celery"]
+    out = subprocess.run([*celery, "multi", "start", "w1", "-A", "opsq", "-l", "info", *opts],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    pidfile = tmp_path / "w1.pid"
+    pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30,
+                         "w1's pid file"))
+    try:
+        d = Daemons(tmp_path, own_vhost)
+        run = d.opsq("run", "echo plain-multi", "-t", "host01", "--wait", "--json")
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["results"][0]["stdout"] == "plain-multi\n"
+    finally:
+        out = subprocess.run([*celery, "multi", "stopwait", "w1", "-A", "opsq", *opts],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not alive(pid) and not (tmp_path / "w1.pid").exists()
