@@ -1,8 +1,8 @@
 -- opsq's PostgreSQL role and database. Safe to run again: what exists is kept, and the
 -- role's password changes only when one is given.
 --
---   OPSQ_DB_PASSWORD='...' sudo --preserve-env=OPSQ_DB_PASSWORD -u postgres \
---       psql -v ON_ERROR_STOP=1 -f deploy/postgres-setup.sql
+--   OPSQ_DB_PASSWORD='...' runuser -u postgres -- \
+--       psql -v ON_ERROR_STOP=1 < deploy/postgres-setup.sql
 --
 -- psql variables (-v NAME=VALUE): role (opsq), db (opsq), password. Without -v password,
 -- psql reads it from the environment variable OPSQ_DB_PASSWORD, which keeps it off the
@@ -23,6 +23,13 @@
 \if :{?password}
 \else
   \getenv password OPSQ_DB_PASSWORD
+\endif
+-- An empty password would clear the role's password: treat it as none given.
+\if :{?password}
+  SELECT :'password' = '' AS password_empty \gset
+  \if :password_empty
+    \unset password
+  \endif
 \endif
 
 -- CREATE ROLE has no IF NOT EXISTS.

@@ -88,7 +88,7 @@ shown() {  # a command as one would type it: words with shell characters in sing
 warn() { printf 'rabbitmq-setup.sh: %s\n' "$*" >&2; }
 
 # Run a command that changes the broker, or only show it with --dry-run. A password is
-# never an argument: change() callers pass it on stdin and show "<password on stdin>".
+# never an argument: with_password() feeds it on stdin and shows "<password on stdin>".
 change() {
     if [ "$dry_run" = 1 ]; then
         say "+ $(shown "$@")"
@@ -195,21 +195,22 @@ if [ "$user_exists" = 0 ]; then
     else
         new_password="$(generate_password)"
         say "user '$RUSER': creating, with a new password"
+        # File first: should add_user fail, the next run creates the user with it.
+        if [ -n "$password_file" ]; then write_password_file "$new_password"; fi
         with_password "$new_password" "$RABBITMQCTL" -q add_user "$RUSER"
     fi
 elif [ "$rotate" = 1 ]; then
     new_password="$(generate_password)"
     say "user '$RUSER': exists; setting a new password (--rotate)"
     with_password "$new_password" "$RABBITMQCTL" -q change_password "$RUSER"
+    # File second: it must never hold a password the broker did not take.
+    if [ -n "$password_file" ]; then write_password_file "$new_password"; fi
 else
     say "user '$RUSER': exists; password unchanged (--rotate sets a new one)"
     if [ -n "$password_file" ] && [ -z "$stored_password" ]; then
         warn "$password_file holds no password and the user already has one this script"
         warn "cannot read back: use --rotate to set a new one and write it there"
     fi
-fi
-if [ -n "$new_password" ] && [ -n "$password_file" ]; then
-    write_password_file "$new_password"
 fi
 
 # The whole vhost is opsq's: Celery declares its own exchanges and queues (task queues,

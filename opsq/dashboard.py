@@ -63,7 +63,7 @@ def flower_command(settings: Settings | None = None) -> tuple[list[str], dict[st
         f"--tasks_columns={TASK_COLUMNS}",
     ]
     if s.broker_api:
-        argv.append(f"--broker_api={s.broker_api}")
+        env["FLOWER_BROKER_API"] = s.broker_api  # holds the broker password: keep off argv
     return argv, env
 
 

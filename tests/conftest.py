@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
 TEST_DB = f"opsq_test_{RUN_ID}"
 TEST_VHOST = f"opsq_test_{RUN_ID}"
-WORK = Path(tempfile.mkdtemp(prefix="opsq-test-"))
+WORK = Path(tempfile.gettempdir()) / f"opsq-test-{RUN_ID}"  # made by create_services()
 FLEET_DIR = WORK / "fleet"
 #: Loopback subnet of the test fleet, apart from the demo fleet's 127.0.1.x.
 FLEET_SUBNET = "127.0.2"
@@ -51,6 +51,7 @@ def _rabbitmqctl(*args: str) -> None:
 
 def create_services() -> None:
     """Start what is down, then create this run's vhost and migrated database."""
+    WORK.mkdir(parents=True, exist_ok=True)
     subprocess.run(["bash", str(ROOT / "deploy" / "ensure-services.sh")], check=True)
     _rabbitmqctl("add_vhost", TEST_VHOST)
     _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
