@@ -123,6 +123,18 @@ class _CappedOutput:
 
     read_chunk_size = READ_CHUNK_SIZE
     output_limit: int = 1024 * 1024
+    _killed_by_timer = False
+
+    def kill(self) -> None:
+        # Only the timeout timer calls kill(). invoke decides "timed out" by the timer
+        # thread having ended, which races with the main thread collecting the result
+        # (the timer may still be inside kill()); record it before killing instead.
+        self._killed_by_timer = True
+        super().kill()  # type: ignore[misc]
+
+    @property
+    def timed_out(self) -> bool:
+        return self._killed_by_timer or super().timed_out  # type: ignore[misc]
 
     def _handle_output(self, buffer_: list[str], hide: bool, output: Any, reader: Callable) -> None:
         kept = bytearray()
