@@ -39,3 +39,30 @@ def test_secrets_are_masked_for_display():
 def test_known_hosts_names_follow_openssh():
     assert known_hosts_name("10.0.0.1", 22) == "10.0.0.1"
     assert known_hosts_name("10.0.0.1", 2222) == "[10.0.0.1]:2222"
+
+
+def test_a_command_killed_by_its_deadline_is_always_a_timeout(monkeypatch):
+    import time
+
+    from invoke.runners import Local
+
+    from opsq.models import HostStatus
+    from opsq.ssh import run_local
+
+    # invoke's own check ("the timer thread has ended") loses the race when the timer
+    # is still inside kill() as the result is collected, as closing an SSH channel can
+    # be under load. Make kill() linger to hit that window every time.
+    real_kill = Local.kill
+
+    def slow_kill(self):
+        real_kill(self)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(Local, "kill", slow_kill)
+    opts = RunOptions(command_timeout=0.2, connect_timeout=1, output_limit=1024,
+                      known_hosts=Path("/nonexistent"))
+    outcome = run_local("echo started; sleep 5", opts)
+    assert (outcome.status, outcome.exit_code, outcome.stdout) == \
+        (HostStatus.TIMEOUT, None, "started\n")
+    quick = run_local("echo quick; exit 3", opts)
+    assert (quick.status, quick.exit_code, quick.stdout) == (HostStatus.FAILED, 3, "quick\n")
