@@ -59,7 +59,7 @@ def test_every_2s_fires_real_jobs_then_disable_edit_and_remove_take_effect(
         assert {r["stdout"] for r in rows} == {"tick\n"}
     gaps = [(b["submitted_at"] - a["submitted_at"]).total_seconds()
             for a, b in zip(fired, fired[1:], strict=False)]
-    assert all(1.0 < g < 3.5 for g in gaps[:2]), gaps
+    assert all(0.5 < g < 4.5 for g in gaps[:2]), gaps
 
     # editing the interval takes effect without restarting beat
     out = opsq_cli("schedule", "edit", "tick", "--every", "1s")
