@@ -29,7 +29,8 @@ def make_app() -> Celery:
     """Build the Celery app from the current settings."""
     settings = get_settings()
     extra = [m.strip() for m in settings.task_modules.split(",") if m.strip()]
-    celery = Celery("opsq", include=[*OPSQ_TASK_MODULES, *extra])
+    celery = Celery("opsq", include=[*OPSQ_TASK_MODULES, *extra],
+                    events="opsq.events:OpsqEvents")
     celery.conf.update(
         broker_url=settings.broker_url,
         result_backend="opsq.backend:PostgresBackend",

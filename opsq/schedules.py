@@ -38,6 +38,9 @@ FIRING_NAMESPACE = uuid.UUID("6f707371-0000-4000-8000-736368656475")
 RETENTION_SCHEDULE = "opsq-retention"
 RETENTION_CRON = "17 3 * * *"
 RETENTION_TASK = "opsq.prune"
+RECONCILE_SCHEDULE = "opsq-reconcile"
+RECONCILE_EVERY = 60.0
+RECONCILE_TASK = "opsq.reconcile"
 
 
 class ScheduleError(OpsqError):
@@ -278,8 +281,16 @@ def recent_jobs(schedule_id: int, limit: int = 10) -> list[Job]:
 
 
 def ensure_builtin() -> None:
-    """Create the daily retention schedule if it is missing (``opsq db upgrade``)."""
+    """Create the built-in schedules that are missing (``opsq db upgrade``): daily
+    retention, and a reconcile pass every minute."""
+    builtin = {
+        RETENTION_SCHEDULE: (Timing(ScheduleKind.CRON, RETENTION_CRON, "UTC"), RETENTION_TASK),
+        RECONCILE_SCHEDULE: (Timing(ScheduleKind.INTERVAL, repr(RECONCILE_EVERY)),
+                             RECONCILE_TASK),
+    }
     with db.session_scope() as session:
-        exists = session.scalar(select(Schedule.id).where(Schedule.name == RETENTION_SCHEDULE))
-    if exists is None:
-        add(RETENTION_SCHEDULE, Timing(ScheduleKind.CRON, RETENTION_CRON, "UTC"), RETENTION_TASK)
+        present = set(session.scalars(
+            select(Schedule.name).where(Schedule.name.in_(list(builtin)))))
+    for name, (when, task) in builtin.items():
+        if name not in present:
+            add(name, when, task)

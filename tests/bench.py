@@ -6,6 +6,7 @@ do), then times, for 20 and 100 hosts running ``true``:
 * baseline: Fabric's ThreadingGroup from this process, fresh connections (no queue);
 * baseline: the same ThreadingGroup over connections already open;
 * opsq, Python API: ``jobs.submit()`` until ``AsyncResult.get()`` returns the summary;
+* opsq, Python API: ``jobs.submit()`` alone (how soon the caller has its job id);
 * opsq, CLI: ``opsq run true -t ... --wait`` as a subprocess (interpreter start included).
 
 Prints median and p90 over several runs, and ratios against the first baseline. The
@@ -15,6 +16,7 @@ machine is noisy: compare ratios, not absolute numbers.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +25,8 @@ from collections.abc import Callable
 
 from tests import conftest  # sets the throwaway environment before opsq is imported
 
+#: Where the worker's log is kept after the run (the scratch directory is removed).
+ROOT_LOG = conftest.ROOT / "var" / "bench-worker.log"
 #: Runs per measurement (after one warm-up run).
 RUNS = int(os.environ.get("BENCH_RUNS", "7"))
 #: Fleet sizes measured.
@@ -84,6 +88,15 @@ def main() -> None:
 
             rows.append((n, "opsq: jobs.submit() -> AsyncResult.get() summary", timed(api)))
 
+            pending: list = []
+
+            def submit_only(p: str = pattern, pending: list = pending) -> None:
+                pending.append(jobs.submit(jobs.JobSpec(command="true", pattern=p)))
+
+            rows.append((n, "opsq: jobs.submit() returns the job id", timed(submit_only)))
+            for r in pending:
+                r.get(timeout=120)
+
             def cli(p: str = pattern) -> None:
                 subprocess.run([sys.executable, "-m", "opsq.cli", "run", "true", "-t", p,
                                 "--wait"], check=True, capture_output=True)
@@ -91,6 +104,10 @@ def main() -> None:
             rows.append((n, "opsq: `opsq run true --wait` (CLI process)", timed(cli)))
     finally:
         worker.stop()
+        kept = ROOT_LOG
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(worker.log, kept)
+        print(f"worker log: {kept}")
         fleet.down()
         conftest.drop_services()
 

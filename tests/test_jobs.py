@@ -392,3 +392,13 @@ def test_broker_restart_the_worker_reconnects_and_jobs_run():
                 raise
             time.sleep(1)
     assert summary["succeeded"] and summary["total"] == 3
+
+
+def test_many_concurrent_jobs_all_finish():
+    # Hundreds of tasks finishing at once make the worker publish events and chord
+    # callbacks from many threads: a worker that deadlocks on its own broker connection
+    # (seen with publisher confirms on the event connection) leaves jobs unfinished.
+    for _ in range(6):
+        batch = [jobs.submit(jobs.JobSpec(command="true", pattern="fleet")) for _ in range(30)]
+        for r in batch:
+            assert r.get(timeout=60, interval=0.05)["succeeded"]

@@ -19,11 +19,11 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 @pytest.fixture(autouse=True)
 def clean_schedules():
-    # Each test starts with only the built-in retention schedule, disabled so it stays
-    # out of the counts.
+    # Each test starts with only the built-in schedules, disabled so they stay out of
+    # the counts.
     with db.session_scope() as s:
-        s.execute(text("DELETE FROM schedules WHERE name <> :n"),
-                  {"n": schedules.RETENTION_SCHEDULE})
+        s.execute(text("DELETE FROM schedules WHERE name NOT IN (:a, :b)"),
+                  {"a": schedules.RETENTION_SCHEDULE, "b": schedules.RECONCILE_SCHEDULE})
         s.execute(text("UPDATE schedules SET enabled = false, next_run_at = NULL"))
     yield
 
@@ -305,3 +305,26 @@ def test_retention_prunes_old_finished_jobs_only():
     builtin = schedules.get(schedules.RETENTION_SCHEDULE)
     assert (builtin.kind, builtin.expression, builtin.task) == ("cron", "17 3 * * *",
                                                                 "opsq.prune")
+
+
+def test_reconcile_finishes_a_job_whose_join_was_lost():
+    from opsq.app import app
+    from opsq.tasks.maintenance import reconcile
+
+    job_id = jobs.create(jobs.JobSpec(command="sleep 1; echo done", pattern="odd"))
+    jobs.job_signature(job_id).apply_async()
+    with db.session_scope() as s:  # the join's counter vanishes: no part can complete it
+        s.execute(text("DELETE FROM opsq_chords WHERE callback_id = :j"), {"j": job_id})
+    wait_until(lambda: {r["status"] for r in jobs.host_results(job_id)} == {"ok"}, 30,
+               "the hosts to report")
+    time.sleep(1)
+    assert jobs.summary(job_id)["status"] == "running"
+    assert reconcile.delay(grace=0).get(timeout=30) == {"finished": [job_id]}
+    summary = app.AsyncResult(job_id).get(timeout=10)
+    assert summary["succeeded"] and summary["counts"] == {"ok": 3}
+    assert reconcile.delay(grace=0).get(timeout=30) == {"finished": []}
+
+
+def test_builtin_schedules_exist():
+    rec = schedules.get(schedules.RECONCILE_SCHEDULE)
+    assert (rec.kind, float(rec.expression), rec.task) == ("interval", 60.0, "opsq.reconcile")

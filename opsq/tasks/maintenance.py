@@ -30,6 +30,43 @@ _PRUNE_CHORDS = text(
 )
 
 
+#: Seconds a job must be old before reconcile looks at it (joins normally take far less).
+RECONCILE_GRACE = 60
+
+_UNJOINED = text(
+    """
+    SELECT j.id FROM jobs j
+    WHERE j.status IN ('queued', 'running') AND j.host_count > 0
+      AND j.submitted_at < now() - make_interval(secs => :grace)
+      AND NOT EXISTS (SELECT 1 FROM host_results h
+                      WHERE h.job_id = j.id AND h.status IN ('pending', 'running'))
+    ORDER BY j.submitted_at LIMIT :batch
+    """
+)
+
+
+@app.task(name="opsq.reconcile")
+def reconcile(grace: float = RECONCILE_GRACE) -> dict[str, Any]:
+    """Finish jobs whose hosts have all reported but whose summary was never written.
+
+    The chord join normally does this at once; it can be lost only when PostgreSQL stayed
+    unreachable past the write retries at the moment a host reported. The summary is
+    stored under the job id as the chord callback would have, so ``AsyncResult.get()``
+    returns.
+    """
+    from opsq import jobs
+
+    with db.get_engine().connect() as conn:
+        ids = conn.execute(_UNJOINED, {"grace": grace, "batch": PRUNE_BATCH}).scalars().all()
+    for job_id in ids:
+        logger.warning("job %s: every host reported but the job was never joined; "
+                       "finishing it", job_id)
+        summary = jobs.finish(job_id)
+        app.backend.store_result(job_id, summary, "SUCCESS")
+        app.backend.forget_chord_of(job_id)
+    return {"finished": list(ids)}
+
+
 @app.task(name="opsq.prune")
 def prune(days: int | None = None) -> dict[str, Any]:
     """Delete finished jobs (and their host results) older than ``days`` (default: the
