@@ -31,6 +31,7 @@ from opsq.settings import DEFAULT_INVENTORY, get_settings
 # Tasks are named rather than imported, so submitting does not load Fabric/paramiko.
 RUN_ON_HOST = "opsq.run_on_host"
 FINISH_JOB = "opsq.finish_job"
+START_JOB = "opsq.start_job"
 #: Seconds between two looks at the database while waiting for a job.
 WAIT_POLL_INTERVAL = 0.05
 #: Characters of a command shown in Flower's argument column.
@@ -146,17 +147,28 @@ def job_signature(job_id: str) -> chord:
     return chord(header, body)
 
 
-def submit(spec: JobSpec) -> AsyncResult:
-    """Create the job and publish its chord; returns at once with the job's AsyncResult.
+def dispatched(job_id: str) -> bool:
+    """Whether the job's chord was already applied (its join counter exists or a host
+    has started)."""
+    with db.session_scope() as session:
+        return bool(session.execute(text(
+            "SELECT EXISTS (SELECT 1 FROM opsq_chords WHERE callback_id = :j) OR EXISTS "
+            "(SELECT 1 FROM host_results WHERE job_id = :j AND status <> 'pending')"),
+            {"j": job_id}).scalar())
 
-    Raises PatternError/InventoryError (nothing written), BackendUnavailable (the job
-    row is kept with status ``error`` and the reason, so nothing is silently lost).
+
+def submit(spec: JobSpec) -> AsyncResult:
+    """Record the job and queue its start; returns at once with the job's AsyncResult.
+
+    One message is published whatever the number of hosts (``opsq.start_job`` fans the
+    job out from a worker). Raises PatternError/InventoryError (nothing written),
+    BackendUnavailable (the job row is kept with status ``error`` and the reason, so
+    nothing is silently lost).
     """
     job_id = create(spec)
     try:
-        job_signature(job_id).apply_async()
+        app.send_task(START_JOB, (job_id,), argsrepr=repr((job_id,)))
     except (BrokerOperationalError, OSError) as exc:
-        app.backend.forget_chord_of(job_id)  # its counter was made before the publish failed
         safe = app.connection_for_write().as_uri()
         message = (f"cannot reach RabbitMQ at {safe}: {exc} "
                    "(is it running? check OPSQ_BROKER_URL)")

@@ -47,6 +47,17 @@ def test_mixed_exit_codes_are_results_not_failures():
         assert r["attempt"] == 1
 
 
+def test_a_start_delivered_twice_fans_out_once():
+    from opsq.tasks.fleet import start_job
+
+    result = jobs.submit(jobs.JobSpec(command="echo once", pattern="host01"))
+    assert result.get(timeout=30)["succeeded"]
+    start_job.delay(result.id).get(timeout=30)  # as if redelivered after a worker crash
+    time.sleep(1)
+    r = rows(result.id)["host01"]
+    assert (r["attempt"], r["status"], r["stdout"]) == (1, "ok", "once\n")
+
+
 def test_async_result_get_returns_the_summary_and_the_id_is_the_job_id():
     result = jobs.submit(jobs.JobSpec(command="echo hi", pattern="host01"))
     assert not result.ready() or result.get()["job_id"] == result.id
@@ -324,10 +335,16 @@ def test_readme_sql_returns_the_rows():
 
 def test_chord_is_joined_by_the_counter_not_by_polling():
     result = jobs.submit(jobs.JobSpec(command="sleep 1", pattern="odd"))
-    with db.session_scope() as s:
-        chords = s.execute(text("SELECT callback_id, size FROM opsq_chords")).all()
-    assert [tuple(c) for c in chords] == [(result.id, 3)], \
-        "the chord was not registered with the counter join"
+
+    def chords():
+        with db.session_scope() as s:
+            return [tuple(c) for c in s.execute(text(
+                "SELECT callback_id, size FROM opsq_chords")).all()]
+
+    deadline = time.monotonic() + 10
+    while not chords() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert chords() == [(result.id, 3)], "the chord was not registered with the counter join"
     assert result.get(timeout=30)["succeeded"]
     with db.session_scope() as s:
         left = s.execute(text("SELECT count(*) FROM opsq_chords")).scalar()

@@ -170,6 +170,21 @@ def finish_job(self: Task, results: list[dict[str, Any]], job_id: str) -> dict[s
     return jobs.finish(job_id)
 
 
+@app.task(name="opsq.start_job", autoretry_for=(BackendUnavailable,), retry_backoff=True,
+          retry_backoff_max=30, max_retries=20)
+def start_job(job_id: str) -> None:
+    """Fan a recorded job out as its chord.
+
+    ``opsq run`` records the job and sends only this one message, so it returns at once
+    whatever the number of hosts; the per-host messages are published from here. A
+    redelivered start (the worker died after publishing) does not fan out twice.
+    """
+    if jobs.dispatched(job_id):
+        logger.warning("job %s was already started: duplicate start ignored", job_id)
+        return
+    jobs.job_signature(job_id).apply_async()
+
+
 @app.task(name="opsq.submit_job", bind=True)
 def submit_job(
     self: Task,
