@@ -149,7 +149,8 @@ def restart(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
     rc = _run(multi_args("restart"))
     if with_beat:
         stop_beat(echo)
-        rc = rc or _run(beat_args())
+        beat_rc = _run(beat_args())  # schedules keep firing even if a node failed
+        rc = rc or beat_rc
     return rc
 
 

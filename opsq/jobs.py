@@ -39,13 +39,24 @@ ARGSREPR_COMMAND_LIMIT = 200
 
 _SECRET = re.compile(
     r"(?i)(\b[\w-]*(?:pass(?:word|wd)?|secret|token|api[_-]?key)[\w-]*\s*[=:]\s*|"
-    r"--?(?:pass(?:word)?|secret|token)[= ]\s*)(\S+)"
+    r"--?(?:pass(?:word)?|secret|token)[= ]\s*|"
+    r"\bbearer\s+|"  # Authorization: Bearer <token>
+    r"(?:^|\s)-u\s*[^\s:]+:|"  # curl -u user:password
+    r"\bmysql\b.*?\s-p(?=\S))([^\s'\"]+)"  # mysql -pPASSWORD; a closing quote stays
 )
+# user:password@ in URLs (postgres://u:pw@h, https://u:pw@h)
+_URL_PASSWORD = re.compile(r"(://[^\s:/@]+:)([^\s@/]+)(@)")
 
 
 def mask_secrets(command: str) -> str:
-    """The command with values of password/secret/token-looking options masked."""
-    return _SECRET.sub(lambda m: m.group(1) + "****", command)
+    """The command with values of password/secret/token-looking options masked.
+
+    Best effort for display (Flower, the result table): recognises NAME=value for
+    names with pass/secret/token/api-key, --password/--secret/--token VALUE, Bearer
+    tokens, curl's -u user:pw, mysql's -pPW and passwords in URLs.
+    """
+    masked = _SECRET.sub(lambda m: m.group(1) + "****", command)
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + "****" + m.group(3), masked)
 
 
 @dataclass(frozen=True)

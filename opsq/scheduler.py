@@ -128,15 +128,24 @@ def fire_due(now: datetime) -> list[str]:
             .with_for_update(skip_locked=True)
         ).all()
         for row in due:
-            when = Timing(ScheduleKind(row.kind), row.expression, row.timezone)
-            due_at = row.next_run_at
-            task_id = send(row, task_id=firing_id(row.id, due_at))
-            row.last_run_at = now
-            row.run_count += 1
-            row.last_task_id = task_id
-            row.next_run_at = when.next_after(now, previous_due=due_at)
-            if row.next_run_at is None or when.kind is ScheduleKind.ONCE:
-                row.enabled, row.next_run_at = False, None
+            # One schedule that cannot be sent (broker down, a broken row) must neither
+            # hold back the others nor roll back their bookkeeping: each row is its own
+            # savepoint, and a failed one stays due for the next tick.
+            try:
+                with session.begin_nested():
+                    when = Timing(ScheduleKind(row.kind), row.expression, row.timezone)
+                    due_at = row.next_run_at
+                    task_id = send(row, task_id=firing_id(row.id, due_at))
+                    row.last_run_at = now
+                    row.run_count += 1
+                    row.last_task_id = task_id
+                    row.next_run_at = when.next_after(now, previous_due=due_at)
+                    if row.next_run_at is None or when.kind is ScheduleKind.ONCE:
+                        row.enabled, row.next_run_at = False, None
+            except Exception:
+                logger.exception("beat: schedule %s could not fire; retrying next tick",
+                                 row.name)
+                continue
             fired.append(row.name)
     return fired
 

@@ -259,7 +259,13 @@ def send(row: Schedule, task_id: str | None = None) -> str:
     if row.task == SUBMIT_TASK:
         kwargs.update(schedule_id=row.id, schedule=row.name,
                       submitted_by=f"schedule:{row.name}")
-    result = app.send_task(row.task, args=list(row.args), kwargs=kwargs, task_id=task_id)
+    from opsq.jobs import mask_secrets
+
+    # Flower and celery_taskmeta show what argsrepr/kwargsrepr say, not the raw values.
+    shown = {k: mask_secrets(v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    result = app.send_task(row.task, args=list(row.args), kwargs=kwargs, task_id=task_id,
+                           argsrepr=mask_secrets(repr(list(row.args))),
+                           kwargsrepr=repr(shown))
     return result.id
 
 

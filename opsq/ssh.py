@@ -76,7 +76,10 @@ class RunOptions:
             return float(default)
 
         return cls(
-            command_timeout=pick(command_timeout, "opsq_timeout", settings.command_timeout),
+            # An inventory value cannot exceed the cap jobs are checked against (RabbitMQ's
+            # consumer_timeout would drop the worker's channel first).
+            command_timeout=min(pick(command_timeout, "opsq_timeout", settings.command_timeout),
+                                settings.max_command_timeout),
             connect_timeout=pick(connect_timeout, "opsq_connect_timeout",
                                  settings.connect_timeout),
             output_limit=settings.output_limit,
@@ -280,6 +283,12 @@ def open_connection(host: Host, options: RunOptions) -> Connection:
         config=_base_config(),
         connect_kwargs=connect_kwargs,
     )
+    if conn.gateway:
+        # Fabric builds jump-host connections itself, with AutoAddPolicy: their keys
+        # would go unchecked. Refuse rather than connect half-verified.
+        raise HostKeyError(
+            f"{host.name}: the SSH config sets a ProxyJump/ProxyCommand ({conn.gateway!r}); "
+            "opsq does not support gateways, whose host keys it could not check strictly")
     conn.client.set_missing_host_key_policy(RefuseUnknownHostKey(host, options.known_hosts))
     conn.client.get_host_keys().update(load_known_hosts(options.known_hosts))
     try:
@@ -336,8 +345,21 @@ class ConnectionPool:
         if self.idle_seconds <= 0 or not conn.is_connected:
             _close_quietly(conn)
             return
+        now = time.monotonic()
+        expired: list[Connection] = []
         with self._lock:
-            self._idle.setdefault(key, []).append((conn, time.monotonic()))
+            self._idle.setdefault(key, []).append((conn, now))
+            # Sweep every host, not only this one: a host never targeted again must not
+            # keep a socket and a transport thread open until the worker stops.
+            for k in list(self._idle):
+                keep = [(c, t) for c, t in self._idle[k] if now - t <= self.idle_seconds]
+                expired += [c for c, t in self._idle[k] if now - t > self.idle_seconds]
+                if keep:
+                    self._idle[k] = keep
+                else:
+                    del self._idle[k]
+        for c in expired:
+            _close_quietly(c)
 
     def close_all(self) -> None:
         with self._lock:
@@ -437,7 +459,10 @@ def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) 
         began = time.monotonic()
         try:
             outcome = _execute(runner, command, options)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
+        except BaseException as exc:
+            if not isinstance(exc, paramiko.SSHException | EOFError | OSError):
+                _close_quietly(conn)  # never leak the connection, whatever went wrong
+                raise
             _close_quietly(conn)
             elapsed = time.monotonic() - began
             if reused and not hasattr(runner, "channel") and (

@@ -34,6 +34,13 @@ def test_secrets_are_masked_for_display():
     assert mask_secrets("deploy --secret s3cr3t now") == "deploy --secret **** now"
     assert mask_secrets("DB_PASSWORD: pw uptime") == "DB_PASSWORD: **** uptime"
     assert mask_secrets("uptime; df -h") == "uptime; df -h"
+    assert mask_secrets("curl -H 'Authorization: Bearer abc.def' x") == \
+        "curl -H 'Authorization: Bearer ****' x"
+    assert mask_secrets("curl -u admin:s3cr3t https://h") == "curl -u admin:**** https://h"
+    assert mask_secrets("mysql -u root -phunter2 db") == "mysql -u root -p**** db"
+    assert mask_secrets("psql postgres://app:pw123@db/x -c 1") == \
+        "psql postgres://app:****@db/x -c 1"
+    assert mask_secrets("tar -u -p -f x") == "tar -u -p -f x"
 
 
 def test_known_hosts_names_follow_openssh():

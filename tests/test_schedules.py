@@ -328,3 +328,19 @@ def test_reconcile_finishes_a_job_whose_join_was_lost():
 def test_builtin_schedules_exist():
     rec = schedules.get(schedules.RECONCILE_SCHEDULE)
     assert (rec.kind, float(rec.expression), rec.task) == ("interval", 60.0, "opsq.reconcile")
+
+
+def test_a_broken_schedule_does_not_hold_back_the_others():
+    good = add_every("good", "1h", command="true", pattern="host01")
+    bad = add_every("bad", "1h", command="true", pattern="host01")
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    with db.session_scope() as s:  # a row edited by hand into something unusable
+        s.execute(text("UPDATE schedules SET kind = 'cron', expression = 'garbage' "
+                       "WHERE id = :b"), {"b": bad.id})
+        s.execute(text("UPDATE schedules SET next_run_at = :t WHERE id IN (:a, :b)"),
+                  {"t": past, "a": good.id, "b": bad.id})
+    assert fire_due(datetime.now(UTC)) == ["good"]
+    assert schedules.get("good").run_count == 1
+    still = schedules.get("bad")
+    assert (still.run_count, still.enabled) == (0, True)
+    assert still.next_run_at <= datetime.now(UTC)  # still due: retried next tick
