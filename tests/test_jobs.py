@@ -182,6 +182,25 @@ def _wait_for_status(job_id: str, host: str, status: str, timeout: float = 30) -
     raise AssertionError(f"{host} never reached {status}: {rows(job_id)[host]}")
 
 
+def test_a_duplicate_delivery_while_the_first_still_runs_is_ignored():
+    # As when a worker's broker connection drops mid-task: RabbitMQ redelivers the
+    # message while the first delivery goes on running.
+    result = jobs.submit(jobs.JobSpec(command="sleep 2; echo first", pattern="host01"))
+    _wait_for_status(result.id, "host01", "running")
+    with db.session_scope() as s:
+        task_id = s.execute(text("SELECT task_id FROM host_results WHERE job_id = :j"),
+                            {"j": result.id}).scalar_one()
+    app.send_task("opsq.run_on_host", (result.id, "host01"), task_id=task_id)
+    time.sleep(0.7)  # the duplicate has been taken by now
+    assert rows(result.id)["host01"]["status"] == "running", "the live run was written off"
+    summary = result.get(timeout=30)
+    r = rows(result.id)["host01"]
+    assert (r["status"], r["attempt"], r["stdout"]) == ("ok", 1, "first\n")
+    # the job was closed by the real result, not early by the duplicate
+    assert summary["counts"] == {"ok": 1} and summary["succeeded"]
+    assert summary["finished_at"] >= r["finished_at"]
+
+
 @pytest.mark.parametrize("rerun_safe", [False, True])
 def test_worker_killed_mid_command_is_redelivered_not_lost(start_worker, rerun_safe):
     import signal

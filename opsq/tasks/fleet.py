@@ -24,6 +24,8 @@ from opsq.ssh import CommandOutcome, ConnectionPool, RunOptions, run_on
 
 logger = logging.getLogger(__name__)
 
+#: Seconds to wait for a worker to say whether a task is still active on it.
+OWNER_INSPECT_TIMEOUT = 2.0
 #: Retries (through the broker, doubling from 1 s up to CLAIM_RETRY_MAX_DELAY) of a
 #: host task that cannot reach PostgreSQL before it has started anything.
 CLAIM_RETRIES = 12
@@ -48,7 +50,7 @@ def _close_pool(**_: Any) -> None:
 
 _CLAIM = text(
     """
-    SELECT h.status, h.attempt, h.target, j.command, j.command_timeout,
+    SELECT h.status, h.attempt, h.target, h.worker, h.task_id, j.command, j.command_timeout,
            j.connect_timeout, j.rerun_safe
     FROM host_results h JOIN jobs j ON j.id = h.job_id
     WHERE h.job_id = :job AND h.host = :host
@@ -73,7 +75,7 @@ _FINISH = text(
         stderr = :stderr, stdout_bytes = :stdout_bytes, stderr_bytes = :stderr_bytes,
         truncated = :truncated, error = :error, finished_at = now(),
         duration = EXTRACT(EPOCH FROM now() - started_at)
-    WHERE job_id = :job AND host = :host
+    WHERE job_id = :job AND host = :host AND attempt = :attempt
     """
 )
 
@@ -103,12 +105,14 @@ def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
         raise self.retry(exc=exc, countdown=delay, max_retries=CLAIM_RETRIES) from None
     if isinstance(row, dict):
         return row
-    return _run_claimed(job_id, host, row)
+    claimed, attempt = row
+    return _run_claimed(job_id, host, claimed, attempt)
 
 
 def _claim(self: Task, job_id: str, host: str) -> Any:
-    """Mark the host running (attempt + 1), or return the short result when it must not
-    run: already finished (duplicate delivery) or interrupted (see run_on_host)."""
+    """Mark the host running (attempt + 1) and return (row, attempt), or the short
+    result when it must not run: already finished (duplicate delivery) or interrupted
+    (see run_on_host). Raises Ignore for a duplicate of a delivery still running."""
     with db.session_scope() as session:
         row = session.execute(_CLAIM, {"job": job_id, "host": host}).first()
         if row is None:
@@ -118,22 +122,44 @@ def _claim(self: Task, job_id: str, host: str) -> Any:
         if previous.finished:
             session.rollback()
             return _short(job_id, host, previous.value, None)
+        if previous is HostStatus.RUNNING and _still_running(row.worker, row.task_id):
+            # The broker redelivered a task whose first delivery is alive (its worker's
+            # connection dropped): that one will report. Producing no result here keeps
+            # the chord from counting this host twice.
+            session.rollback()
+            logger.warning("job %s host %s: task %s still runs on %s; duplicate ignored",
+                           job_id, host, row.task_id, row.worker)
+            raise Ignore()
         if previous is HostStatus.RUNNING and not row.rerun_safe:
             session.execute(_FINISH, {
                 "job": job_id, "host": host, "status": HostStatus.INTERRUPTED.value,
+                "attempt": row.attempt,
                 "exit_code": None, "stdout": None, "stderr": None, "stdout_bytes": None,
                 "stderr_bytes": None, "truncated": False,
                 "error": f"attempt {row.attempt} was interrupted (worker lost) and the job "
                          "is not marked safe to re-run; not running the command again",
             })
             return _short(job_id, host, HostStatus.INTERRUPTED.value, None)
-        session.execute(_START, {"job": job_id, "host": host, "worker": self.request.hostname,
-                                 "task": self.request.id})
+        attempt = session.execute(_START, {
+            "job": job_id, "host": host, "worker": self.request.hostname,
+            "task": self.request.id}).scalar_one()
         session.execute(_JOB_RUNNING, {"job": job_id})
-    return row
+    return row, attempt
 
 
-def _run_claimed(job_id: str, host: str, row: Any) -> dict[str, Any]:
+def _still_running(worker: str | None, task_id: str | None) -> bool:
+    """Whether ``worker`` reports ``task_id`` among its active tasks right now."""
+    if not worker or not task_id:
+        return False
+    try:
+        replies = app.control.inspect([worker], timeout=OWNER_INSPECT_TIMEOUT).active() or {}
+    except Exception:  # cannot ask: treat the first delivery as lost
+        logger.warning("could not ask %s about task %s", worker, task_id, exc_info=True)
+        return False
+    return any(t.get("id") == task_id for tasks in replies.values() for t in tasks or [])
+
+
+def _run_claimed(job_id: str, host: str, row: Any, attempt: int) -> dict[str, Any]:
     target = Host.from_dict(row.target)
     try:
         options = RunOptions.resolve(target, get_settings(), row.command_timeout,
@@ -142,13 +168,13 @@ def _run_claimed(job_id: str, host: str, row: Any) -> dict[str, Any]:
     except Exception as exc:  # a bug in opsq: record it on the host, keep the chord alive
         logger.exception("job %s host %s: unexpected error", job_id, host)
         outcome = CommandOutcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
-    _store_outcome(job_id, host, outcome)
+    _store_outcome(job_id, host, outcome, attempt)
     return _short(job_id, host, outcome.status.value, outcome.exit_code)
 
 
-def _store_outcome(job_id: str, host: str, outcome: CommandOutcome) -> None:
+def _store_outcome(job_id: str, host: str, outcome: CommandOutcome, attempt: int) -> None:
     params = {
-        "job": job_id, "host": host, "status": outcome.status.value,
+        "job": job_id, "host": host, "status": outcome.status.value, "attempt": attempt,
         "exit_code": outcome.exit_code,
         # PostgreSQL text cannot hold NUL; everything else survives as decoded.
         "stdout": outcome.stdout.replace("\x00", "\ufffd"),
