@@ -100,11 +100,13 @@ class PostgresBackend(DatabaseBackend):
             return super().apply_chord(header_result_args, body, **kwargs)
         self.ensure_chords_allowed()
         with db.get_engine(self.url).begin() as conn:
-            # A frozen chord applied again reuses its group id: start the count afresh.
-            conn.execute(text("DELETE FROM opsq_chords WHERE group_id = :gid"), {"gid": group_id})
+            # The same group applied again while its first run is in flight (a job fanned
+            # out again after a crash mid-publish, with the same task ids) keeps its count
+            # and parts: tasks already counted are not counted twice. A chord re-applied
+            # after it was joined starts afresh, since the join deletes the row.
             conn.execute(
                 text("INSERT INTO opsq_chords (group_id, size, callback_id) "
-                     "VALUES (:gid, :size, :cb)"),
+                     "VALUES (:gid, :size, :cb) ON CONFLICT (group_id) DO NOTHING"),
                 {"gid": group_id, "size": len(results), "cb": body.options.get("task_id")},
             )
         return None

@@ -150,22 +150,41 @@ def job_signature(job_id: str) -> chord:
     # and would fall back to polling (celery.chord_unlock) for a lazy header.
     header = group([
         app.signature(RUN_ON_HOST, (job_id, host), immutable=True).set(
-            argsrepr=repr((host, shown)), kwargsrepr=repr({"job": job_id})
+            task_id=host_task_id(job_id, host),
+            argsrepr=repr((host, shown)), kwargsrepr=repr({"job": job_id}),
         )
         for host in hosts
     ])
     body = app.signature(FINISH_JOB, (job_id,)).set(task_id=job_id, argsrepr=repr((job_id,)))
-    return chord(header, body)
+    # The chord's own task id becomes the header's group id (the body keeps the job id).
+    return chord(header, body).set(task_id=_derived_id(job_id, "hosts"))
 
 
-def dispatched(job_id: str) -> bool:
-    """Whether the job's chord was already applied (its join counter exists or a host
-    has started)."""
+#: Namespace of the ids derived from a job id: fanning a job out again (a start that was
+#: redelivered after a crash mid-publish) reuses the same group and task ids, so hosts
+#: already done, running or queued are recognised instead of run twice.
+JOB_ID_NAMESPACE = uuid.UUID("6f707371-0000-4000-8000-6a6f62696473")
+
+
+def _derived_id(job_id: str, what: str) -> str:
+    return str(uuid.uuid5(JOB_ID_NAMESPACE, f"{job_id}/{what}"))
+
+
+def host_task_id(job_id: str, host: str) -> str:
+    """The Celery task id of a job's task for ``host`` (the same on every fan-out)."""
+    return _derived_id(job_id, f"host/{host}")
+
+
+def is_finished(job_id: str) -> bool:
+    """Whether the job has its final status (False for an unknown job)."""
     with db.session_scope() as session:
-        return bool(session.execute(text(
-            "SELECT EXISTS (SELECT 1 FROM opsq_chords WHERE callback_id = :j) OR EXISTS "
-            "(SELECT 1 FROM host_results WHERE job_id = :j AND status <> 'pending')"),
-            {"j": job_id}).scalar())
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return status is not None and JobStatus(status).finished
+
+
+def exists(job_id: str) -> bool:
+    with db.session_scope() as session:
+        return session.scalar(select(Job.id).where(Job.id == job_id)) is not None
 
 
 def submit(spec: JobSpec) -> AsyncResult:

@@ -58,6 +58,33 @@ def test_a_start_delivered_twice_fans_out_once():
     assert (r["attempt"], r["status"], r["stdout"]) == (1, "ok", "once\n")
 
 
+def test_a_fan_out_cut_short_is_completed_by_starting_again(monkeypatch):
+    from kombu import Producer
+    from kombu.exceptions import OperationalError
+
+    from opsq.tasks.fleet import start_job
+
+    job_id = jobs.create(jobs.JobSpec(command="echo ran", pattern="fleet"))
+    real_publish, sent = Producer.publish, []
+
+    def publish_then_crash(self, body, *args, routing_key=None, **kwargs):
+        if routing_key == "opsq.fleet":
+            if len(sent) == 3:  # the publisher dies after three of the six hosts
+                raise OperationalError("simulated crash mid-publish")
+            sent.append(routing_key)
+        return real_publish(self, body, *args, routing_key=routing_key, **kwargs)
+
+    monkeypatch.setattr(Producer, "publish", publish_then_crash)
+    with pytest.raises(OperationalError):
+        jobs.job_signature(job_id).apply_async()
+    monkeypatch.setattr(Producer, "publish", real_publish)
+    time.sleep(1)  # the three published hosts run meanwhile
+    start_job.delay(job_id)  # the start, delivered again
+    summary = app.AsyncResult(job_id).get(timeout=60)
+    assert summary["succeeded"] and summary["counts"] == {"ok": 6}
+    assert {(r["attempt"], r["stdout"]) for r in jobs.host_results(job_id)} == {(1, "ran\n")}
+
+
 def test_async_result_get_returns_the_summary_and_the_id_is_the_job_id():
     result = jobs.submit(jobs.JobSpec(command="echo hi", pattern="host01"))
     assert not result.ready() or result.get()["job_id"] == result.id

@@ -11,6 +11,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_shutdown
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
@@ -196,17 +197,19 @@ def finish_job(self: Task, results: list[dict[str, Any]], job_id: str) -> dict[s
     return jobs.finish(job_id)
 
 
-@app.task(name="opsq.start_job", autoretry_for=(BackendUnavailable,), retry_backoff=True,
-          retry_backoff_max=30, max_retries=20)
+@app.task(name="opsq.start_job", autoretry_for=(BackendUnavailable, BrokerError, OSError),
+          retry_backoff=True, retry_backoff_max=30, max_retries=20)
 def start_job(job_id: str) -> None:
     """Fan a recorded job out as its chord.
 
     ``opsq run`` records the job and sends only this one message, so it returns at once
-    whatever the number of hosts; the per-host messages are published from here. A
-    redelivered start (the worker died after publishing) does not fan out twice.
+    whatever the number of hosts; the per-host messages are published from here. The
+    fan-out is idempotent (the same group and task ids every time), so a start that is
+    retried or redelivered after a crash mid-publish publishes what is missing and the
+    hosts already done, running or queued are recognised, not run twice.
     """
-    if jobs.dispatched(job_id):
-        logger.warning("job %s was already started: duplicate start ignored", job_id)
+    if jobs.is_finished(job_id):
+        logger.warning("job %s is finished: late start ignored", job_id)
         return
     jobs.job_signature(job_id).apply_async()
 
@@ -241,8 +244,15 @@ def submit_job(
     try:
         job_id = jobs.create(spec, job_id=self.request.id)
     except IntegrityError:
-        logger.warning("job %s exists already: duplicate submission ignored", self.request.id)
-        raise Ignore() from None
+        if not jobs.exists(self.request.id):
+            raise  # not a duplicate (e.g. the schedule was removed meanwhile)
+        if jobs.is_finished(self.request.id):
+            logger.warning("job %s is finished: duplicate submission ignored",
+                           self.request.id)
+            raise Ignore() from None
+        # A redelivery after a crash between recording and fanning out, or a firing sent
+        # twice: fan out again, idempotently.
+        job_id = self.request.id
     except (InventoryError, PatternError) as exc:
         jobs.record_failed_submission(spec, self.request.id, str(exc))
         return jobs.summary(self.request.id)
