@@ -175,16 +175,11 @@ def host_task_id(job_id: str, host: str) -> str:
     return _derived_id(job_id, f"host/{host}")
 
 
-def is_finished(job_id: str) -> bool:
-    """Whether the job has its final status (False for an unknown job)."""
+def job_status(job_id: str) -> JobStatus | None:
+    """The job's status, or None when there is no such job."""
     with db.session_scope() as session:
         status = session.scalar(select(Job.status).where(Job.id == job_id))
-    return status is not None and JobStatus(status).finished
-
-
-def exists(job_id: str) -> bool:
-    with db.session_scope() as session:
-        return session.scalar(select(Job.id).where(Job.id == job_id)) is not None
+    return None if status is None else JobStatus(status)
 
 
 def submit(spec: JobSpec) -> AsyncResult:

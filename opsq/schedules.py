@@ -197,11 +197,15 @@ def add(name: str, when: Timing, task: str, args: list[Any] | None = None,
     return row
 
 
+def _no_such(name: str) -> ScheduleError:
+    return ScheduleError(f"no schedule named {name!r} (opsq schedule list)")
+
+
 def get(name: str) -> Schedule:
     with db.session_scope() as session:
         row = session.scalar(select(Schedule).where(Schedule.name == name))
         if row is None:
-            raise ScheduleError(f"no schedule named {name!r} (opsq schedule list)")
+            raise _no_such(name)
         return row
 
 
@@ -216,7 +220,7 @@ def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | 
     with db.session_scope() as session:
         row = session.scalar(select(Schedule).where(Schedule.name == name).with_for_update())
         if row is None:
-            raise ScheduleError(f"no schedule named {name!r} (opsq schedule list)")
+            raise _no_such(name)
         if when is not None:
             row.kind, row.expression, row.timezone = (
                 when.kind.value, when.expression, when.timezone)
@@ -243,7 +247,7 @@ def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | 
 def remove(name: str) -> None:
     with db.session_scope() as session:
         if not session.execute(delete(Schedule).where(Schedule.name == name)).rowcount:
-            raise ScheduleError(f"no schedule named {name!r} (opsq schedule list)")
+            raise _no_such(name)
 
 
 def firing_id(schedule_id: int, due: datetime) -> str:
@@ -254,13 +258,12 @@ def firing_id(schedule_id: int, due: datetime) -> str:
 def send(row: Schedule, task_id: str | None = None) -> str:
     """Send the schedule's task now; fleet commands carry the schedule they came from."""
     from opsq.app import app
+    from opsq.jobs import mask_secrets
 
     kwargs = dict(row.kwargs)
     if row.task == SUBMIT_TASK:
         kwargs.update(schedule_id=row.id, schedule=row.name,
                       submitted_by=f"schedule:{row.name}")
-    from opsq.jobs import mask_secrets
-
     # Flower and celery_taskmeta show what argsrepr/kwargsrepr say, not the raw values.
     shown = {k: mask_secrets(v) if isinstance(v, str) else v for k, v in kwargs.items()}
     result = app.send_task(row.task, args=list(row.args), kwargs=kwargs, task_id=task_id,

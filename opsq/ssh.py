@@ -460,10 +460,9 @@ def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) 
         try:
             outcome = _execute(runner, command, options)
         except BaseException as exc:
+            _close_quietly(conn)  # never reuse or leak it, whatever went wrong
             if not isinstance(exc, paramiko.SSHException | EOFError | OSError):
-                _close_quietly(conn)  # never leak the connection, whatever went wrong
                 raise
-            _close_quietly(conn)
             elapsed = time.monotonic() - began
             if reused and not hasattr(runner, "channel") and (
                 elapsed < options.connect_timeout * STALL_FRACTION

@@ -27,10 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds to wait for a worker to say whether a task is still active on it.
 OWNER_INSPECT_TIMEOUT = 2.0
-#: Retries (through the broker, doubling from 1 s up to CLAIM_RETRY_MAX_DELAY) of a
-#: host task that cannot reach PostgreSQL before it has started anything.
-CLAIM_RETRIES = 12
-CLAIM_RETRY_MAX_DELAY = 30
+#: How a task that cannot reach PostgreSQL (or, for start_job, RabbitMQ) before it has
+#: done anything waits for it: retried through the broker, backing off exponentially
+#: (with jitter) up to 30 s, 20 times at most — several minutes in all.
+WAIT_FOR_SERVICES = {"retry_backoff": True, "retry_backoff_max": 30, "max_retries": 20}
 
 _pool: ConnectionPool | None = None
 
@@ -89,7 +89,9 @@ def _short(job_id: str, host: str, status: str, exit_code: int | None) -> dict[s
 # ignore_result: the host's outcome lives in host_results and reaches the chord through
 # the backend's join; skipping celery_taskmeta saves two writes per host. Flower still
 # shows every state from the task events.
-@app.task(name="opsq.run_on_host", bind=True, ignore_result=True)
+# autoretry: BackendUnavailable can only come from the claim, before the command ran.
+@app.task(name="opsq.run_on_host", bind=True, ignore_result=True,
+          autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
 def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
     """Run the job's command on one host and store the outcome; never raises for a host.
 
@@ -97,13 +99,7 @@ def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
     not run the command again unless the job was submitted as safe to re-run: it
     records ``interrupted``. A delivery after the result was stored returns it as is.
     """
-    try:
-        row = _claim(self, job_id, host)
-    except BackendUnavailable as exc:
-        # Nothing has run yet: wait for PostgreSQL through the broker, not in a thread.
-        delay = min(CLAIM_RETRY_MAX_DELAY, 2 ** self.request.retries)
-        logger.warning("job %s host %s: %s; retrying in %s s", job_id, host, exc, delay)
-        raise self.retry(exc=exc, countdown=delay, max_retries=CLAIM_RETRIES) from None
+    row = _claim(self, job_id, host)
     if isinstance(row, dict):
         return row
     claimed, attempt = row
@@ -191,14 +187,14 @@ def _store_outcome(job_id: str, host: str, outcome: CommandOutcome, attempt: int
 
 
 @app.task(name="opsq.finish_job", bind=True, autoretry_for=(BackendUnavailable,),
-          retry_backoff=True, retry_backoff_max=30, max_retries=20)
+          **WAIT_FOR_SERVICES)
 def finish_job(self: Task, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
     """The chord callback: count the hosts' outcomes, close the job, return its summary."""
     return jobs.finish(job_id)
 
 
 @app.task(name="opsq.start_job", autoretry_for=(BackendUnavailable, BrokerError, OSError),
-          retry_backoff=True, retry_backoff_max=30, max_retries=20)
+          **WAIT_FOR_SERVICES)
 def start_job(job_id: str) -> None:
     """Fan a recorded job out as its chord.
 
@@ -208,7 +204,8 @@ def start_job(job_id: str) -> None:
     retried or redelivered after a crash mid-publish publishes what is missing and the
     hosts already done, running or queued are recognised, not run twice.
     """
-    if jobs.is_finished(job_id):
+    status = jobs.job_status(job_id)
+    if status is not None and status.finished:
         logger.warning("job %s is finished: late start ignored", job_id)
         return
     jobs.job_signature(job_id).apply_async()
@@ -244,9 +241,10 @@ def submit_job(
     try:
         job_id = jobs.create(spec, job_id=self.request.id)
     except IntegrityError:
-        if not jobs.exists(self.request.id):
+        status = jobs.job_status(self.request.id)
+        if status is None:
             raise  # not a duplicate (e.g. the schedule was removed meanwhile)
-        if jobs.is_finished(self.request.id):
+        if status.finished:
             logger.warning("job %s is finished: duplicate submission ignored",
                            self.request.id)
             raise Ignore() from None

@@ -49,21 +49,21 @@ _UNJOINED = text(
 def reconcile(grace: float = RECONCILE_GRACE) -> dict[str, Any]:
     """Finish jobs whose hosts have all reported but whose summary was never written.
 
-    The chord join normally does this at once; it can be lost only when PostgreSQL stayed
-    unreachable past the write retries at the moment a host reported. The summary is
-    stored under the job id as the chord callback would have, so ``AsyncResult.get()``
-    returns.
+    The chord join normally does this at once; it is lost only when PostgreSQL stayed
+    unreachable past the write retries as a host reported, or a worker died between
+    claiming the join and publishing the callback. The job's own callback is sent, with
+    the job id as its task id, exactly as the join would have: ``AsyncResult.get()``
+    then returns the summary.
     """
-    from opsq import jobs
+    from opsq.jobs import FINISH_JOB
 
     with db.get_engine().connect() as conn:
         ids = conn.execute(_UNJOINED, {"grace": grace, "batch": PRUNE_BATCH}).scalars().all()
     for job_id in ids:
         logger.warning("job %s: every host reported but the job was never joined; "
                        "finishing it", job_id)
-        summary = jobs.finish(job_id)
-        app.backend.store_result(job_id, summary, "SUCCESS")
         app.backend.forget_chord_of(job_id)
+        app.send_task(FINISH_JOB, ([], job_id), task_id=job_id, argsrepr=repr((job_id,)))
     return {"finished": list(ids)}
 
 
