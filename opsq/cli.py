@@ -103,6 +103,11 @@ def _show_finished(job_id: str, as_json: bool, progress: bool, timeout: float | 
     sys.exit(EXIT_OK if summary["succeeded"] else EXIT_HOST_FAILED)
 
 
+def _count_line(counts: dict[str, int]) -> str:
+    """'2 failed, 3 ok': hosts per status, in a stable order."""
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
 def _print_result(job_id: str, summary: dict[str, Any], as_json: bool) -> None:
     from opsq import jobs
 
@@ -125,7 +130,7 @@ def _print_result(job_id: str, summary: dict[str, Any], as_json: bool) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items()))
+    counts = _count_line(summary["counts"])
     duration = f" in {summary['duration']:.2f}s" if summary["duration"] is not None else ""
     click.echo(f"job {job_id}: {summary['status']} ({counts}){duration}")
 
@@ -142,7 +147,7 @@ def status(job_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
-    counts = ", ".join(f"{n} {k}" for k, n in sorted(s["counts"].items()))
+    counts = _count_line(s["counts"])
     click.echo(f"{s['job_id']}  {s['status']}  {s['done']}/{s['total']} hosts done ({counts})")
     if s["error"]:
         click.echo(f"error: {s['error']}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from base64 import b64encode
 
 from opsq import jobs
 from opsq.settings import PROJECT_ROOT
+from tests.helpers import free_port
 
 OUTPUT = PROJECT_ROOT / "var" / "flower-tasks.png"
 #: Browser window size in pixels.
@@ -33,12 +33,6 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, auth: str) -> bytes:
     req = urllib.request.Request(url, headers={"Authorization": auth})
     with urllib.request.urlopen(req, timeout=5) as resp:
@@ -46,7 +40,7 @@ def _get(url: str, auth: str) -> bytes:
 
 
 def main() -> None:
-    user, password, port = "opsq", secrets.token_urlsafe(12), _free_port()
+    user, password, port = "opsq", secrets.token_urlsafe(12), free_port()
     auth = "Basic " + b64encode(f"{user}:{password}".encode()).decode()
     env = {**os.environ, "OPSQ_FLOWER_USER": user, "OPSQ_FLOWER_PASSWORD": password,
            "OPSQ_FLOWER_PORT": str(port)}

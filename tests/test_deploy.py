@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import alive, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -163,15 +164,6 @@ def marked_pids(marker: str) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def alive(pid: int) -> bool:
-    """Running and not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def kill_marked(marker: str) -> None:
@@ -582,12 +574,6 @@ def test_beat_unit_runs_beat_in_the_foreground_and_leads(services, tmp_path, mar
     assert not pidfile.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _http_status(url: str, auth: tuple[str, str] | None = None) -> int | None:
     request = urllib.request.Request(url)
     if auth:
@@ -604,7 +590,7 @@ def _http_status(url: str, auth: tuple[str, str] | None = None) -> int | None:
 
 def test_flower_unit_starts_flower_behind_a_login(services, tmp_path, marker):
     pytest.importorskip("flower")
-    port = _free_port()
+    port = free_port()
     login = ("deploytest", secrets.token_hex(8))
     env = unit_env(tmp_path, marker, OPSQ_FLOWER_PORT=str(port), OPSQ_FLOWER_USER=login[0],
                    OPSQ_FLOWER_PASSWORD=login[1])

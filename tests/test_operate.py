@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import alive, wait_until
+from helpers import alive, free_port, wait_until
 
 from opsq import jobs
 
@@ -110,12 +109,6 @@ def test_stale_pidfile_is_reported_cleared_and_does_not_block_start(daemons):
 
 
 # -- Flower ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Flower:
