@@ -465,3 +465,40 @@ def test_many_concurrent_jobs_all_finish():
         batch = [jobs.submit(jobs.JobSpec(command="true", pattern="fleet")) for _ in range(30)]
         for r in batch:
             assert r.get(timeout=60, interval=0.05)["succeeded"]
+
+
+def test_ssh_config_gateway_is_refused_not_half_checked(tmp_path, start_worker):
+    # Fabric reads the worker's ~/.ssh/config and would build the jump host itself,
+    # accepting any key: opsq refuses such a host instead.
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host 127.0.2.3\n    ProxyJump 127.0.2.1:2222\n")
+    start_worker("jumpworker", extra_env={"HOME": str(home)})
+    summary = _run_on_worker("echo should-not-run", "host03", "jumpworker")
+    r = rows(summary["job_id"])["host03"]
+    assert r["status"] == "error" and "ProxyJump" in r["error"]
+    assert r["stdout"] in (None, "")
+
+
+def test_idle_connections_of_hosts_not_used_again_are_closed(fleet):
+    from opsq.devfleet import FLEET_USER
+    from opsq.inventory import Host
+    from opsq.settings import get_settings
+    from opsq.ssh import ConnectionPool, RunOptions, open_connection
+
+    def host(name: str) -> Host:
+        h = next(h for h in fleet.hosts if h.name == name)
+        return Host(name=h.name, address=h.address, port=h.port, user=FLEET_USER,
+                    key_file=str(fleet.client_key_path))
+
+    pool = ConnectionPool(idle_seconds=0.5)
+    a, b = host("host01"), host("host02")
+    opts = RunOptions.resolve(a, get_settings())
+    first = open_connection(a, opts)
+    pool.checkin(pool.key(a, opts), first)
+    time.sleep(1)
+    pool.checkin(pool.key(b, opts), open_connection(b, opts))  # host01 is never used again
+    assert not first.is_connected
+    assert pool.checkout(pool.key(a, opts)) is None
+    assert pool.checkout(pool.key(b, opts)) is not None
+    pool.close_all()
