@@ -23,6 +23,11 @@ RESULT_EXPIRES = 7 * 24 * 3600
 PUBLISH_MAX_RETRIES = 3
 #: Seconds to wait for RabbitMQ to accept a connection.
 BROKER_CONNECT_TIMEOUT = 4
+#: AMQP heartbeat in seconds: a dead or frozen broker link is noticed within about two.
+BROKER_HEARTBEAT = 10
+#: Seconds a blocking read or write on a broker socket (a publisher confirm, an RPC
+#: reply) may take before it fails and is retried on a fresh connection.
+BROKER_SOCKET_TIMEOUT = 30
 
 
 def make_app() -> Celery:
@@ -46,7 +51,8 @@ def make_app() -> Celery:
             Queue(FLEET_QUEUE, Exchange(FLEET_QUEUE), routing_key=FLEET_QUEUE),
             Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
         ),
-        task_routes={"opsq.run_on_host": {"queue": FLEET_QUEUE}},
+        task_routes={"opsq.run_hosts": {"queue": FLEET_QUEUE},
+                     "opsq.run_on_host": {"queue": FLEET_QUEUE}},
         # A crash re-delivers instead of losing work; the per-host task detects the
         # second delivery of a command that had already started (see tasks.fleet).
         task_acks_late=True,
@@ -60,7 +66,20 @@ def make_app() -> Celery:
         task_send_sent_event=True,
         broker_connection_timeout=BROKER_CONNECT_TIMEOUT,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"confirm_publish": True},
+        # Outages of minutes: reconnect forever, quickly (opsq.consumer), and treat a
+        # channel error (e.g. consumer_timeout) as a reason to reconnect, not to die.
+        broker_connection_max_retries=None,
+        broker_channel_error_retry=True,
+        broker_heartbeat=BROKER_HEARTBEAT,
+        broker_transport_options={"confirm_publish": True,
+                                  "read_timeout": BROKER_SOCKET_TIMEOUT,
+                                  "write_timeout": BROKER_SOCKET_TIMEOUT},
+        worker_consumer="opsq.consumer:Consumer",
+        # After a reconnection Celery lowers the prefetch count and raises it again from
+        # pool threads, with a basic.qos on the connection the event loop reads: with
+        # the threads pool that can freeze the loop (no new task for minutes). Redelivered
+        # copies of running tasks are cheap to take: they find their hosts leased.
+        worker_enable_prefetch_count_reduction=False,
         task_publish_retry_policy={
             "max_retries": PUBLISH_MAX_RETRIES,
             "interval_start": 0,

@@ -13,12 +13,23 @@ Two changes to ``celery.backends.database.DatabaseBackend``, both through its pu
 
 Chords whose header is a generator or holds nested groups fall back to upstream's
 ``chord_unlock`` polling: their size is not known when the chord is applied.
+
+opsq's own job chords need neither table: the job row is their counter (``opsq.state``
+counts hosts into it in the statement that stores them), and the header task whose
+write closed the job says so in its return value; the join then only publishes the
+callback. Two more things make ``AsyncResult(job_id)`` fit for jobs:
+
+* a job id whose callback has not stored its result yet (or never could: the broker was
+  down when the job closed) still reads as SUCCESS with the summary, once the job row is
+  finished; PostgreSQL holds the truth, the callback's row is its record for Celery;
+* ``get()`` waits on the job's ``NOTIFY`` instead of polling every half second.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import states
@@ -26,6 +37,7 @@ from celery.backends.database import DatabaseBackend
 from celery.backends.database.session import ResultModelBase
 from celery.canvas import maybe_signature
 from celery.exceptions import ChordError
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import GroupResult, allow_join_result
 from celery.utils.functional import _regen
 from kombu.utils.encoding import ensure_bytes
@@ -33,8 +45,18 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from opsq import db
+from opsq.notify import Listener
 
 logger = logging.getLogger(__name__)
+
+#: opsq's job chords: their header tasks and their callback (see opsq.jobs).
+JOB_HEADER_TASKS = ("opsq.run_hosts", "opsq.run_on_host")
+JOB_CALLBACK = "opsq.finish_job"
+#: Seconds a waiter on a task that is not a job sleeps between looks (no NOTIFY for it).
+NON_JOB_POLL = 0.5
+
+_JOB_STATUS = text("SELECT status FROM jobs WHERE id = :id")
+_FINISHED_JOB_STATUSES = ("succeeded", "failed", "error")
 
 #: Seconds after which a claim to publish a chord callback is considered abandoned
 #: (its worker died between the claim and the publish) and may be taken again.
@@ -92,9 +114,47 @@ class PostgresBackend(DatabaseBackend):
                 ResultModelBase.metadata.create_all(db.get_engine(self.url))
                 self._tables_ready.add(self.url)
 
+    # -- results of jobs --------------------------------------------------------------
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        meta = super()._get_task_meta_for(task_id)
+        if meta["status"] != states.PENDING:
+            return meta
+        with db.get_engine(self.url).connect() as conn:
+            status = conn.execute(_JOB_STATUS, {"id": task_id}).scalar()
+        if status not in _FINISHED_JOB_STATUSES:
+            return meta
+        from opsq import jobs
+
+        return {**meta, "status": states.SUCCESS,
+                "result": jobs.summary(task_id).as_dict()}
+
+    def wait_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5,
+                 no_ack: bool = True, on_interval: Any = None) -> dict[str, Any]:
+        """Celery's wait, woken by the job's NOTIFY rather than by a timer (tasks that are
+        not jobs are still looked at every ``interval``)."""
+        self._ensure_not_eager()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with Listener(self.url) as listener:
+            while True:
+                meta = self.get_task_meta(task_id)
+                if meta["status"] in states.READY_STATES:
+                    return meta
+                if on_interval:
+                    on_interval()
+                nap = max(interval, NON_JOB_POLL)
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise CeleryTimeoutError("The operation timed out.")
+                    nap = min(nap, left)
+                listener.wait(nap)
+
     # -- chords --------------------------------------------------------------------
 
     def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
+        if body.task == JOB_CALLBACK:
+            return None  # the job row counts its hosts
         group_id, results = header_result_args[0], header_result_args[1]
         if isinstance(results, _regen) or any(isinstance(r, GroupResult) for r in results):
             return super().apply_chord(header_result_args, body, **kwargs)
@@ -114,6 +174,8 @@ class PostgresBackend(DatabaseBackend):
     def on_chord_part_return(
         self, request: Any, state: str, result: Any, **kwargs: Any
     ) -> None:
+        if request.task in JOB_HEADER_TASKS:
+            return self._on_job_part_return(request, state, result)
         gid, tid = request.group, request.id
         if not gid or not tid:
             return
@@ -152,6 +214,20 @@ class PostgresBackend(DatabaseBackend):
             return self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
         self.forget_chord(gid)
         return None
+
+    def _on_job_part_return(self, request: Any, state: str, result: Any) -> None:
+        # The task's write that closed the job said so; every other part has nothing to do.
+        # A task that raised (an opsq bug) left its hosts under a lease that expires: the
+        # sweeper closes them.
+        if state != states.SUCCESS or not (isinstance(result, dict) and result.get("closed")):
+            return
+        if not request.chord:
+            return
+        try:
+            maybe_signature(request.chord, app=self.app).delay([])
+        except Exception:  # the job is closed in PostgreSQL: AsyncResult still reads it
+            logger.exception("job %s: its callback could not be published",
+                             result.get("job_id"))
 
     def _unpack_part(self, payload: bytes) -> Any:
         tid, state, value = self.decode(payload)

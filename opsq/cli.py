@@ -99,8 +99,8 @@ def _show_finished(job_id: str, as_json: bool, progress: bool, timeout: float | 
             click.echo(end, err=True, nl=False)
 
     summary = jobs.wait(job_id, timeout=timeout, on_progress=show if progress else None)
-    _print_result(job_id, summary, as_json)
-    sys.exit(EXIT_OK if summary["succeeded"] else EXIT_HOST_FAILED)
+    _print_result(summary, as_json)
+    sys.exit(EXIT_OK if summary.succeeded else EXIT_HOST_FAILED)
 
 
 def _count_line(counts: dict[str, int]) -> str:
@@ -108,31 +108,32 @@ def _count_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
-def _print_result(job_id: str, summary: dict[str, Any], as_json: bool) -> None:
+def _print_result(summary: Any, as_json: bool) -> None:
     from opsq import jobs
 
-    hosts = jobs.host_results(job_id)
     if as_json:
-        click.echo(json.dumps({**summary, "results": hosts}, indent=2, default=str))
+        click.echo(json.dumps({**summary.as_dict(), "results": jobs.host_results(
+            summary.job_id)}, indent=2, default=str))
         return
     rows = [("HOST", "STATUS", "EXIT", "TIME", "OUTPUT")]
-    for h in hosts:
-        text = (h["stdout"] or "").strip() if h["status"] == "ok" else (
-            h["error"] or (h["stderr"] or "").strip() or (h["stdout"] or "").strip())
+    # Only the start of each output is read: the table shows one line of it.
+    for h in jobs.host_runs(summary.job_id, preview=True):
+        text = (h.stdout or "").strip() if h.succeeded else (
+            h.error or (h.stderr or "").strip() or (h.stdout or "").strip())
         first = text.splitlines()[0] if text else ""
         if len(first) > TABLE_OUTPUT_WIDTH:
             first = first[: TABLE_OUTPUT_WIDTH - 1] + "…"
         rows.append((
-            h["host"], h["status"] + (" (truncated)" if h["truncated"] else ""),
-            "" if h["exit_code"] is None else str(h["exit_code"]),
-            "" if h["duration"] is None else f"{h['duration']:.2f}s", first,
+            h.host, h.status.value + (" (truncated)" if h.truncated else ""),
+            "" if h.exit_code is None else str(h.exit_code),
+            "" if h.duration is None else f"{h.duration:.2f}s", first,
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
-    counts = _count_line(summary["counts"])
-    duration = f" in {summary['duration']:.2f}s" if summary["duration"] is not None else ""
-    click.echo(f"job {job_id}: {summary['status']} ({counts}){duration}")
+    counts = _count_line(summary.counts)
+    duration = f" in {summary.duration:.2f}s" if summary.duration is not None else ""
+    click.echo(f"job {summary.job_id}: {summary.status.value} ({counts}){duration}")
 
 
 @main.command()
@@ -145,12 +146,12 @@ def status(job_id: str, as_json: bool) -> None:
 
     s = jobs.summary(job_id)
     if as_json:
-        click.echo(json.dumps(s, indent=2))
+        click.echo(json.dumps(s.as_dict(), indent=2))
         return
-    counts = _count_line(s["counts"])
-    click.echo(f"{s['job_id']}  {s['status']}  {s['done']}/{s['total']} hosts done ({counts})")
-    if s["error"]:
-        click.echo(f"error: {s['error']}")
+    counts = _count_line(s.counts)
+    click.echo(f"{s.job_id}  {s.status.value}  {s.done}/{s.total} hosts done ({counts})")
+    if s.error:
+        click.echo(f"error: {s.error}")
 
 
 @main.command()
@@ -168,16 +169,15 @@ def result(job_id: str, wait_: bool, timeout: float | None, as_json: bool, full:
         _show_finished(job_id, as_json, progress=False, timeout=timeout)
         return
     summary = jobs.summary(job_id)
-    _print_result(job_id, summary, as_json)
+    _print_result(summary, as_json)
     if full and not as_json:
-        for h in jobs.host_results(job_id):
-            click.echo(f"--- {h['host']} [{h['status']}] stdout")
-            click.echo(h["stdout"] or "", nl=False)
-            if h["stderr"]:
-                click.echo(f"--- {h['host']} stderr")
-                click.echo(h["stderr"], nl=False)
-    finished = summary["status"] in ("succeeded", "failed", "error")
-    sys.exit(EXIT_OK if summary["succeeded"] or not finished else EXIT_HOST_FAILED)
+        for h in jobs.host_runs(job_id):
+            click.echo(f"--- {h.host} [{h.status.value}] stdout")
+            click.echo(h.stdout or "", nl=False)
+            if h.stderr:
+                click.echo(f"--- {h.host} stderr")
+                click.echo(h.stderr, nl=False)
+    sys.exit(EXIT_OK if summary.succeeded or not summary.finished else EXIT_HOST_FAILED)
 
 
 @main.command("jobs")

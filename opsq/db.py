@@ -62,6 +62,8 @@ def get_engine(url: str | None = None) -> Engine:
                     max_overflow=POOL_MAX_OVERFLOW,
                     pool_timeout=POOL_TIMEOUT,
                     pool_recycle=POOL_RECYCLE,
+                    # A round trip per checkout; hosts are written in batches, so it
+                    # is paid per batch, and a database restart costs no caller an error.
                     pool_pre_ping=True,
                     connect_args={"connect_timeout": CONNECT_TIMEOUT},
                 )
@@ -115,33 +117,41 @@ def ping(url: str | None = None) -> None:
         raise unavailable(exc, url) from exc
 
 
-#: Attempts at a write that must not be lost (a host's result, a chord part) while
-#: PostgreSQL is unreachable, and the first pause between them in seconds (doubling):
-#: about half a minute in all, enough for a database restart.
-WRITE_ATTEMPTS = 7
-WRITE_BACKOFF = 0.5
+#: Seconds a write that must not be lost (a host's result after its command ran) keeps
+#: retrying while PostgreSQL is unreachable: longer than an outage of minutes, shorter
+#: than RabbitMQ's consumer_timeout minus the longest command.
+WRITE_RETRY_BUDGET = 15 * 60
+#: First pause between two attempts, in seconds; doubles up to WRITE_BACKOFF_MAX.
+WRITE_BACKOFF = 0.2
+WRITE_BACKOFF_MAX = 5.0
 
 
-def retrying(write: Callable[[], T], what: str) -> T:
-    """Run ``write``, retrying while the database is unreachable; re-raise at the end.
+def retrying(write: Callable[[], T], what: str, budget: float = WRITE_RETRY_BUDGET) -> T:
+    """Run ``write``, retrying while the database is unreachable, for ``budget`` seconds;
+    re-raise the last error after that.
 
-    For writes after work has been done (a command ran): waiting beats redoing it.
+    For writes after work has been done (a command ran): waiting beats redoing it. The
+    pool is dropped after a failure, so the next attempt opens a fresh connection.
     """
-    for attempt in range(WRITE_ATTEMPTS):
+    deadline = time.monotonic() + budget
+    pause = WRITE_BACKOFF
+    while True:
         try:
             return write()
         except OperationalError:
-            if attempt == WRITE_ATTEMPTS - 1:
+            dispose_all()
+            if time.monotonic() + pause > deadline:
                 raise
-            logger.warning("%s: database unreachable, retrying", what)
-            time.sleep(WRITE_BACKOFF * 2**attempt)
-    raise AssertionError("unreachable")
+            logger.warning("%s: database unreachable, retrying in %.1f s", what, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, WRITE_BACKOFF_MAX)
 
 
-def dispose_all() -> None:
-    """Drop every pooled connection (after a fork the parent's sockets must not be shared)."""
+def dispose_all(close: bool = True) -> None:
+    """Drop every pooled connection (after a restart; after a fork, without closing the
+    parent's sockets)."""
     for engine in list(_engines.values()):
-        engine.dispose(close=False)
+        engine.dispose(close=close)
 
 
-os.register_at_fork(after_in_child=dispose_all)
+os.register_at_fork(after_in_child=lambda: dispose_all(close=False))

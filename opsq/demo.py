@@ -52,7 +52,7 @@ def main() -> None:
     print()
     from opsq.cli import _print_result
 
-    _print_result(result.id, summary, as_json=False)
+    _print_result(summary, as_json=False)
     print("\nThe same, in PostgreSQL (psql -h 127.0.0.1 -U postgres opsq):")
     with db.get_engine().connect() as conn:
         for title, sql in QUERIES:
@@ -65,7 +65,7 @@ def main() -> None:
             for r in data:
                 print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
     print(f"\nLater: opsq result {result.id}   |   make run CMD='uptime' TARGET='fleet:!host03'")
-    sys.exit(0 if summary["succeeded"] else 1)
+    sys.exit(0 if summary.succeeded else 1)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 A job is resolved once, at submission: its rows keep the resolved host list, so a
 later inventory edit does not change what a running job means. It then fans out as
-``chord(group(run_on_host...), finish_job)`` published with the callback's task id equal
-to the job id, so ``AsyncResult(job_id).get()`` returns the job summary.
+``chord(group(run_hosts(chunk)...), finish_job)`` published with the callback's task id
+equal to the job id, so ``AsyncResult(job_id).get()`` returns the job summary. Status
+transitions belong to ``opsq.state``; this module only reads them.
 """
 
 from __future__ import annotations
@@ -13,27 +14,29 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
-from celery import chord, group
+from celery import Signature, chord, group
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.exc import OperationalError
 
-from opsq import db
+from opsq import db, state
 from opsq.app import app
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.inventory import Host, Inventory
 from opsq.models import HostResult, HostStatus, Job, JobStatus
+from opsq.notify import Listener
 from opsq.settings import DEFAULT_INVENTORY, get_settings
 
 # Tasks are named rather than imported, so submitting does not load Fabric/paramiko.
-RUN_ON_HOST = "opsq.run_on_host"
+RUN_HOSTS = "opsq.run_hosts"
 FINISH_JOB = "opsq.finish_job"
-START_JOB = "opsq.start_job"
-#: Seconds between two looks at the database while waiting for a job.
-WAIT_POLL_INTERVAL = 0.05
+#: A job of enough hosts fans out as at least this many tasks (see ``chunks``).
+MIN_CHUNKS = 8
 #: Characters of a command shown in Flower's argument column.
 ARGSREPR_COMMAND_LIMIT = 200
 
@@ -138,41 +141,76 @@ def record_failed_submission(spec: JobSpec, job_id: str, reason: str) -> None:
         ))
 
 
-def job_signature(job_id: str) -> chord:
-    """The job's chord: one ``run_on_host`` per host, then ``finish_job`` with the job id."""
-    with db.session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(f"no job {job_id}")
-        hosts, command = list(job.hosts), job.command
+def chunks(hosts: list[str], size: int) -> list[list[str]]:
+    """The job's hosts cut into the tasks that run them: at most ``size`` hosts each, and
+    at least MIN_CHUNKS tasks when there are that many hosts, so several workers can
+    share a job."""
+    per_task = max(1, min(size, -(-len(hosts) // MIN_CHUNKS)))
+    return [hosts[i:i + per_task] for i in range(0, len(hosts), per_task)]
+
+
+def callback_signature(job_id: str) -> Signature:
+    """The job's chord callback: ``finish_job``, whose task id is the job id."""
+    return app.signature(FINISH_JOB, (job_id,)).set(task_id=job_id, argsrepr=repr((job_id,)))
+
+
+def job_signature(job_id: str, hosts: list[str], command: str) -> chord:
+    """The job's chord: ``run_hosts`` per chunk of hosts, then ``finish_job``.
+
+    Task ids derive from the job id, so fanning the same job out again (a submitter that
+    died mid-publish, a redelivered ``submit_job``) publishes the same tasks, and their
+    hosts are recognised as taken or done instead of run twice.
+    """
     shown = mask_secrets(command)[:ARGSREPR_COMMAND_LIMIT]
-    # A list, not a generator: the backend joins chords of known size with a counter
-    # and would fall back to polling (celery.chord_unlock) for a lazy header.
+    # A list, not a generator: the backend joins chords of known size itself and would
+    # fall back to polling (celery.chord_unlock) for a lazy header.
     header = group([
-        app.signature(RUN_ON_HOST, (job_id, host), immutable=True).set(
-            task_id=host_task_id(job_id, host),
-            argsrepr=repr((host, shown)), kwargsrepr=repr({"job": job_id}),
+        app.signature(RUN_HOSTS, (job_id, part), immutable=True).set(
+            task_id=_derived_id(job_id, f"chunk/{i}"),
+            argsrepr=repr((part, shown)), kwargsrepr=repr({"job": job_id}),
         )
-        for host in hosts
+        for i, part in enumerate(chunks(hosts, get_settings().chunk_size))
     ])
-    body = app.signature(FINISH_JOB, (job_id,)).set(task_id=job_id, argsrepr=repr((job_id,)))
     # The chord's own task id becomes the header's group id (the body keeps the job id).
-    return chord(header, body).set(task_id=_derived_id(job_id, "hosts"))
+    return chord(header, callback_signature(job_id)).set(task_id=_derived_id(job_id, "hosts"))
 
 
-#: Namespace of the ids derived from a job id: fanning a job out again (a start that was
-#: redelivered after a crash mid-publish) reuses the same group and task ids, so hosts
-#: already done, running or queued are recognised instead of run twice.
+def fan_out(job_id: str) -> None:
+    """Publish a recorded job's tasks and mark it published; idempotent.
+
+    Raises BackendUnavailable when RabbitMQ refuses the publish (the job stays recorded
+    and unpublished: the sweeper publishes it once the broker is back).
+    """
+    with db.session_scope() as session:
+        job = _job(session, job_id)
+        hosts, command = list(job.hosts), job.command
+    publish(job_id, hosts, command)
+    with db.session_scope() as session:
+        state.mark_published(session.connection(), job_id)
+
+
+def publish(job_id: str, hosts: list[str], command: str) -> None:
+    """Publish the job's chord. Raises BackendUnavailable when RabbitMQ refuses it."""
+    try:
+        job_signature(job_id, hosts, command).apply_async()
+    except (BrokerOperationalError, OSError) as exc:
+        raise broker_unavailable(exc) from exc
+
+
+def broker_unavailable(exc: Exception) -> BackendUnavailable:
+    safe = app.connection_for_write().as_uri()
+    return BackendUnavailable(f"cannot reach RabbitMQ at {safe}: {exc} "
+                              "(is it running? check OPSQ_BROKER_URL)")
+
+
+#: Namespace of the ids derived from a job id: fanning a job out again reuses the same
+#: group and task ids, so hosts already done, running or queued are recognised instead
+#: of run twice.
 JOB_ID_NAMESPACE = uuid.UUID("6f707371-0000-4000-8000-6a6f62696473")
 
 
 def _derived_id(job_id: str, what: str) -> str:
     return str(uuid.uuid5(JOB_ID_NAMESPACE, f"{job_id}/{what}"))
-
-
-def host_task_id(job_id: str, host: str) -> str:
-    """The Celery task id of a job's task for ``host`` (the same on every fan-out)."""
-    return _derived_id(job_id, f"host/{host}")
 
 
 def job_status(job_id: str) -> JobStatus | None:
@@ -183,26 +221,22 @@ def job_status(job_id: str) -> JobStatus | None:
 
 
 def submit(spec: JobSpec) -> AsyncResult:
-    """Record the job and queue its start; returns at once with the job's AsyncResult.
+    """Record the job and publish its tasks; returns at once with the job's AsyncResult.
 
-    One message is published whatever the number of hosts (``opsq.start_job`` fans the
-    job out from a worker). Raises PatternError/InventoryError (nothing written),
-    BackendUnavailable (the job row is kept with status ``error`` and the reason, so
-    nothing is silently lost).
+    Raises PatternError/InventoryError (nothing written), BackendUnavailable: PostgreSQL
+    down (nothing written), or RabbitMQ down (the job row is kept with status ``error``
+    and the reason, so nothing is silently lost).
     """
     job_id = create(spec)
     try:
-        app.send_task(START_JOB, (job_id,), argsrepr=repr((job_id,)))
-    except (BrokerOperationalError, OSError) as exc:
-        safe = app.connection_for_write().as_uri()
-        message = (f"cannot reach RabbitMQ at {safe}: {exc} "
-                   "(is it running? check OPSQ_BROKER_URL)")
+        fan_out(job_id)
+    except BackendUnavailable as exc:
         with db.session_scope() as session:
             session.execute(update(Job).where(Job.id == job_id).values(
-                status=JobStatus.ERROR.value, error=message, finished_at=func.now()))
+                status=JobStatus.ERROR.value, error=str(exc), finished_at=func.now()))
             session.execute(update(HostResult).where(HostResult.job_id == job_id).values(
-                status=HostStatus.ERROR.value, error="job was never queued: " + message))
-        raise BackendUnavailable(message) from exc
+                status=HostStatus.ERROR.value, error="job was never queued: " + str(exc)))
+        raise
     return AsyncResult(job_id, app=app)
 
 
@@ -213,32 +247,6 @@ def _whoami() -> str:
         return "unknown"
 
 
-_COUNTS = text(
-    "SELECT status, count(*) AS n FROM host_results WHERE job_id = :job GROUP BY status"
-)
-
-
-def finish(job_id: str) -> dict[str, Any]:
-    """Close the job: count its hosts by status, set its final status, return the summary."""
-    with db.session_scope() as session:
-        counts = {r.status: r.n for r in session.execute(_COUNTS, {"job": job_id})}
-        unfinished = counts.get("pending", 0) + counts.get("running", 0)
-        ok = counts.get(HostStatus.OK.value, 0)
-        total = sum(counts.values())
-        status = JobStatus.SUCCEEDED if ok == total and total else JobStatus.FAILED
-        values: dict[str, Any] = {
-            f"{s.value}_count": counts.get(s.value, 0)
-            for s in HostStatus if s.finished
-        }
-        session.execute(update(Job).where(Job.id == job_id).values(
-            status=status.value, finished_at=func.now(),
-            duration=func.extract("epoch", func.now() - Job.submitted_at),
-            error=f"{unfinished} host(s) never reported" if unfinished else None,
-            **values,
-        ))
-    return summary(job_id)
-
-
 def _job(session: Any, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
@@ -246,8 +254,79 @@ def _job(session: Any, job_id: str) -> Job:
     return job
 
 
-def summary(job_id: str) -> dict[str, Any]:
-    """The job as a JSON-able dict: status, counts, and per host status and exit code."""
+# -- typed results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """One host's run of a job: status, exit code, output, timing."""
+
+    host: str
+    status: HostStatus
+    exit_code: int | None
+    stdout: str | None
+    stderr: str | None
+    truncated: bool
+    stdout_bytes: int | None
+    stderr_bytes: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None
+    attempt: int
+    worker: str | None
+    error: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is HostStatus.OK
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        for k in ("started_at", "finished_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """Where a job stands, with each host's status and exit code (not their output)."""
+
+    job_id: str
+    status: JobStatus
+    command: str  # masked: summaries are stored in celery_taskmeta and shown by Flower
+    pattern: str
+    total: int
+    done: int
+    counts: dict[str, int]
+    hosts: dict[str, dict[str, Any]]
+    failed_hosts: dict[str, str]
+    submitted_by: str
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None
+    error: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is JobStatus.SUCCEEDED
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able, as ``AsyncResult(job_id).get()`` returns it."""
+        d = asdict(self)
+        d["status"] = self.status.value
+        d["succeeded"] = self.succeeded
+        for k in ("submitted_at", "finished_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+
+def summary(job_id: str) -> JobSummary:
+    """The job's summary: status, counts, and per host status and exit code."""
     with db.session_scope() as session:
         job = _job(session, job_id)
         rows = session.execute(
@@ -257,48 +336,49 @@ def summary(job_id: str) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for r in rows:
             counts[r.status] = counts.get(r.status, 0) + 1
-        return {
-            "job_id": job.id,
-            "status": job.status,
-            "succeeded": job.status == JobStatus.SUCCEEDED.value,
-            # Masked: the summary is stored in celery_taskmeta and shown by Flower.
-            "command": mask_secrets(job.command),
-            "pattern": job.pattern,
-            "total": job.host_count,
-            "done": sum(n for s, n in counts.items() if HostStatus(s).finished),
-            "counts": counts,
-            "hosts": {r.host: {"status": r.status, "exit_code": r.exit_code} for r in rows},
-            "failed_hosts": {
-                r.host: r.error or f"exit code {r.exit_code}"
-                for r in rows if r.status != HostStatus.OK.value and HostStatus(r.status).finished
-            },
-            "submitted_by": job.submitted_by,
-            "submitted_at": job.submitted_at.isoformat() if job.submitted_at else None,
-            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-            "duration": job.duration,
-            "error": job.error,
-        }
+        return JobSummary(
+            job_id=job.id, status=JobStatus(job.status), command=mask_secrets(job.command),
+            pattern=job.pattern, total=job.host_count, done=job.done_count, counts=counts,
+            hosts={r.host: {"status": r.status, "exit_code": r.exit_code} for r in rows},
+            failed_hosts={
+                r.host: r.error or f"exit code {r.exit_code}" for r in rows
+                if r.status != HostStatus.OK.value and HostStatus(r.status).finished},
+            submitted_by=job.submitted_by, submitted_at=job.submitted_at,
+            finished_at=job.finished_at, duration=job.duration, error=job.error,
+        )
+
+
+#: Characters of each stream kept by ``host_runs(..., preview=True)``.
+PREVIEW_CHARS = 512
+
+
+def host_runs(job_id: str, preview: bool = False) -> list[HostRun]:
+    """Every host's run, in inventory order; with ``preview`` only the first
+    PREVIEW_CHARS of each stream are read (a table of a large job stays light)."""
+    out_col, err_col = HostResult.stdout, HostResult.stderr
+    if preview:
+        out_col, err_col = func.left(out_col, PREVIEW_CHARS), func.left(err_col, PREVIEW_CHARS)
+    with db.session_scope() as session:
+        _job(session, job_id)
+        rows = session.execute(
+            select(HostResult.host, HostResult.status, HostResult.exit_code,
+                   out_col.label("stdout"), err_col.label("stderr"), HostResult.truncated,
+                   HostResult.stdout_bytes, HostResult.stderr_bytes, HostResult.started_at,
+                   HostResult.finished_at, HostResult.duration, HostResult.attempt,
+                   HostResult.worker, HostResult.error)
+            .where(HostResult.job_id == job_id).order_by(HostResult.id)
+            .execution_options(yield_per=HOST_ROWS_PAGE)
+        )
+        return [HostRun(**{**r._asdict(), "status": HostStatus(r.status)}) for r in rows]
 
 
 def host_results(job_id: str) -> list[dict[str, Any]]:
-    """Every host's full result (output included), in inventory order."""
-    with db.session_scope() as session:
-        _job(session, job_id)
-        rows = session.scalars(
-            select(HostResult).where(HostResult.job_id == job_id).order_by(HostResult.id)
-        ).all()
-        return [
-            {
-                "host": r.host, "status": r.status, "exit_code": r.exit_code,
-                "stdout": r.stdout, "stderr": r.stderr, "truncated": r.truncated,
-                "stdout_bytes": r.stdout_bytes, "stderr_bytes": r.stderr_bytes,
-                "started_at": r.started_at.isoformat() if r.started_at else None,
-                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-                "duration": r.duration, "attempt": r.attempt, "worker": r.worker,
-                "error": r.error,
-            }
-            for r in rows
-        ]
+    """Every host's full result (output included) as JSON-able dicts, in inventory order."""
+    return [r.as_dict() for r in host_runs(job_id)]
+
+
+#: Rows fetched at a time when reading a job's hosts.
+HOST_ROWS_PAGE = 1000
 
 
 def recent(limit: int = 20) -> list[dict[str, Any]]:
@@ -316,31 +396,51 @@ def recent(limit: int = 20) -> list[dict[str, Any]]:
         ]
 
 
+#: Seconds a waiter sleeps at most between two looks at its job when no notification
+#: comes (one lost to a database restart only delays it).
+WAIT_MAX_SLEEP = 1.0
+
+_PROGRESS = text("SELECT status, done_count, host_count FROM jobs WHERE id = :job")
+
+
 def wait(
     job_id: str,
     timeout: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Block until the job is finished; returns its summary. Raises TimeoutError."""
+) -> JobSummary:
+    """Block until the job is finished; returns its summary. Raises TimeoutError.
+
+    Wakes on the job's notifications (``LISTEN``), not by polling; rides out a database
+    restart (it looks again once PostgreSQL is back).
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     last = None
-    while True:
-        with db.session_scope() as session:
-            job = _job(session, job_id)
-            finished = JobStatus(job.status).finished
-            done = session.scalar(
-                select(func.count()).select_from(HostResult).where(
-                    HostResult.job_id == job_id,
-                    HostResult.status.notin_([HostStatus.PENDING.value,
-                                              HostStatus.RUNNING.value]))
-            )
-            total = job.host_count
-        if on_progress and (done, total) != last:
-            on_progress(done, total)
-            last = (done, total)
-        if finished:
-            return summary(job_id)
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} not finished after {timeout:g} s "
-                               f"({done}/{total} hosts done)")
-        time.sleep(WAIT_POLL_INTERVAL)
+    with Listener() as listener:
+        while True:
+            row, reachable = _progress(job_id)
+            if row is None and reachable:
+                raise JobNotFound(f"no job with id {job_id!r} (opsq jobs lists recent jobs)")
+            if row is not None:
+                progress = (row.done_count, row.host_count)
+                if on_progress and progress != last:
+                    on_progress(*progress)
+                last = progress
+                if JobStatus(row.status).finished:
+                    return summary(job_id)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                done, total = last or (0, 0)
+                raise TimeoutError(f"job {job_id} not finished after {timeout:g} s "
+                                   f"({done}/{total} hosts done)")
+            listener.wait(WAIT_MAX_SLEEP if remaining is None
+                          else min(WAIT_MAX_SLEEP, remaining))
+
+
+def _progress(job_id: str) -> tuple[Any, bool]:
+    """The job's (status, done, total) row and whether PostgreSQL answered."""
+    try:
+        with db.get_engine().connect() as conn:
+            return conn.execute(_PROGRESS, {"job": job_id}).first(), True
+    except OperationalError:
+        db.dispose_all()
+        return None, False

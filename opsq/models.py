@@ -27,36 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from opsq.state import HostStatus, JobStatus
 
-class HostStatus(str, Enum):
-    """Where one host of a job stands. The first two are transient."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    OK = "ok"  # the command exited 0
-    FAILED = "failed"  # the command exited non-zero
-    TIMEOUT = "timeout"  # the connection or the command ran past its deadline
-    UNREACHABLE = "unreachable"  # no SSH connection after the retries
-    ERROR = "error"  # host key refused, authentication failed, or an opsq bug
-    INTERRUPTED = "interrupted"  # the worker died mid-command; not re-run blindly
-
-    @property
-    def finished(self) -> bool:
-        return self not in (HostStatus.PENDING, HostStatus.RUNNING)
-
-
-class JobStatus(str, Enum):
-    """Where a job stands: ``succeeded`` only when every host is ``ok``."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    ERROR = "error"  # could not be queued at all (broker down): see jobs.error
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.ERROR)
+__all__ = ["Base", "HostResult", "HostStatus", "Job", "JobStatus", "Lease", "Schedule"]
 
 
 class Base(DeclarativeBase):
@@ -94,6 +67,10 @@ class Job(Base):
     unreachable_count: Mapped[int] = mapped_column(Integer, default=0)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     interrupted_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Hosts with a final status: the job closes when it reaches host_count.
+    done_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: When the fan-out was published (NULL: recorded, not yet sent; the sweeper sends it).
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
     #: The schedule that started the job (NULL when run by hand or the schedule is gone).
     schedule_id: Mapped[int | None] = mapped_column(
@@ -133,8 +110,23 @@ class HostResult(Base):
     duration: Mapped[float | None] = mapped_column(Float)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(Text)
+    #: The lease of the delivery that holds (or last held) the host; see opsq.state.
+    lease_token: Mapped[str | None] = mapped_column(String(36))
     #: Why the host did not run the command (timeout, refused key, unreachable...).
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """One delivery of a per-host task, alive while its expiry keeps being renewed."""
+
+    __tablename__ = "leases"
+
+    token: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[str | None] = mapped_column(String(155))
+    worker: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class ScheduleKind(str, Enum):

@@ -41,8 +41,17 @@ DEFAULT_RETRY_BACKOFF = 0.5
 DEFAULT_POOL_IDLE = 300.0
 #: Days finished jobs and their host results are kept by the daily retention schedule.
 DEFAULT_RETENTION_DAYS = 30
-#: Concurrent per-host tasks one fleet worker runs (threads).
+#: Concurrent tasks one fleet worker runs (threads); each covers up to CHUNK_SIZE hosts.
 DEFAULT_FLEET_CONCURRENCY = 64
+#: Hosts one fleet worker process runs at the same time, across all its tasks (threads).
+DEFAULT_HOST_CONCURRENCY = 256
+#: Most hosts one task covers: a job of N hosts fans out as ceil(N / this) tasks, at
+#: least MIN_CHUNKS of them (so several workers share a job) when there are enough hosts.
+DEFAULT_CHUNK_SIZE = 100
+#: Seconds a delivery's hold on its running hosts lasts unless renewed (it is renewed
+#: every third of that while the command runs). A worker that dies is noticed this long
+#: after its last renewal; lower means faster recovery and more renewal writes.
+DEFAULT_LEASE_TTL = 30.0
 
 
 class Settings(BaseSettings):
@@ -67,6 +76,9 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(DEFAULT_RETRY_BACKOFF, ge=0)
     pool_idle: float = Field(DEFAULT_POOL_IDLE, ge=0)
     fleet_concurrency: int = Field(DEFAULT_FLEET_CONCURRENCY, ge=1)
+    host_concurrency: int = Field(DEFAULT_HOST_CONCURRENCY, ge=1)
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
+    lease_ttl: float = Field(DEFAULT_LEASE_TTL, ge=1)
     retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1)
     #: Extra task modules workers and ``opsq schedule add --task`` import (comma-separated).
     task_modules: str = ""

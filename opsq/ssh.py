@@ -3,35 +3,43 @@ deadlines, and output capture that stays bounded in memory.
 
 Fabric hard-codes paramiko's ``AutoAddPolicy``; every connection made here replaces it
 with a policy that refuses unknown keys, and checks against the known_hosts file from
-settings. A command's own failure is a result (``CommandOutcome``), never an exception.
+settings. A command's own failure is a result (``opsq.state.Outcome``), never an exception.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import getpass
 import logging
+import os
 import random
+import selectors
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import invoke
 import paramiko
 from fabric import Config as FabricConfig
 from fabric import Connection
 from fabric.runners import Remote
 from invoke.exceptions import CommandTimedOut
-from invoke.runners import Local
 
 from opsq.errors import HostKeyError
 from opsq.inventory import Host
-from opsq.models import HostStatus
 from opsq.settings import Settings
+from opsq.state import HostStatus, Outcome
+
+#: What one host's run produced (kept under its historical name).
+CommandOutcome = Outcome
+#: The shell a local command (``ansible_connection=local``) runs in, as Ansible does.
+LOCAL_SHELL = "/bin/sh"
 
 logger = logging.getLogger(__name__)
 
@@ -91,26 +99,6 @@ class RunOptions:
         )
 
 
-@dataclass
-class CommandOutcome:
-    """What happened on one host. ``status`` tells success from failure without parsing."""
-
-    status: HostStatus
-    exit_code: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    stdout_bytes: int = 0
-    stderr_bytes: int = 0
-    truncated: bool = False
-    error: str | None = None
-    attempts: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status is HostStatus.OK
-
-
 # -- output capture -------------------------------------------------------------------
 
 
@@ -150,10 +138,7 @@ class _CappedOutput:
             room = self.output_limit - len(kept)
             if room > 0:
                 kept += data[:room]
-        # An incremental decoder with final=True replaces a character cut at the limit
-        # with one U+FFFD instead of raising.
-        text = codecs.getincrementaldecoder("utf-8")("replace").decode(bytes(kept), final=True)
-        buffer_.append(text)
+        buffer_.append(decode(bytes(kept)))
         name = "stdout" if buffer_ is getattr(self, "stdout", None) else "stderr"
         self.byte_counts = {**getattr(self, "byte_counts", {}), name: total}
 
@@ -162,11 +147,7 @@ class CappedRemote(_CappedOutput, Remote):
     """Fabric's remote runner with bounded output capture."""
 
 
-class CappedLocal(_CappedOutput, Local):
-    """invoke's local runner with bounded output capture (``ansible_connection=local``)."""
-
-
-def _execute(runner: Any, command: str, options: RunOptions) -> CommandOutcome:
+def _execute(runner: Any, command: str, options: RunOptions) -> Outcome:
     runner.output_limit = options.output_limit
     try:
         result = runner.run(
@@ -184,10 +165,10 @@ def _execute(runner: Any, command: str, options: RunOptions) -> CommandOutcome:
     return outcome
 
 
-def _outcome_from(result: Any, runner: Any, options: RunOptions) -> CommandOutcome:
+def _outcome_from(result: Any, runner: Any, options: RunOptions) -> Outcome:
     counts = getattr(runner, "byte_counts", {})
     out_bytes, err_bytes = counts.get("stdout", 0), counts.get("stderr", 0)
-    return CommandOutcome(
+    return Outcome(
         status=HostStatus.ERROR,
         stdout=result.stdout,
         stderr=result.stderr,
@@ -420,13 +401,80 @@ def classify_connect_error(
     return HostStatus.ERROR, f"{where}: {type(exc).__name__}: {exc}", False
 
 
-def run_local(command: str, options: RunOptions) -> CommandOutcome:
-    """Run ``command`` on the worker itself (``ansible_connection=local``)."""
-    ctx = invoke.Context(invoke.Config(overrides={"runners": {"local": CappedLocal}}))
-    return _execute(CappedLocal(ctx), command, options)
+class _Capture:
+    """One stream's bounded capture: the first ``limit`` bytes, and the total count."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.kept, self.total = limit, bytearray(), 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.limit - len(self.kept)
+        if room > 0:
+            self.kept += data[:room]
+
+    def text(self) -> str:
+        return decode(bytes(self.kept))
 
 
-def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) -> CommandOutcome:
+def decode(data: bytes) -> str:
+    """UTF-8 with replacement, once; a character cut at the limit becomes one U+FFFD."""
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=True)
+
+
+def run_local(command: str, options: RunOptions) -> Outcome:
+    """Run ``command`` on the worker itself (``ansible_connection=local``) in its own
+    process group, killed whole at the deadline; output capped as for SSH."""
+    try:
+        proc = subprocess.Popen([LOCAL_SHELL, "-c", command], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    except OSError as exc:
+        return Outcome(status=HostStatus.ERROR, error=f"cannot start {LOCAL_SHELL}: {exc}")
+    out, err = _Capture(options.output_limit), _Capture(options.output_limit)
+    deadline = time.monotonic() + options.command_timeout
+    timed_out = False
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)  # type: ignore[arg-type]
+        sel.register(proc.stderr, selectors.EVENT_READ, err)  # type: ignore[arg-type]
+        while sel.get_map() and not timed_out:
+            remaining = deadline - time.monotonic()
+            timed_out = remaining <= 0
+            for key, _ in sel.select(max(remaining, 0)):
+                data = os.read(key.fd, READ_CHUNK_SIZE)
+                if data:
+                    key.data.add(data)
+                else:
+                    sel.unregister(key.fileobj)
+    try:
+        proc.wait(max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    if timed_out:
+        _kill_group(proc)
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+    outcome = Outcome(
+        status=HostStatus.OK, stdout=out.text(), stderr=err.text(),
+        stdout_bytes=out.total, stderr_bytes=err.total,
+        truncated=max(out.total, err.total) > options.output_limit)
+    if timed_out:
+        outcome.status = HostStatus.TIMEOUT
+        outcome.error = f"command still running after {options.command_timeout:g} s; killed"
+        return outcome
+    code = proc.returncode
+    outcome.exit_code = code if code >= 0 else 128 - code  # killed by a signal: as sh says
+    outcome.status = HostStatus.OK if code == 0 else HostStatus.FAILED
+    return outcome
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) -> Outcome:
     """Run ``command`` on ``host`` within its deadlines; never raises for a host's failure.
 
     Connection failures that may pass (refused, reset) are retried ``connect_retries``
@@ -454,7 +502,7 @@ def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) 
                     continue
                 if retry and attempt > 1:
                     message += f" (after {attempt} attempts)"
-                return CommandOutcome(status=status, error=message, attempts=attempt)
+                return Outcome(status=status, error=message, attempts=attempt)
         runner = CappedRemote(context=conn, inline_env=conn.inline_ssh_env)
         began = time.monotonic()
         try:
@@ -472,7 +520,7 @@ def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) 
                 attempt -= 1
                 continue
             status, message, _ = classify_connect_error(host, exc, elapsed, options)
-            return CommandOutcome(status=status, error=message, attempts=attempt)
+            return Outcome(status=status, error=message, attempts=attempt)
         outcome.attempts = attempt
         if outcome.status is HostStatus.TIMEOUT:
             _close_quietly(conn)  # the session may be wedged; never reuse it

@@ -41,6 +41,8 @@ os.environ.update({
     "OPSQ_COMMAND_TIMEOUT": "60",
     "OPSQ_CONNECT_RETRIES": "1",
     "OPSQ_RETRY_BACKOFF": "0.2",
+    # A lost worker is noticed this many seconds after its last lease renewal.
+    "OPSQ_LEASE_TTL": "3",
     "OPSQ_ENV_FILE": "/nonexistent",
 })
 
@@ -72,6 +74,12 @@ def drop_services() -> None:
          f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'],
         check=False, capture_output=True,
     )
+    # Keep the processes' logs of the last run for a look after a failure.
+    kept = ROOT / "var" / "test-logs"
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir(parents=True, exist_ok=True)
+    for log in WORK.glob("*.log"):
+        shutil.copy(log, kept / log.name)
     shutil.rmtree(WORK, ignore_errors=True)
 
 

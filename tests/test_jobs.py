@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from sqlalchemy import text
 
 from opsq import db, jobs
 from opsq.app import app
+from opsq.errors import BackendUnavailable
 from opsq.tasks.fleet import submit_job
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -47,42 +50,56 @@ def test_mixed_exit_codes_are_results_not_failures():
         assert r["attempt"] == 1
 
 
-def test_a_start_delivered_twice_fans_out_once():
-    from opsq.tasks.fleet import start_job
+def test_a_finished_job_published_again_runs_nothing_twice(worker):
+    from opsq.jobs import _derived_id
 
     result = jobs.submit(jobs.JobSpec(command="echo once", pattern="host01"))
     assert result.get(timeout=30)["succeeded"]
-    start_job.delay(result.id).get(timeout=30)  # as if redelivered after a worker crash
-    time.sleep(1)
+    task_id = _derived_id(result.id, "chunk/0")
+    jobs.fan_out(result.id)  # as a redelivered submission would
+    # The worker took the second delivery of the same task and finished with it...
+    wait_until(lambda: worker.log.read_text().count(f"[{task_id}] succeeded") == 2, 30,
+               "the second delivery to be processed")
+    # ...without running the host again.
     r = rows(result.id)["host01"]
     assert (r["attempt"], r["status"], r["stdout"]) == (1, "ok", "once\n")
+    assert jobs.summary(result.id).counts == {"ok": 1}
 
 
-def test_a_fan_out_cut_short_is_completed_by_starting_again(monkeypatch):
+def test_a_fan_out_cut_short_is_completed_by_the_sweeper(monkeypatch):
+    # The submitter dies after publishing three of the job's six tasks: nothing tells
+    # the workers about the rest but the job row, which stays unpublished.
     from kombu import Producer
     from kombu.exceptions import OperationalError
 
-    from opsq.tasks.fleet import start_job
-
-    job_id = jobs.create(jobs.JobSpec(command="echo ran", pattern="fleet"))
+    spec = jobs.JobSpec(command="echo ran", pattern="fleet")
+    job_id = jobs.create(spec)
     real_publish, sent = Producer.publish, []
 
     def publish_then_crash(self, body, *args, routing_key=None, **kwargs):
         if routing_key == "opsq.fleet":
-            if len(sent) == 3:  # the publisher dies after three of the six hosts
+            if len(sent) == 3:
                 raise OperationalError("simulated crash mid-publish")
             sent.append(routing_key)
         return real_publish(self, body, *args, routing_key=routing_key, **kwargs)
 
     monkeypatch.setattr(Producer, "publish", publish_then_crash)
-    with pytest.raises(OperationalError):
-        jobs.job_signature(job_id).apply_async()
+    with pytest.raises(BackendUnavailable):
+        jobs.fan_out(job_id)
     monkeypatch.setattr(Producer, "publish", real_publish)
-    time.sleep(1)  # the three published hosts run meanwhile
-    start_job.delay(job_id)  # the start, delivered again
     summary = app.AsyncResult(job_id).get(timeout=60)
     assert summary["succeeded"] and summary["counts"] == {"ok": 6}
     assert {(r["attempt"], r["stdout"]) for r in jobs.host_results(job_id)} == {(1, "ran\n")}
+
+
+def test_a_job_recorded_by_a_submitter_that_died_is_published_and_runs():
+    # The control worker (or any submitter) killed between recording the job and
+    # publishing its tasks: the workers' sweep publishes it.
+    job_id = jobs.create(jobs.JobSpec(command="echo late", pattern="even"))
+    start = time.monotonic()
+    summary = app.AsyncResult(job_id).get(timeout=60)
+    assert summary["succeeded"] and summary["counts"] == {"ok": 3}
+    assert time.monotonic() - start < 20  # a lease period of grace, then a sweep
 
 
 def test_async_result_get_returns_the_summary_and_the_id_is_the_job_id():
@@ -101,7 +118,7 @@ def test_submit_job_task_delay_gives_the_job_id():
     assert summary["job_id"] == result.id
     assert sorted(summary["hosts"]) == ["host01", "host03", "host05"]
     assert all(r["stdout"] == "from-delay\n" for r in jobs.host_results(result.id))
-    assert jobs.summary(result.id)["submitted_by"].startswith("celery:")
+    assert jobs.summary(result.id).submitted_by.startswith("celery:")
 
 
 def test_command_timeout_kills_only_that_host():
@@ -188,15 +205,18 @@ def _run_on_worker(command: str, pattern: str, worker_name: str, **spec) -> dict
 
 
 def _submit_via(worker_name: str, command: str, pattern: str, **spec) -> str:
-    """Submit a job whose per-host tasks only ``worker_name`` consumes (its own queue)."""
+    """Submit a job whose tasks only ``worker_name`` consumes (its own queue)."""
     queue = f"q.{worker_name}"
     app.control.add_consumer(queue, destination=[n for n in _nodes() if worker_name in n],
                              reply=True)
     job_id = jobs.create(jobs.JobSpec(command=command, pattern=pattern, **spec))
-    sig = jobs.job_signature(job_id)
+    job = jobs.summary(job_id)
+    sig = jobs.job_signature(job_id, list(job.hosts), command)
     for t in sig.tasks:
         t.set(queue=queue)
     sig.apply_async()
+    with db.session_scope() as s:
+        s.execute(text("UPDATE jobs SET published_at = now() WHERE id = :j"), {"j": job_id})
     return job_id
 
 
@@ -209,17 +229,18 @@ def _wait_for_status(job_id: str, host: str, status: str, timeout: float = 30) -
     raise AssertionError(f"{host} never reached {status}: {rows(job_id)[host]}")
 
 
-def test_a_duplicate_delivery_while_the_first_still_runs_is_ignored():
+def test_a_duplicate_delivery_while_the_first_still_runs_is_deferred():
     # As when a worker's broker connection drops mid-task: RabbitMQ redelivers the
-    # message while the first delivery goes on running.
-    result = jobs.submit(jobs.JobSpec(command="sleep 2; echo first", pattern="host01"))
+    # message while the first delivery goes on running (and renewing its lease).
+    result = jobs.submit(jobs.JobSpec(command="sleep 5; echo first", pattern="host01"))
     _wait_for_status(result.id, "host01", "running")
     with db.session_scope() as s:
         task_id = s.execute(text("SELECT task_id FROM host_results WHERE job_id = :j"),
                             {"j": result.id}).scalar_one()
-    app.send_task("opsq.run_on_host", (result.id, "host01"), task_id=task_id)
-    time.sleep(0.7)  # the duplicate has been taken by now
-    assert rows(result.id)["host01"]["status"] == "running", "the live run was written off"
+    app.send_task(jobs.RUN_HOSTS, (result.id, ["host01"]), task_id=task_id)
+    time.sleep(4)  # past the lease period (3 s): the live holder kept renewing it
+    r = rows(result.id)["host01"]
+    assert (r["status"], r["attempt"]) == ("running", 1), "the live run was written off"
     summary = result.get(timeout=30)
     r = rows(result.id)["host01"]
     assert (r["status"], r["attempt"], r["stdout"]) == ("ok", 1, "first\n")
@@ -228,29 +249,38 @@ def test_a_duplicate_delivery_while_the_first_still_runs_is_ignored():
     assert summary["finished_at"] >= r["finished_at"]
 
 
-@pytest.mark.parametrize("rerun_safe", [False, True])
-def test_worker_killed_mid_command_is_redelivered_not_lost(start_worker, rerun_safe):
-    import signal
-
-    name = f"crashy{int(rerun_safe)}"
+@pytest.mark.parametrize("same_name", [True, False], ids=["same-name", "new-name"])
+@pytest.mark.parametrize("rerun_safe", [False, True], ids=["once-only", "rerun-safe"])
+def test_worker_killed_mid_command_and_restarted_ends_the_job(start_worker, rerun_safe,
+                                                              same_name):
+    # SIGKILL, then the worker comes back as systemd and celery multi bring it back:
+    # under the same node name (or another worker takes over the queue).
+    name = f"crashy{int(rerun_safe)}{int(same_name)}"
     first = start_worker(name)
-    job_id = _submit_via(name, "sleep 2; echo finished", "host03", rerun_safe=rerun_safe)
+    job_id = _submit_via(name, "sleep 3; echo finished", "host0[3-4]", rerun_safe=rerun_safe)
     _wait_for_status(job_id, "host03", "running")
-    first.stop(signal.SIGKILL)  # the task was not acknowledged: RabbitMQ re-queues it
-    second = start_worker(f"{name}b")
+    _wait_for_status(job_id, "host04", "running")
+    first.stop(signal.SIGKILL)  # the tasks were not acknowledged: RabbitMQ re-queues them
+    killed_at = time.monotonic()
+    second = start_worker(name if same_name else f"{name}b")
     app.control.add_consumer(f"q.{name}", destination=[
         n for n in _nodes() if n.startswith(second.name + "@")], reply=True)
     summary = app.AsyncResult(job_id).get(timeout=60)
-    r = rows(job_id)["host03"]
-    assert r["attempt"] == (2 if rerun_safe else 1)
-    if rerun_safe:
-        assert r["status"] == "ok" and r["stdout"] == "finished\n"
-        assert summary["succeeded"]
-    else:
-        assert r["status"] == "interrupted"
-        assert "not marked safe to re-run" in r["error"]
-        assert summary["counts"] == {"interrupted": 1}
-        assert summary["status"] == "failed"
+    assert time.monotonic() - killed_at < 30
+    got = rows(job_id)
+    assert summary["total"] == 2 and sum(summary["counts"].values()) == 2
+    for host in ("host03", "host04"):
+        r = got[host]
+        if rerun_safe:
+            assert (r["status"], r["attempt"], r["stdout"]) == ("ok", 2, "finished\n")
+        else:
+            assert (r["status"], r["attempt"]) == ("interrupted", 1)
+            assert "not marked safe to re-run" in r["error"]
+    assert summary["status"] == ("succeeded" if rerun_safe else "failed")
+    with db.session_scope() as s:
+        counts = s.execute(text("SELECT done_count, interrupted_count, ok_count FROM jobs "
+                                "WHERE id = :j"), {"j": job_id}).one()
+    assert tuple(counts) == ((2, 0, 2) if rerun_safe else (2, 2, 0))
 
 
 def _nodes() -> list[str]:
@@ -290,7 +320,7 @@ def test_cli_run_prints_job_id_at_once_then_result(opsq_cli):
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
     assert time.monotonic() - start < 2 + 3  # returned before the command could finish
-    assert jobs.summary(job_id)["status"] in ("queued", "running")
+    assert jobs.summary(job_id).status in ("queued", "running")
     res = opsq_cli("result", job_id, "--wait", "--json")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
@@ -379,26 +409,28 @@ def test_readme_sql_returns_the_rows():
     assert [r.host for r in failed] == ["host04"]
 
 
-def test_chord_is_joined_by_the_counter_not_by_polling():
+def test_job_chord_is_joined_by_the_job_row_not_by_polling():
     result = jobs.submit(jobs.JobSpec(command="sleep 1", pattern="odd"))
-
-    def chords():
-        with db.session_scope() as s:
-            return [tuple(c) for c in s.execute(text(
-                "SELECT callback_id, size FROM opsq_chords")).all()]
-
-    deadline = time.monotonic() + 10
-    while not chords() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert chords() == [(result.id, 3)], "the chord was not registered with the counter join"
-    assert result.get(timeout=30)["succeeded"]
+    summary = result.get(timeout=30)
+    assert summary["succeeded"]
     with db.session_scope() as s:
-        left = s.execute(text("SELECT count(*) FROM opsq_chords")).scalar()
-        parts = s.execute(text("SELECT count(*) FROM opsq_chord_parts")).scalar()
+        chords = s.execute(text("SELECT count(*) FROM opsq_chords")).scalar()
         unlocks = s.execute(text(
             "SELECT count(*) FROM celery_taskmeta WHERE name = 'celery.chord_unlock'")).scalar()
-    assert (left, parts) == (0, 0), "the joined chord's rows were not cleaned up"
-    assert unlocks == 0
+        job = s.execute(text("SELECT done_count, ok_count FROM jobs WHERE id = :j"),
+                        {"j": result.id}).one()
+    assert (chords, unlocks) == (0, 0)
+    assert tuple(job) == (3, 3)
+    # the callback ran and stored the summary under the job id, for Celery and Flower
+    meta = wait_until(lambda: _taskmeta(result.id), 10, "the callback's result")
+    assert meta == ("SUCCESS", "opsq.finish_job")
+
+
+def _taskmeta(task_id: str):
+    with db.session_scope() as s:
+        row = s.execute(text("SELECT status, name FROM celery_taskmeta WHERE task_id = :t"),
+                        {"t": task_id}).first()
+    return tuple(row) if row else None
 
 
 def test_timeout_beyond_the_broker_consumer_timeout_is_refused(opsq_cli):

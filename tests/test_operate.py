@@ -85,7 +85,7 @@ def test_start_run_restart_stop(daemons):
     assert second["fleet"] != first["fleet"] and second["control"] != first["control"]
     assert not alive(first["fleet"]) and not alive(first["control"])
     summary = jobs.wait(job_id, timeout=60)
-    assert summary["succeeded"] and summary["counts"] == {"ok": 6}
+    assert summary.succeeded and summary.counts == {"ok": 6}
     assert {r["stdout"] for r in jobs.host_results(job_id)} == {"survived\n"}
 
     out = daemons.opsq("daemons", "stop")

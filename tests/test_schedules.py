@@ -140,7 +140,7 @@ def test_a_firing_sent_twice_makes_one_job():
     schedules.send(row, task_id=task_id)  # a failed-over beat re-sending the same firing
     summary = jobs.wait(wait_until(lambda: jobs_of("twice") and task_id, 15, "the job"),
                         timeout=30)
-    assert summary["succeeded"]
+    assert summary.succeeded
     time.sleep(1)
     assert [j["id"] for j in jobs_of("twice")] == [task_id]
 
@@ -227,7 +227,7 @@ def test_cli_list_show_and_run_now(opsq_cli):
     job_id = opsq_cli("schedule", "run-now", "disk").stdout.strip()
     summary = jobs.wait(wait_until(lambda: jobs_of("disk") and job_id, 15, "the job"),
                         timeout=30)
-    assert summary["total"] == 3 and summary["succeeded"]
+    assert summary.total == 3 and summary.succeeded
     shown = opsq_cli("schedule", "show", "disk").stdout
     assert job_id in shown and "run_count     1" in shown
     assert job_id in opsq_cli("jobs").stdout
@@ -242,7 +242,7 @@ def test_schedule_whose_pattern_stopped_matching_records_an_error_job(tmp_path):
     task_id = schedules.send(row)
     wait_until(lambda: jobs_of("vanishing"), 15, "the error job")
     summary = jobs.summary(task_id)
-    assert summary["status"] == "error" and "gone" in summary["error"]
+    assert summary.status == "error" and "gone" in summary.error
 
 
 def test_birthday_example_greets_the_right_customers_once():
@@ -307,22 +307,36 @@ def test_retention_prunes_old_finished_jobs_only():
                                                                 "opsq.prune")
 
 
-def test_reconcile_finishes_a_job_whose_join_was_lost():
+@pytest.mark.parametrize("rerun_safe", [False, True])
+def test_reconcile_closes_hosts_whose_worker_died(rerun_safe):
+    # Hosts left running by a delivery whose lease is gone (its worker died and the
+    # broker will not redeliver): the sweep writes them off, or runs them again.
     from opsq.app import app
     from opsq.tasks.maintenance import reconcile
 
-    job_id = jobs.create(jobs.JobSpec(command="sleep 1; echo done", pattern="odd"))
-    jobs.job_signature(job_id).apply_async()
-    with db.session_scope() as s:  # the join's counter vanishes: no part can complete it
-        s.execute(text("DELETE FROM opsq_chords WHERE callback_id = :j"), {"j": job_id})
-    wait_until(lambda: {r["status"] for r in jobs.host_results(job_id)} == {"ok"}, 30,
-               "the hosts to report")
-    time.sleep(1)
-    assert jobs.summary(job_id)["status"] == "running"
-    assert reconcile.delay(grace=0).get(timeout=30) == {"finished": [job_id]}
-    summary = app.AsyncResult(job_id).get(timeout=10)
-    assert summary["succeeded"] and summary["counts"] == {"ok": 3}
-    assert reconcile.delay(grace=0).get(timeout=30) == {"finished": []}
+    job_id = jobs.create(jobs.JobSpec(command="echo again", pattern="odd",
+                                      rerun_safe=rerun_safe))
+    with db.session_scope() as s:
+        s.execute(text("UPDATE jobs SET status = 'running', published_at = now() "
+                       "WHERE id = :j"), {"j": job_id})
+        s.execute(text("UPDATE host_results SET status = 'running', attempt = 1, "
+                       "started_at = now(), lease_token = 'gone-with-its-worker' "
+                       "WHERE job_id = :j"), {"j": job_id})
+    report = reconcile.delay(grace=0).get(timeout=30)
+    hosts = ["host01", "host03", "host05"]
+    summary = app.AsyncResult(job_id).get(timeout=30)
+    if rerun_safe:
+        assert report["rerun"] == {job_id: hosts} and report["closed"] == []
+        assert summary["succeeded"] and summary["counts"] == {"ok": 3}
+        assert {(r["attempt"], r["stdout"]) for r in jobs.host_results(job_id)} == {
+            (2, "again\n")}
+    else:
+        assert report["interrupted"] == {job_id: hosts} and report["closed"] == [job_id]
+        assert summary["status"] == "failed" and summary["counts"] == {"interrupted": 3}
+        assert {(r["attempt"], r["stdout"]) for r in jobs.host_results(job_id)} == {
+            (1, None)}
+    again = reconcile.delay(grace=0).get(timeout=30)
+    assert job_id not in again["interrupted"] and job_id not in again["rerun"]
 
 
 def test_builtin_schedules_exist():

@@ -1,214 +1,262 @@
-"""The tasks of a job: one per host (``opsq.run_on_host``), the chord callback that
-writes the summary (``opsq.finish_job``), and ``opsq.submit_job`` for submitting from
-anywhere Celery can send a task (``submit_job.delay(...)``, beat, another service).
+"""The tasks of a job: ``opsq.run_hosts`` runs the command on a chunk of the job's hosts,
+``opsq.finish_job`` is the chord callback that records the summary as the job id's
+Celery result, and ``opsq.submit_job`` submits from anywhere Celery can send a task
+(``submit_job.delay(...)``, beat, another service).
+
+A ``run_hosts`` delivery takes its hosts under a lease (``opsq.state``), runs them on the
+worker's shared host thread pool, and writes their results in small batches as they
+finish: a crash loses at most the hosts still running, never those already done. A
+``LeaseKeeper`` thread per worker process renews the leases of the deliveries in
+progress and sweeps what dead deliveries left (``opsq.tasks.maintenance.sweep``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import worker_shutdown
-from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from opsq import db, jobs
+from opsq import db, jobs, state
 from opsq.app import app
 from opsq.errors import BackendUnavailable, InventoryError, PatternError
 from opsq.inventory import Host
-from opsq.models import HostStatus
 from opsq.settings import get_settings
-from opsq.ssh import CommandOutcome, ConnectionPool, RunOptions, run_on
+from opsq.ssh import ConnectionPool, RunOptions, run_on
+from opsq.state import Claim, ClaimedHost, HostStatus, JobOptions, Outcome
 
 logger = logging.getLogger(__name__)
 
-#: Seconds to wait for a worker to say whether a task is still active on it.
-OWNER_INSPECT_TIMEOUT = 2.0
-#: How a task that cannot reach PostgreSQL (or, for start_job, RabbitMQ) before it has
-#: done anything waits for it: retried through the broker, backing off exponentially
-#: (with jitter) up to 30 s, 20 times at most — several minutes in all.
-WAIT_FOR_SERVICES = {"retry_backoff": True, "retry_backoff_max": 30, "max_retries": 20}
+#: How a task that cannot reach PostgreSQL before it has done anything waits for it:
+#: retried through the broker, backing off exponentially (with jitter) up to 30 s, 100
+#: times at most: well over the 5-minute outage opsq is built to outlast.
+WAIT_FOR_SERVICES = {"retry_backoff": True, "retry_backoff_max": 30, "max_retries": 100}
+#: Seconds a finished host's result may wait to be written with others of its task.
+FLUSH_INTERVAL = 0.05
+#: Results written in one statement at most.
+FLUSH_MAX = 500
 
 _pool: ConnectionPool | None = None
+_executor: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
 
 
 def connection_pool() -> ConnectionPool:
     """This worker process's SSH connection pool."""
     global _pool
-    if _pool is None:
-        _pool = ConnectionPool(get_settings().pool_idle)
-    return _pool
+    with _lock:
+        if _pool is None:
+            _pool = ConnectionPool(get_settings().pool_idle)
+        return _pool
+
+
+def host_executor() -> ThreadPoolExecutor:
+    """This worker process's threads for host runs, shared by all its tasks."""
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(get_settings().host_concurrency,
+                                           thread_name_prefix="opsq-host")
+        return _executor
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the leases of this process's deliveries in progress, every third of the
+    lease period, in one statement; and sweeps once a lease period (every worker does,
+    safely: the sweep skips rows another one has locked)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="opsq-lease-keeper", daemon=True)
+        self.ttl = get_settings().lease_ttl
+        self._tokens: set[str] = set()
+        self._tokens_lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def hold(self, token: str) -> None:
+        with self._tokens_lock:
+            self._tokens.add(token)
+
+    def release(self, token: str) -> None:
+        with self._tokens_lock:
+            self._tokens.discard(token)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        from opsq.tasks.maintenance import sweep
+
+        next_sweep = time.monotonic() + self.ttl
+        while not self._stopping.wait(self.ttl / 3):
+            with self._tokens_lock:
+                tokens = list(self._tokens)
+            try:
+                with db.get_engine().begin() as conn:
+                    state.renew(conn, tokens, self.ttl)
+            except Exception as exc:
+                db.dispose_all()
+                logger.warning("could not renew %d lease(s): %s", len(tokens), exc)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.ttl
+                try:
+                    sweep()
+                except Exception as exc:
+                    logger.warning("sweep failed (will try again): %s", exc)
+
+
+_keeper: LeaseKeeper | None = None
+
+
+def lease_keeper() -> LeaseKeeper:
+    """This process's lease keeper, started on first use."""
+    global _keeper
+    with _lock:
+        if _keeper is None or not _keeper.is_alive():
+            _keeper = LeaseKeeper()
+            _keeper.start()
+        return _keeper
+
+
+@worker_ready.connect
+def _start_keeper(**_: Any) -> None:
+    lease_keeper()
 
 
 @worker_shutdown.connect
-def _close_pool(**_: Any) -> None:
+def _shutdown(**_: Any) -> None:
+    if _keeper is not None:
+        _keeper.stop()
     if _pool is not None:
         _pool.close_all()
 
 
-_CLAIM = text(
+# ignore_result: the hosts' outcomes live in host_results; the return value only tells
+# the backend's chord join whether this task closed the job. Flower still shows every
+# state from the task events.
+# autoretry: BackendUnavailable can only come from the claim, before any command ran.
+@app.task(name=jobs.RUN_HOSTS, bind=True, ignore_result=True,
+          autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
+def run_hosts(self: Task, job_id: str, hosts: list[str]) -> dict[str, Any]:
+    """Run the job's command on ``hosts`` and store each outcome; never raises for a host.
+
+    A delivery of hosts another delivery already ran, runs, or lost is safe: finished
+    hosts are skipped, hosts under a live lease are looked at again later (a retry through
+    the broker), hosts whose holder died are recorded ``interrupted`` (or run again for a
+    re-run-safe job). See ``opsq.state``.
     """
-    SELECT h.status, h.attempt, h.target, h.worker, h.task_id, j.command, j.command_timeout,
-           j.connect_timeout, j.rerun_safe
-    FROM host_results h JOIN jobs j ON j.id = h.job_id
-    WHERE h.job_id = :job AND h.host = :host
-    FOR UPDATE OF h
-    """
-)
-_START = text(
-    """
-    UPDATE host_results SET status = 'running', attempt = attempt + 1, started_at = now(),
-        finished_at = NULL, worker = :worker, task_id = :task
-    WHERE job_id = :job AND host = :host
-    RETURNING attempt
-    """
-)
-_JOB_RUNNING = text(
-    "UPDATE jobs SET status = 'running', started_at = now() "
-    "WHERE id = :job AND status = 'queued'"
-)
-_FINISH = text(
-    """
-    UPDATE host_results SET status = :status, exit_code = :exit_code, stdout = :stdout,
-        stderr = :stderr, stdout_bytes = :stdout_bytes, stderr_bytes = :stderr_bytes,
-        truncated = :truncated, error = :error, finished_at = now(),
-        duration = EXTRACT(EPOCH FROM now() - started_at)
-    WHERE job_id = :job AND host = :host AND attempt = :attempt
-    """
-)
+    return _execute(self, job_id, list(hosts))
 
 
-def _short(job_id: str, host: str, status: str, exit_code: int | None) -> dict[str, Any]:
-    # The chord payload stays small: full output lives in host_results.
-    return {"job_id": job_id, "host": host, "status": status, "exit_code": exit_code}
-
-
-# ignore_result: the host's outcome lives in host_results and reaches the chord through
-# the backend's join; skipping celery_taskmeta saves two writes per host. Flower still
-# shows every state from the task events.
-# autoretry: BackendUnavailable can only come from the claim, before the command ran.
 @app.task(name="opsq.run_on_host", bind=True, ignore_result=True,
           autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
 def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
-    """Run the job's command on one host and store the outcome; never raises for a host.
-
-    A second delivery of a task whose first attempt had started (the worker died) does
-    not run the command again unless the job was submitted as safe to re-run: it
-    records ``interrupted``. A delivery after the result was stored returns it as is.
-    """
-    row = _claim(self, job_id, host)
-    if isinstance(row, dict):
-        return row
-    claimed, attempt = row
-    return _run_claimed(job_id, host, claimed, attempt)
+    """One host's task as the previous release queued it; runs as ``run_hosts``."""
+    return _execute(self, job_id, [host])
 
 
-def _claim(self: Task, job_id: str, host: str) -> Any:
-    """Mark the host running (attempt + 1) and return (row, attempt), or the short
-    result when it must not run: already finished (duplicate delivery) or interrupted
-    (see run_on_host). Raises Ignore for a duplicate of a delivery still running."""
-    with db.session_scope() as session:
-        row = session.execute(_CLAIM, {"job": job_id, "host": host}).first()
-        if row is None:
-            logger.error("job %s has no host %s (deleted?)", job_id, host)
-            return _short(job_id, host, HostStatus.ERROR.value, None)
-        previous = HostStatus(row.status)
-        if previous.finished:
-            session.rollback()
-            return _short(job_id, host, previous.value, None)
-        if previous is HostStatus.RUNNING and _still_running(row.worker, row.task_id):
-            # The broker redelivered a task whose first delivery is alive (its worker's
-            # connection dropped): that one will report. Producing no result here keeps
-            # the chord from counting this host twice.
-            session.rollback()
-            logger.warning("job %s host %s: task %s still runs on %s; duplicate ignored",
-                           job_id, host, row.task_id, row.worker)
-            raise Ignore()
-        if previous is HostStatus.RUNNING and not row.rerun_safe:
-            session.execute(_FINISH, {
-                "job": job_id, "host": host, "status": HostStatus.INTERRUPTED.value,
-                "attempt": row.attempt,
-                "exit_code": None, "stdout": None, "stderr": None, "stdout_bytes": None,
-                "stderr_bytes": None, "truncated": False,
-                "error": f"attempt {row.attempt} was interrupted (worker lost) and the job "
-                         "is not marked safe to re-run; not running the command again",
-            })
-            return _short(job_id, host, HostStatus.INTERRUPTED.value, None)
-        attempt = session.execute(_START, {
-            "job": job_id, "host": host, "worker": self.request.hostname,
-            "task": self.request.id}).scalar_one()
-        session.execute(_JOB_RUNNING, {"job": job_id})
-    return row, attempt
-
-
-def _still_running(worker: str | None, task_id: str | None) -> bool:
-    """Whether ``worker`` reports ``task_id`` among its active tasks right now."""
-    if not worker or not task_id:
-        return False
+def _execute(task: Task, job_id: str, hosts: list[str]) -> dict[str, Any]:
+    ttl = get_settings().lease_ttl
+    token = str(uuid.uuid4())
+    claim = _claim(task, job_id, hosts, token, ttl)
+    if claim.job is None:
+        logger.error("job %s no longer exists (deleted?): hosts %s skipped", job_id, hosts)
+        return {"job_id": job_id, "closed": False}
+    closed = claim.closed
+    keeper = lease_keeper()
+    keeper.hold(token)
     try:
-        replies = app.control.inspect([worker], timeout=OWNER_INSPECT_TIMEOUT).active() or {}
-    except Exception:  # cannot ask: treat the first delivery as lost
-        logger.warning("could not ask %s about task %s", worker, task_id, exc_info=True)
-        return False
-    return any(t.get("id") == task_id for tasks in replies.values() for t in tasks or [])
+        closed = _run_claimed(job_id, token, claim.job, claim.run) or closed
+    finally:
+        keeper.release(token)
+    if claim.interrupted:
+        logger.warning("job %s: hosts %s were interrupted (their worker was lost)",
+                       job_id, claim.interrupted)
+    if claim.deferred:
+        # Another delivery holds these hosts under a live lease (the broker redelivered
+        # while the first still runs): look again once that lease could have ended.
+        logger.info("job %s: hosts %s still run elsewhere; looking again in %.0f s",
+                    job_id, claim.deferred, claim.recheck_in)
+        raise task.retry(args=(job_id, claim.deferred), max_retries=None,
+                         countdown=min(claim.recheck_in + 1, ttl))
+    return {"job_id": job_id, "closed": closed}
 
 
-def _run_claimed(job_id: str, host: str, row: Any, attempt: int) -> dict[str, Any]:
-    target = Host.from_dict(row.target)
+def _claim(task: Task, job_id: str, hosts: list[str], token: str, ttl: float) -> Claim:
     try:
-        options = RunOptions.resolve(target, get_settings(), row.command_timeout,
-                                     row.connect_timeout)
-        outcome = run_on(target, row.command, options, connection_pool())
-    except Exception as exc:  # a bug in opsq: record it on the host, keep the chord alive
-        logger.exception("job %s host %s: unexpected error", job_id, host)
-        outcome = CommandOutcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
-    _store_outcome(job_id, host, outcome, attempt)
-    return _short(job_id, host, outcome.status.value, outcome.exit_code)
-
-
-def _store_outcome(job_id: str, host: str, outcome: CommandOutcome, attempt: int) -> None:
-    params = {
-        "job": job_id, "host": host, "status": outcome.status.value, "attempt": attempt,
-        "exit_code": outcome.exit_code,
-        # PostgreSQL text cannot hold NUL; everything else survives as decoded.
-        "stdout": outcome.stdout.replace("\x00", "\ufffd"),
-        "stderr": outcome.stderr.replace("\x00", "\ufffd"),
-        "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes,
-        "truncated": outcome.truncated, "error": outcome.error,
-    }
-    def write() -> None:
         with db.get_engine().begin() as conn:
-            conn.execute(_FINISH, params)
+            return state.claim(conn, job_id, hosts, token=token, ttl=ttl,
+                               worker=task.request.hostname or "unknown",
+                               task_id=task.request.id or "")
+    except IntegrityError:  # the job was deleted under us (its lease had nothing to refer to)
+        return Claim(job=None)
+    except OperationalError as exc:
+        db.dispose_all()
+        raise db.unavailable(exc) from exc
 
-    db.retrying(write, f"storing job {job_id} host {host}")
+
+def _run_claimed(job_id: str, token: str, job: JobOptions, hosts: list[ClaimedHost]) -> bool:
+    """Run the hosts on the shared threads, writing results in batches as they finish;
+    True when one of the writes closed the job. The last write drops the lease."""
+    futures: dict[Future, str] = {host_executor().submit(_run_one, h, job): h.host
+                                  for h in hosts}
+    pending = set(futures)
+    buffer: list[tuple[str, Outcome]] = []
+    first: float | None = None
+    closed = False
+    while True:
+        if pending:
+            timeout = None if first is None else max(0.0, first + FLUSH_INTERVAL
+                                                      - time.monotonic())
+            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            buffer += [(futures[f], f.result()) for f in done]
+            if buffer and first is None:
+                first = time.monotonic()
+        if pending and buffer and len(buffer) < FLUSH_MAX and (
+                time.monotonic() - (first or 0)) < FLUSH_INTERVAL:
+            continue
+        if buffer or not pending:
+            closed = _flush(job_id, token, buffer, last=not pending) or closed
+            buffer, first = [], None
+        if not pending:
+            return closed
 
 
-@app.task(name="opsq.finish_job", bind=True, autoretry_for=(BackendUnavailable,),
+def _run_one(claimed: ClaimedHost, job: JobOptions) -> Outcome:
+    began = time.monotonic()
+    try:
+        target = Host.from_dict(claimed.target)
+        options = RunOptions.resolve(target, get_settings(), job.command_timeout,
+                                     job.connect_timeout)
+        outcome = run_on(target, job.command, options, connection_pool())
+    except Exception as exc:  # a bug in opsq: record it on the host, keep the job alive
+        logger.exception("host %s: unexpected error", claimed.host)
+        outcome = Outcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
+    outcome.duration = time.monotonic() - began
+    return outcome
+
+
+def _flush(job_id: str, token: str, results: list[tuple[str, Outcome]], last: bool) -> bool:
+    def write() -> bool:
+        with db.get_engine().begin() as conn:
+            return state.store(conn, job_id, token, results, release=last)
+
+    # The commands ran: wait out a database outage rather than lose their results.
+    return db.retrying(write, f"storing {len(results)} result(s) of job {job_id}")
+
+
+@app.task(name=jobs.FINISH_JOB, bind=True, autoretry_for=(BackendUnavailable,),
           **WAIT_FOR_SERVICES)
-def finish_job(self: Task, results: list[dict[str, Any]], job_id: str) -> dict[str, Any]:
-    """The chord callback: count the hosts' outcomes, close the job, return its summary."""
-    return jobs.finish(job_id)
-
-
-@app.task(name="opsq.start_job", autoretry_for=(BackendUnavailable, BrokerError, OSError),
-          **WAIT_FOR_SERVICES)
-def start_job(job_id: str) -> None:
-    """Fan a recorded job out as its chord.
-
-    ``opsq run`` records the job and sends only this one message, so it returns at once
-    whatever the number of hosts; the per-host messages are published from here. The
-    fan-out is idempotent (the same group and task ids every time), so a start that is
-    retried or redelivered after a crash mid-publish publishes what is missing and the
-    hosts already done, running or queued are recognised, not run twice.
-    """
-    status = jobs.job_status(job_id)
-    if status is not None and status.finished:
-        logger.warning("job %s is finished: late start ignored", job_id)
-        return
-    jobs.job_signature(job_id).apply_async()
+def finish_job(self: Task, results: list[Any], job_id: str) -> dict[str, Any]:
+    """The chord callback, sent once the job is closed: its result is the job summary,
+    under the job id (``AsyncResult(job_id).get()``, Flower)."""
+    return jobs.summary(job_id).as_dict()
 
 
 @app.task(name="opsq.submit_job", bind=True)
@@ -224,13 +272,13 @@ def submit_job(
     submitted_by: str | None = None,
     schedule_id: int | None = None,
     schedule: str | None = None,
-) -> Any:
-    """Resolve, record and fan out a job from a worker; this task's id is the job id.
+) -> None:
+    """Resolve, record and fan out a job from a worker; this task's id is the job id, so
+    ``AsyncResult(id).get()`` returns the job summary as with ``opsq.jobs.submit``.
 
-    The task replaces itself with the job's chord, so ``AsyncResult(id).get()`` returns
-    the job summary as with ``opsq.jobs.submit``. A pattern or inventory that no longer
-    resolves is kept as a job with status ``error``. A second delivery of the same
-    firing (same task id) is ignored: the job exists already.
+    A pattern or inventory that no longer resolves is kept as a job with status
+    ``error``. A second delivery of the same firing (same task id) fans the recorded job
+    out again, idempotently, unless it is finished.
     """
     spec = jobs.JobSpec(
         command=command, pattern=pattern, inventory=inventory, command_timeout=timeout,
@@ -253,5 +301,10 @@ def submit_job(
         job_id = self.request.id
     except (InventoryError, PatternError) as exc:
         jobs.record_failed_submission(spec, self.request.id, str(exc))
-        return jobs.summary(self.request.id)
-    raise self.replace(jobs.job_signature(job_id))
+        raise Ignore() from None
+    jobs.fan_out(job_id)
+    # This task's id is the job id: its own result must not be stored under it (the
+    # job's callback stores the summary there). Ignore acks without storing, and the
+    # caller's AsyncResult still waits for the job (ignore_result would make get()
+    # return None at once).
+    raise Ignore()

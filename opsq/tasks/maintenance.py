@@ -1,13 +1,17 @@
-"""Housekeeping tasks; the daily ``opsq-retention`` schedule runs ``opsq.prune``."""
+"""Housekeeping: the sweep that closes what dead deliveries left (``opsq.reconcile``,
+also run by every worker), and the daily ``opsq-retention`` schedule's ``opsq.prune``."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import uuid
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import text
 
-from opsq import db
+from opsq import db, state
 from opsq.app import app
 from opsq.settings import get_settings
 
@@ -21,7 +25,7 @@ _PRUNE_JOBS = text(
     DELETE FROM jobs WHERE id IN (
         SELECT id FROM jobs
         WHERE submitted_at < now() - make_interval(days => :days)
-          AND status IN ('succeeded', 'failed', 'error')
+          AND status = ANY(:final)
         ORDER BY submitted_at LIMIT :batch)
     """
 )
@@ -30,41 +34,83 @@ _PRUNE_CHORDS = text(
 )
 
 
-#: Seconds a job must be old before reconcile looks at it (joins normally take far less).
-RECONCILE_GRACE = 60
+#: Rows one sweep handles at most of each kind (the next sweep takes the rest).
+SWEEP_BATCH = 1000
 
-_UNJOINED = text(
+
+@dataclass
+class SweepReport:
+    interrupted: dict[str, list[str]] = field(default_factory=dict)
+    rerun: dict[str, list[str]] = field(default_factory=dict)
+    published: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sweep(grace: float | None = None) -> SweepReport:
+    """Close what dead deliveries left, and publish what a dead submitter did not.
+
+    * a running host whose lease died ``grace`` seconds ago (default: one lease period)
+      and was not taken by a redelivery meanwhile: ``interrupted``, or back to pending
+      and published again for a re-run-safe job;
+    * a queued job recorded ``grace`` seconds ago whose fan-out was never published.
+
+    Every worker sweeps once a lease period (``LeaseKeeper``) and beat runs
+    ``opsq.reconcile`` every minute; concurrent sweeps skip each other's rows.
     """
-    SELECT j.id FROM jobs j
-    WHERE j.status IN ('queued', 'running') AND j.host_count > 0
-      AND j.submitted_at < now() - make_interval(secs => :grace)
-      AND NOT EXISTS (SELECT 1 FROM host_results h
-                      WHERE h.job_id = j.id AND h.status IN ('pending', 'running'))
-    ORDER BY j.submitted_at LIMIT :batch
-    """
-)
+    from opsq import jobs
+
+    settings = get_settings()
+    ttl = settings.lease_ttl
+    grace = ttl if grace is None else grace
+    token = str(uuid.uuid4())
+    who = f"sweeper@{socket.gethostname()}"
+    report = SweepReport()
+    with db.get_engine().begin() as conn:
+        dead = state.dead_hosts(conn, ttl=ttl, grace=grace, batch=SWEEP_BATCH)
+        for job_id, hosts in dead.interrupt.items():
+            state.take_over(conn, job_id, hosts, token=token, worker=who, task_id="",
+                            rerun=False)
+            outcomes = [(h, state.interrupted_outcome()) for h in hosts]
+            if state.store(conn, job_id, token, outcomes, release=False):
+                report.closed.append(job_id)
+        for job_id, hosts in dead.rerun.items():
+            state.reset_dead(conn, job_id, hosts)
+            # Published before the commit: if RabbitMQ refuses, the hosts stay as they
+            # were and the next sweep tries again. A task that arrives first waits for
+            # the commit on the rows' locks.
+            app.send_task(jobs.RUN_HOSTS, (job_id, hosts), chord=jobs.callback_signature(job_id),
+                          task_id=str(uuid.uuid5(jobs.JOB_ID_NAMESPACE, f"{job_id}/{token}")))
+        state.drop_dead_leases(conn, grace)
+        report.interrupted, report.rerun = dead.interrupt, dead.rerun
+    with db.get_engine().begin() as conn:
+        for job in state.unpublished_jobs(conn, grace=grace, batch=SWEEP_BATCH):
+            logger.warning("job %s was recorded but never published; publishing it", job.id)
+            jobs.publish(job.id, list(job.hosts), job.command)
+            state.mark_published(conn, job.id)
+            report.published.append(job.id)
+    for job_id in report.closed:
+        _send_callback(job_id)
+    for job_id, hosts in report.interrupted.items():
+        logger.warning("job %s: hosts %s lost their worker: interrupted", job_id, hosts)
+    return report
+
+
+def _send_callback(job_id: str) -> None:
+    from opsq import jobs
+
+    try:
+        jobs.callback_signature(job_id).delay([])
+    except Exception:  # the job is closed in PostgreSQL; AsyncResult reads it from there
+        logger.exception("job %s: its callback could not be published", job_id)
 
 
 @app.task(name="opsq.reconcile")
-def reconcile(grace: float = RECONCILE_GRACE) -> dict[str, Any]:
-    """Finish jobs whose hosts have all reported but whose summary was never written.
-
-    The chord join normally does this at once; it is lost only when PostgreSQL stayed
-    unreachable past the write retries as a host reported, or a worker died between
-    claiming the join and publishing the callback. The job's own callback is sent, with
-    the job id as its task id, exactly as the join would have: ``AsyncResult.get()``
-    then returns the summary.
-    """
-    from opsq.jobs import FINISH_JOB
-
-    with db.get_engine().connect() as conn:
-        ids = conn.execute(_UNJOINED, {"grace": grace, "batch": PRUNE_BATCH}).scalars().all()
-    for job_id in ids:
-        logger.warning("job %s: every host reported but the job was never joined; "
-                       "finishing it", job_id)
-        app.backend.forget_chord_of(job_id)
-        app.send_task(FINISH_JOB, ([], job_id), task_id=job_id, argsrepr=repr((job_id,)))
-    return {"finished": list(ids)}
+def reconcile(grace: float | None = None) -> dict[str, Any]:
+    """The sweep (see ``sweep``), as a task beat runs every minute."""
+    return sweep(grace).as_dict()
 
 
 @app.task(name="opsq.prune")
@@ -78,7 +124,8 @@ def prune(days: int | None = None) -> dict[str, Any]:
     jobs_deleted = 0
     while True:
         with db.get_engine().begin() as conn:
-            n = conn.execute(_PRUNE_JOBS, {"days": days, "batch": PRUNE_BATCH}).rowcount
+            n = conn.execute(_PRUNE_JOBS, {"days": days, "batch": PRUNE_BATCH,
+                                             "final": list(state.FINAL_JOB_STATUSES)}).rowcount
         jobs_deleted += n
         if n < PRUNE_BATCH:
             break

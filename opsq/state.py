@@ -1,0 +1,411 @@
+"""The job and host state machine: every status, and every transition between them.
+
+Nothing else in opsq changes a job's or a host's status. Each transition is one SQL
+statement (or one transaction of a few) so that a job's counters and its host rows can
+never disagree:
+
+``pending -> running``  (``claim``) a delivery of a per-host task takes the host under a
+    *lease*: a token of its own with an expiry it renews while the command runs
+    (``renew``). Identity is the token, never the worker's name, which a restarted
+    worker keeps.
+``running -> ok | failed | timeout | unreachable | error``  (``store``) only the holder of
+    the host's lease can write its result; the same statement adds the hosts to the job's
+    counters and, for the last host, closes the job. The store notifies waiters
+    (``LISTEN opsq_jobs``).
+``running -> interrupted``  a later delivery (or the sweeper) finds the lease expired: the
+    holder died. Unless the job is re-run safe, the command is not run again.
+``running -> pending``  (``reset_dead``) the same, for a re-run-safe job: it runs again,
+    never while the first holder's lease is alive.
+
+A lease counts as expired only when PostgreSQL has been up for a whole lease period too,
+so a live holder that could not renew while the database was down gets to renew first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+#: PostgreSQL channel a job's progress and end are announced on (payload: the job id).
+JOBS_CHANNEL = "opsq_jobs"
+
+
+class HostStatus(str, Enum):
+    """Where one host of a job stands. The first two are transient."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    OK = "ok"  # the command exited 0
+    FAILED = "failed"  # the command exited non-zero
+    TIMEOUT = "timeout"  # the connection or the command ran past its deadline
+    UNREACHABLE = "unreachable"  # no SSH connection after the retries
+    ERROR = "error"  # host key refused, authentication failed, or an opsq bug
+    INTERRUPTED = "interrupted"  # the worker died mid-command; not re-run blindly
+
+    @property
+    def finished(self) -> bool:
+        return self not in (HostStatus.PENDING, HostStatus.RUNNING)
+
+
+class JobStatus(str, Enum):
+    """Where a job stands: ``succeeded`` only when every host is ``ok``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ERROR = "error"  # could not be queued at all (broker down): see jobs.error
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.ERROR)
+
+
+#: Final host statuses, each with its counter column in ``jobs`` (``ok_count``...).
+FINAL_HOST_STATUSES = tuple(s for s in HostStatus if s.finished)
+FINAL_JOB_STATUSES = tuple(s.value for s in JobStatus if s.finished)
+
+
+@dataclass
+class Outcome:
+    """What happened on one host. ``status`` tells success from failure without parsing."""
+
+    status: HostStatus
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    truncated: bool = False
+    error: str | None = None
+    attempts: int = 1
+    #: Seconds the run took on the worker (connect included); None: since the claim.
+    duration: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is HostStatus.OK
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a host task needs of its job."""
+
+    command: str
+    command_timeout: float | None
+    connect_timeout: float | None
+    rerun_safe: bool
+
+
+@dataclass(frozen=True)
+class ClaimedHost:
+    host: str
+    target: dict[str, Any]
+    attempt: int
+
+
+@dataclass
+class Claim:
+    """What one delivery of a per-host task may do with the hosts it was sent.
+
+    ``run``: taken under this delivery's lease, run them. ``deferred``: another delivery
+    holds them under a live lease (a broker redelivery while the first still runs): look
+    again in ``recheck_in`` seconds. ``closed``: recording interrupted hosts closed the job.
+    Hosts already finished are simply absent.
+    """
+
+    job: JobOptions | None
+    run: list[ClaimedHost] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    recheck_in: float = 0.0
+    interrupted: list[str] = field(default_factory=list)
+    closed: bool = False
+
+
+# -- claim ------------------------------------------------------------------------------
+
+_JOB_OPTIONS = text(
+    "SELECT command, command_timeout, connect_timeout, rerun_safe FROM jobs WHERE id = :job"
+)
+_LEASE = text(
+    """
+    INSERT INTO leases (token, job_id, task_id, worker, expires_at)
+    VALUES (:token, :job, :task, :worker, now() + make_interval(secs => :ttl))
+    ON CONFLICT (token) DO NOTHING
+    """
+)
+_CLAIM_PENDING = text(
+    """
+    WITH claimed AS (
+        UPDATE host_results SET status = 'running', attempt = attempt + 1,
+            started_at = now(), finished_at = NULL, worker = :worker, task_id = :task,
+            lease_token = :token
+        WHERE job_id = :job AND host = ANY(:hosts) AND status = 'pending'
+        RETURNING host, target, attempt
+    ), started AS (
+        UPDATE jobs SET status = 'running', started_at = now()
+        WHERE id = :job AND status = 'queued' AND EXISTS (SELECT 1 FROM claimed)
+    )
+    SELECT host, target, attempt FROM claimed
+    """
+)
+#: A lease is dead when it expired ``grace`` seconds ago (a lease that is gone counts from
+#: the host's start) and PostgreSQL itself has been up for a whole lease period: a holder
+#: that could not renew during a database outage gets to renew first.
+_DEAD = (
+    "COALESCE(l.expires_at, h.started_at, '-infinity') "
+    "< now() - make_interval(secs => :grace) "
+    "AND pg_postmaster_start_time() < now() - make_interval(secs => :ttl)"
+)
+_OTHERS = text(
+    f"""
+    SELECT h.host, h.status, h.lease_token, {_DEAD} AS dead,
+           GREATEST(EXTRACT(EPOCH FROM l.expires_at - now()), 0) AS expires_in
+    FROM host_results h LEFT JOIN leases l ON l.token = h.lease_token
+    WHERE h.job_id = :job AND h.host = ANY(:hosts) AND h.status = 'running'
+    FOR UPDATE OF h
+    """
+)
+_TAKE_OVER = text(
+    """
+    UPDATE host_results SET lease_token = :token, worker = :worker, task_id = :task,
+        attempt = attempt + CAST(:rerun AS int),
+        started_at = CASE WHEN :rerun THEN now() ELSE started_at END
+    WHERE job_id = :job AND host = ANY(:hosts) AND status = 'running'
+    RETURNING host, target, attempt
+    """
+)
+
+
+def claim(
+    conn: Connection, job_id: str, hosts: Sequence[str], *, token: str, worker: str,
+    task_id: str, ttl: float,
+) -> Claim:
+    """Take the job's ``hosts`` for this delivery (one transaction on ``conn``).
+
+    Pending hosts are taken at once; a host still running under a dead lease is written
+    off as ``interrupted`` (or taken again when the job is re-run safe); one running under
+    a live lease is deferred. Returns a Claim whose ``job`` is None when the job is gone.
+    """
+    row = conn.execute(_JOB_OPTIONS, {"job": job_id}).first()
+    if row is None:
+        return Claim(job=None)
+    job = JobOptions(row.command, row.command_timeout, row.connect_timeout, row.rerun_safe)
+    params = {"job": job_id, "hosts": list(hosts), "token": token, "worker": worker,
+              "task": task_id, "ttl": ttl}
+    conn.execute(_LEASE, params)
+    result = Claim(job=job, run=[
+        ClaimedHost(r.host, r.target, r.attempt) for r in conn.execute(_CLAIM_PENDING, params)])
+    if len(result.run) == len(hosts):
+        return result  # the usual case: a first delivery, every host pending
+    taken = {c.host for c in result.run}
+    others = conn.execute(_OTHERS, {**params, "hosts": [h for h in hosts if h not in taken],
+                                    "grace": 0}).all()
+    dead = [r.host for r in others if r.dead]
+    live = [r for r in others if not r.dead]
+    result.deferred = [r.host for r in live]
+    result.recheck_in = max((float(r.expires_in or 0) for r in live), default=0.0)
+    if not dead:
+        return result
+    retaken = conn.execute(_TAKE_OVER, {**params, "hosts": dead, "rerun": job.rerun_safe}).all()
+    if job.rerun_safe:
+        result.run += [ClaimedHost(r.host, r.target, r.attempt) for r in retaken]
+    else:
+        result.interrupted = [r.host for r in retaken]
+        result.closed = store(conn, job_id, token, [
+            (h, interrupted_outcome()) for h in result.interrupted], release=False)
+    return result
+
+
+def interrupted_outcome() -> Outcome:
+    return Outcome(
+        status=HostStatus.INTERRUPTED,
+        error="the worker running the command was lost (killed, or cut off for longer "
+              "than its lease); the job is not marked safe to re-run, so the command was "
+              "not run again")
+
+
+# -- store ------------------------------------------------------------------------------
+
+_COUNTERS = ",\n".join(
+    f"count(*) FILTER (WHERE status = '{s.value}') AS {s.value}" for s in FINAL_HOST_STATUSES)
+_SET_COUNTERS = ",\n".join(
+    f"{s.value}_count = j.{s.value}_count + c.{s.value}" for s in FINAL_HOST_STATUSES)
+_CLOSES = "j.done_count + c.n >= j.host_count"
+_STORE = text(
+    f"""
+    SELECT pg_notify('{JOBS_CHANNEL}', :job);
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:hosts AS text[]), CAST(:statuses AS text[]),
+            CAST(:codes AS int[]), CAST(:outs AS text[]), CAST(:errs AS text[]),
+            CAST(:out_bytes AS bigint[]), CAST(:err_bytes AS bigint[]),
+            CAST(:truncs AS boolean[]), CAST(:errors AS text[]), CAST(:durations AS float8[]))
+        AS v(host, status, exit_code, stdout, stderr, stdout_bytes, stderr_bytes, truncated,
+             error, duration)
+    ), stored AS (
+        UPDATE host_results h SET status = v.status, exit_code = v.exit_code,
+            stdout = v.stdout, stderr = v.stderr, stdout_bytes = v.stdout_bytes,
+            stderr_bytes = v.stderr_bytes, truncated = v.truncated, error = v.error,
+            finished_at = now(),
+            duration = COALESCE(v.duration, EXTRACT(EPOCH FROM now() - h.started_at))
+        FROM v
+        WHERE h.job_id = :job AND h.host = v.host AND h.status = 'running'
+          AND h.lease_token = :token
+        RETURNING h.status
+    ), c AS (
+        SELECT count(*) AS n, {_COUNTERS} FROM stored
+    )
+    UPDATE jobs j SET done_count = j.done_count + c.n, {_SET_COUNTERS},
+        status = CASE WHEN {_CLOSES} THEN
+            CASE WHEN j.ok_count + c.ok >= j.host_count THEN 'succeeded' ELSE 'failed' END
+            ELSE j.status END,
+        finished_at = CASE WHEN {_CLOSES} THEN now() ELSE j.finished_at END,
+        duration = CASE WHEN {_CLOSES} THEN EXTRACT(EPOCH FROM now() - j.submitted_at)
+                   ELSE j.duration END
+    FROM c
+    WHERE j.id = :job AND c.n > 0
+    RETURNING j.done_count >= j.host_count AS closed
+    """
+)
+_RELEASE = text("DELETE FROM leases WHERE token = :token")
+
+
+def _clean(s: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; everything else survives as decoded.
+    return None if s is None else s.replace("\x00", "\ufffd")
+
+
+def store(
+    conn: Connection, job_id: str, token: str, results: Iterable[tuple[str, Outcome]],
+    *, release: bool,
+) -> bool:
+    """Write the hosts' outcomes held under ``token`` and count them into the job, in one
+    statement; True when this write finished the job (exactly one writer sees True).
+
+    A host no longer held by ``token`` (another delivery wrote it off) is left as it is.
+    ``release`` drops the lease too (the delivery is done with all its hosts).
+    """
+    results = list(results)
+    closed = False
+    if results:
+        outcomes = [o for _, o in results]
+        row = conn.execute(_STORE, {
+            "job": job_id, "token": token, "hosts": [h for h, _ in results],
+            "statuses": [o.status.value for o in outcomes],
+            "codes": [o.exit_code for o in outcomes],
+            "outs": [_clean(o.stdout) for o in outcomes],
+            "errs": [_clean(o.stderr) for o in outcomes],
+            "out_bytes": [o.stdout_bytes for o in outcomes],
+            "err_bytes": [o.stderr_bytes for o in outcomes],
+            "truncs": [o.truncated for o in outcomes],
+            "errors": [_clean(o.error) for o in outcomes],
+            "durations": [o.duration for o in outcomes],
+        }).first()
+        closed = bool(row and row.closed)
+    if release:
+        conn.execute(_RELEASE, {"token": token})
+    return closed
+
+
+# -- leases -----------------------------------------------------------------------------
+
+_RENEW = text(
+    "UPDATE leases SET expires_at = now() + make_interval(secs => :ttl) "
+    "WHERE token = ANY(:tokens)"
+)
+
+
+def renew(conn: Connection, tokens: Sequence[str], ttl: float) -> None:
+    """Push the expiry of the given leases ``ttl`` seconds from now."""
+    if tokens:
+        conn.execute(_RENEW, {"tokens": list(tokens), "ttl": ttl})
+
+
+# -- sweeping ---------------------------------------------------------------------------
+
+_DEAD_HOSTS = text(
+    f"""
+    SELECT h.job_id, h.host, j.rerun_safe
+    FROM host_results h
+    JOIN jobs j ON j.id = h.job_id
+    LEFT JOIN leases l ON l.token = h.lease_token
+    WHERE h.status = 'running' AND {_DEAD}
+    ORDER BY h.job_id, h.id
+    LIMIT :batch
+    FOR UPDATE OF h SKIP LOCKED
+    """
+)
+_RESET = text(
+    """
+    UPDATE host_results SET status = 'pending', lease_token = NULL
+    WHERE job_id = :job AND host = ANY(:hosts) AND status = 'running'
+    """
+)
+_DROP_DEAD_LEASES = text(
+    """
+    DELETE FROM leases l
+    WHERE l.expires_at < now() - make_interval(secs => :grace)
+      AND NOT EXISTS (SELECT 1 FROM host_results h
+                      WHERE h.lease_token = l.token AND h.status = 'running')
+    """
+)
+_UNPUBLISHED = text(
+    """
+    SELECT id, hosts, command FROM jobs
+    WHERE status IN ('queued', 'running') AND published_at IS NULL
+      AND submitted_at < now() - make_interval(secs => :grace)
+    ORDER BY submitted_at
+    LIMIT :batch
+    FOR UPDATE SKIP LOCKED
+    """
+)
+_PUBLISHED = text("UPDATE jobs SET published_at = now() WHERE id = :job")
+
+
+@dataclass
+class DeadHosts:
+    """Hosts whose holder's lease is dead, by job: to write off, or to run again."""
+
+    interrupt: dict[str, list[str]] = field(default_factory=dict)
+    rerun: dict[str, list[str]] = field(default_factory=dict)
+
+
+def dead_hosts(conn: Connection, *, ttl: float, grace: float, batch: int) -> DeadHosts:
+    """Lock and return running hosts whose lease died ``grace`` seconds ago or more."""
+    found = DeadHosts()
+    for r in conn.execute(_DEAD_HOSTS, {"ttl": ttl, "grace": grace, "batch": batch}):
+        (found.rerun if r.rerun_safe else found.interrupt).setdefault(r.job_id, []).append(
+            r.host)
+    return found
+
+
+def reset_dead(conn: Connection, job_id: str, hosts: Sequence[str]) -> None:
+    """Put hosts of a re-run-safe job back to pending (their holder is dead)."""
+    conn.execute(_RESET, {"job": job_id, "hosts": list(hosts)})
+
+
+def take_over(conn: Connection, job_id: str, hosts: Sequence[str], *, token: str,
+              worker: str, task_id: str, rerun: bool) -> list[str]:
+    """Move running hosts (already locked by the caller) under ``token``."""
+    rows = conn.execute(_TAKE_OVER, {"job": job_id, "hosts": list(hosts), "token": token,
+                                     "worker": worker, "task": task_id, "rerun": rerun})
+    return [r.host for r in rows]
+
+
+def drop_dead_leases(conn: Connection, grace: float) -> int:
+    return conn.execute(_DROP_DEAD_LEASES, {"grace": grace}).rowcount
+
+
+def unpublished_jobs(conn: Connection, *, grace: float, batch: int) -> list[Any]:
+    """Lock and return (id, hosts, command) of queued jobs whose fan-out was never
+    published (the submitter died between recording the job and publishing it)."""
+    return list(conn.execute(_UNPUBLISHED, {"grace": grace, "batch": batch}))
+
+
+def mark_published(conn: Connection, job_id: str) -> None:
+    conn.execute(_PUBLISHED, {"job": job_id})
