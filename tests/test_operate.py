@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -176,10 +177,12 @@ def test_flower_shows_a_job_with_auth_and_without_secrets(flower):
     listed = wait_until(lambda: (t := tasks()).get(job_id, {}).get("state") == "SUCCESS" and t,
                         20, "the job's callback in Flower")
     assert listed[job_id]["name"] == "opsq.finish_job"
-    per_host = [t for t in listed.values()
-                if t["name"] == "opsq.run_on_host" and job_id in (t.get("kwargs") or "")]
-    assert sorted(t["args"].split("'")[1] for t in per_host) == ["host02", "host04", "host06"]
-    assert all("--password=****" in t["args"] for t in per_host)
+    # The job's tasks, each showing the hosts it covers and the masked command.
+    per_chunk = [t for t in listed.values()
+                 if t["name"] == "opsq.run_hosts" and job_id in (t.get("kwargs") or "")]
+    covered = [h for t in per_chunk for h in ast.literal_eval(t["args"])[0]]
+    assert sorted(covered) == ["host02", "host04", "host06"]
+    assert all("--password=****" in t["args"] for t in per_chunk)
     assert "hunter2" not in json.dumps(listed)
 
     assert flower.get("/api/tasks", auth=False)[0] == 401

@@ -333,8 +333,8 @@ def test_reconcile_closes_hosts_whose_worker_died(rerun_safe):
     else:
         assert report["interrupted"] == {job_id: hosts} and report["closed"] == [job_id]
         assert summary["status"] == "failed" and summary["counts"] == {"interrupted": 3}
-        assert {(r["attempt"], r["stdout"]) for r in jobs.host_results(job_id)} == {
-            (1, None)}
+        assert {(r["attempt"], r["stdout"] or "") for r in jobs.host_results(job_id)} == {
+            (1, "")}
     again = reconcile.delay(grace=0).get(timeout=30)
     assert job_id not in again["interrupted"] and job_id not in again["rerun"]
 
