@@ -107,8 +107,12 @@ demo-job: venv  # (a sub-make, so it sees the inventory fleet-up just wrote)
 test: venv services  ## the whole suite, against real RabbitMQ, PostgreSQL, workers and sshd
 	$(BIN)/pytest -q
 
+.PHONY: test-fast
+test-fast: venv  ## the pure tests (no services): inventory, patterns, options, local runner
+	$(BIN)/pytest -q tests/test_inventory.py tests/test_options.py tests/test_local_runs.py
+
 .PHONY: bench
-bench: venv services  ## benchmark: opsq job vs. baselines, same process
+bench: venv services  ## benchmark: opsq jobs vs. what their parts allow, same run, as ratios
 	$(BIN)/python -m tests.bench
 
 .PHONY: lint

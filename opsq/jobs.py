@@ -142,11 +142,16 @@ def record_failed_submission(spec: JobSpec, job_id: str, reason: str) -> None:
 
 
 def chunks(hosts: list[str], size: int) -> list[list[str]]:
-    """The job's hosts cut into the tasks that run them: at most ``size`` hosts each, and
-    at least MIN_CHUNKS tasks when there are that many hosts, so several workers can
-    share a job."""
-    per_task = max(1, min(size, -(-len(hosts) // MIN_CHUNKS)))
-    return [hosts[i:i + per_task] for i in range(0, len(hosts), per_task)]
+    """The job's hosts cut into the tasks that run them, in order and near-equal: at most
+    ``size`` hosts each, and at least MIN_CHUNKS tasks when there are that many hosts, so
+    several workers can share a job."""
+    n = len(hosts)
+    count = max(-(-n // size), min(n, MIN_CHUNKS))
+    if count == 0:
+        return []
+    base, extra = divmod(n, count)
+    bounds = [i * base + min(i, extra) for i in range(count + 1)]
+    return [hosts[bounds[i]:bounds[i + 1]] for i in range(count)]
 
 
 def callback_signature(job_id: str) -> Signature:

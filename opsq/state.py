@@ -129,8 +129,16 @@ class Claim:
 
 # -- claim ------------------------------------------------------------------------------
 
+#: Lock the delivery's host rows first (in id order, so two claimers cannot deadlock),
+#: waiting for any transaction that is changing them (a sweep putting them back to
+#: pending): the statements after it then see their latest state. Without it, a claim
+#: racing such a transaction skips rows its snapshot saw in another status.
 _JOB_OPTIONS = text(
-    "SELECT command, command_timeout, connect_timeout, rerun_safe FROM jobs WHERE id = :job"
+    """
+    SELECT 1 FROM host_results WHERE job_id = :job AND host = ANY(:hosts)
+    ORDER BY id FOR UPDATE;
+    SELECT command, command_timeout, connect_timeout, rerun_safe FROM jobs WHERE id = :job
+    """
 )
 _LEASE = text(
     """
@@ -192,7 +200,7 @@ def claim(
     off as ``interrupted`` (or taken again when the job is re-run safe); one running under
     a live lease is deferred. Returns a Claim whose ``job`` is None when the job is gone.
     """
-    row = conn.execute(_JOB_OPTIONS, {"job": job_id}).first()
+    row = conn.execute(_JOB_OPTIONS, {"job": job_id, "hosts": list(hosts)}).first()
     if row is None:
         return Claim(job=None)
     job = JobOptions(row.command, row.command_timeout, row.connect_timeout, row.rerun_safe)

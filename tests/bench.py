@@ -1,16 +1,19 @@
-"""``make bench``: the wall time of a fleet job, side by side with baselines, same process.
+"""``make bench``: opsq's jobs timed side by side with what their parts allow, same run.
 
 Starts its own throwaway database, vhost, sshd fleet and one fleet worker (as the tests
-do), then times, for 20 and 100 hosts running ``true``:
+do), then times, each after a warm-up and reported as median and p90:
 
-* baseline: Fabric's ThreadingGroup from this process, fresh connections (no queue);
-* baseline: the same ThreadingGroup over connections already open;
-* opsq, Python API: ``jobs.submit()`` until ``AsyncResult.get()`` returns the summary;
-* opsq, Python API: ``jobs.submit()`` alone (how soon the caller has its job id);
-* opsq, CLI: ``opsq run true -t ... --wait`` as a subprocess (interpreter start included).
+* 1,000 ``ansible_connection=local`` hosts running ``true``: ``jobs.submit()`` until
+  ``AsyncResult.get()`` has the summary, against the floor: the same 1,000 ``sh -c true``
+  from a Python thread pool as wide as the worker's;
+* 10,000 local hosts: the same, once, with the fleet worker's peak RSS;
+* 100 SSH hosts over warm connections: submit -> ``get()`` against Fabric's
+  ThreadingGroup over connections already open;
+* 1 SSH host, warm: submit -> ``get()`` against one Fabric ``run`` over an open connection;
+* ``opsq run true -t host001 --wait`` as a whole CLI process against a fresh
+  ``python -c`` that opens a Fabric connection and runs ``true``.
 
-Prints median and p90 over several runs, and ratios against the first baseline. The
-machine is noisy: compare ratios, not absolute numbers.
+The machine is noisy: compare the ratios, not the seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tests import conftest  # sets the throwaway environment before opsq is imported
 
@@ -29,10 +34,14 @@ from tests import conftest  # sets the throwaway environment before opsq is impo
 ROOT_LOG = conftest.ROOT / "var" / "bench-worker.log"
 #: Runs per measurement (after one warm-up run).
 RUNS = int(os.environ.get("BENCH_RUNS", "7"))
-#: Fleet sizes measured.
-SIZES = [int(n) for n in os.environ.get("BENCH_SIZES", "20,100").split(",")]
-#: Worker threads: enough for the largest fleet to run at once.
-CONCURRENCY = max(SIZES)
+#: SSH hosts in the fleet; local hosts in the two local jobs.
+SSH_HOSTS = int(os.environ.get("BENCH_SSH_HOSTS", "100"))
+LOCAL_HOSTS = int(os.environ.get("BENCH_LOCAL_HOSTS", "1000"))
+HUGE_HOSTS = int(os.environ.get("BENCH_HUGE_HOSTS", "10000"))
+#: Targets from the execution core's issue: opsq / anchor at most.
+TARGETS = {"local": 1.5, "ssh": 1.3, "cli": 1.2}
+#: Target for one warm SSH host, submit -> get(), in seconds.
+ONE_HOST_TARGET = 0.06
 
 
 def timed(fn: Callable[[], object], runs: int = RUNS) -> list[float]:
@@ -49,76 +58,119 @@ def p90(xs: list[float]) -> float:
     return sorted(xs)[max(0, int(round(0.9 * len(xs))) - 1)]
 
 
+def local_inventory(path: Path, n: int) -> Path:
+    path.write_text("[local]\n" + "".join(
+        f"l{i:05d} ansible_connection=local\n" for i in range(n)))
+    return path
+
+
+def rss_peak_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     conftest.FLEET_SUBNET = "127.0.3"
     conftest.create_services()
-    from fabric import ThreadingGroup
+    from fabric import Connection, ThreadingGroup
 
     from opsq import jobs
-    from opsq.devfleet import Fleet
+    from opsq.devfleet import FLEET_USER, Fleet
+    from opsq.settings import get_settings
 
-    fleet = Fleet(conftest.FLEET_DIR, n=max(SIZES), subnet=conftest.FLEET_SUBNET)
+    fleet = Fleet(conftest.FLEET_DIR, n=SSH_HOSTS, subnet=conftest.FLEET_SUBNET)
     fleet.up()
-    worker = conftest.Worker("benchworker", concurrency=CONCURRENCY)
-    rows: list[tuple[int, str, list[float]]] = []
+    worker = conftest.Worker("benchworker")
+    width = get_settings().host_concurrency
+    rows: list[tuple[str, str, list[float], str]] = []  # (group, name, times, role)
+    notes: list[str] = []
+
+    def job(pattern: str, inventory: str | None = None, n: int | None = None) -> None:
+        s = jobs.submit(jobs.JobSpec(command="true", pattern=pattern, inventory=inventory)
+                        ).get(timeout=600)
+        assert s["succeeded"] and (n is None or s["total"] == n), s
+
     try:
-        for n in SIZES:
-            hosts = fleet.hosts[:n]
-            pattern = f"fleet[0:{n - 1}]"
-            kw = {"user": "opsqfleet", "port": hosts[0].port,
-                  "connect_kwargs": {"key_filename": [str(fleet.client_key_path)]}}
-            addrs = [h.address for h in hosts]
+        # -- local hosts: the per-host cost of opsq itself ------------------------------
+        inv = str(local_inventory(conftest.WORK / "local.ini", LOCAL_HOSTS))
+        pool = ThreadPoolExecutor(width)
 
-            def fresh(addrs: list[str] = addrs, kw: dict = kw) -> None:
-                g = ThreadingGroup(*addrs, **kw)
-                g.run("true", hide=True)
-                g.close()
+        def floor() -> None:
+            list(pool.map(lambda _: subprocess.run(["sh", "-c", "true"]), range(LOCAL_HOSTS)))
 
-            rows.append((n, "baseline: fabric ThreadingGroup, fresh connections",
-                         timed(fresh)))
-            warm = ThreadingGroup(*addrs, **kw)
-            rows.append((n, "baseline: fabric ThreadingGroup, open connections",
-                         timed(lambda w=warm: w.run("true", hide=True))))
-            warm.close()
+        group = f"{LOCAL_HOSTS} local hosts"
+        rows.append((group, f"floor: {LOCAL_HOSTS} x sh -c true, {width} threads",
+                     timed(floor), "anchor"))
+        rows.append((group, "opsq: submit -> AsyncResult.get()",
+                     timed(lambda: job("local", inv, LOCAL_HOSTS)), "local"))
+        pool.shutdown()
 
-            def api(p: str = pattern, n: int = n) -> None:
-                s = jobs.submit(jobs.JobSpec(command="true", pattern=p)).get(
-                    timeout=120, interval=0.01)
-                assert s["succeeded"] and s["total"] == n, s
+        huge = str(local_inventory(conftest.WORK / "huge.ini", HUGE_HOSTS))
+        t0 = time.perf_counter()
+        job("local", huge, HUGE_HOSTS)
+        rows.append((f"{HUGE_HOSTS} local hosts", "opsq: submit -> AsyncResult.get() (once)",
+                     [time.perf_counter() - t0], "info"))
+        notes.append(f"fleet worker peak RSS after the {HUGE_HOSTS}-host job: "
+                     f"{rss_peak_mb(worker.proc.pid):.0f} MB (target < 500 MB)")
 
-            rows.append((n, "opsq: jobs.submit() -> AsyncResult.get() summary", timed(api)))
+        # -- SSH hosts over warm connections ------------------------------------------
+        kw = {"user": FLEET_USER, "port": fleet.hosts[0].port,
+              "connect_kwargs": {"key_filename": [str(fleet.client_key_path)]}}
+        group = f"{SSH_HOSTS} SSH hosts, warm"
+        warm = ThreadingGroup(*[h.address for h in fleet.hosts], **kw)
+        rows.append((group, "anchor: fabric ThreadingGroup, open connections",
+                     timed(lambda: warm.run("true", hide=True)), "anchor"))
+        warm.close()
+        rows.append((group, "opsq: submit -> AsyncResult.get()",
+                     timed(lambda: job("fleet", n=SSH_HOSTS)), "ssh"))
 
-            pending: list = []
+        group = "1 SSH host, warm"
+        one = Connection(fleet.hosts[0].address, **kw)
+        rows.append((group, "anchor: fabric Connection.run, open connection",
+                     timed(lambda: one.run("true", hide=True)), "anchor"))
+        one.close()
+        rows.append((group, "opsq: submit -> AsyncResult.get()",
+                     timed(lambda: job(fleet.hosts[0].name, n=1)), "one"))
 
-            def submit_only(p: str = pattern, pending: list = pending) -> None:
-                pending.append(jobs.submit(jobs.JobSpec(command="true", pattern=p)))
-
-            rows.append((n, "opsq: jobs.submit() returns the job id", timed(submit_only)))
-            for r in pending:
-                r.get(timeout=120)
-
-            def cli(p: str = pattern) -> None:
-                subprocess.run([sys.executable, "-m", "opsq.cli", "run", "true", "-t", p,
-                                "--wait"], check=True, capture_output=True)
-
-            rows.append((n, "opsq: `opsq run true --wait` (CLI process)", timed(cli)))
+        # -- whole processes ----------------------------------------------------------
+        group = "CLI, 1 SSH host"
+        h = fleet.hosts[0]
+        fresh = (f"from fabric import Connection; Connection({h.address!r}, user={FLEET_USER!r},"
+                 f" port={h.port}, connect_kwargs={{'key_filename': "
+                 f"[{str(fleet.client_key_path)!r}]}}).run('true', hide=True)")
+        rows.append((group, "anchor: fresh `python -c` Fabric run",
+                     timed(lambda: subprocess.run([sys.executable, "-c", fresh], check=True)),
+                     "anchor"))
+        rows.append((group, "opsq: `opsq run true -t host001 --wait`",
+                     timed(lambda: subprocess.run(
+                         [sys.executable, "-m", "opsq.cli", "run", "true", "-t", h.name,
+                          "--wait"], check=True, capture_output=True)), "cli"))
     finally:
         worker.stop()
-        kept = ROOT_LOG
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(worker.log, kept)
-        print(f"worker log: {kept}")
+        ROOT_LOG.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(worker.log, ROOT_LOG)
+        print(f"worker log: {ROOT_LOG}")
         fleet.down()
         conftest.drop_services()
 
     print(f"\n{RUNS} runs each after a warm-up; command `true`; seconds; "
-          f"ratio = median / fresh-connection baseline median\n")
-    print(f"{'hosts':>5}  {'measurement':<52} {'median':>8} {'p90':>8} {'ratio':>7}")
-    base: dict[int, float] = {}
-    for n, name, xs in rows:
+          "ratio = median / the group's anchor median\n")
+    print(f"{'group':<22} {'measurement':<48} {'median':>8} {'p90':>8} {'ratio':>7} "
+          f"{'target':>7}")
+    anchor: dict[str, float] = {}
+    for group, name, xs, role in rows:
         med = statistics.median(xs)
-        base.setdefault(n, med)
-        print(f"{n:>5}  {name:<52} {med:8.3f} {p90(xs):8.3f} {med / base[n]:7.2f}")
+        if role == "anchor":
+            anchor[group] = med
+        ratio = f"{med / anchor[group]:7.2f}" if group in anchor else f"{'-':>7}"
+        target = f"<= {TARGETS[role]:g}" if role in TARGETS else (
+            f"<={ONE_HOST_TARGET:g}s" if role == "one" else "")
+        print(f"{group:<22} {name:<48} {med:8.3f} {p90(xs):8.3f} {ratio} {target:>7}")
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

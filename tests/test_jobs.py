@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
 import pytest
 from helpers import wait_until
+from jobtools import HOST_NUMBER, rows, run_job, run_on_worker
 from sqlalchemy import text
 
 from opsq import db, jobs
-from opsq.app import app
-from opsq.errors import BackendUnavailable
 from opsq.tasks.fleet import submit_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 
-# Each fleet host K answers on 127.0.2.K; the command finds K from the server address
-# sshd puts in SSH_CONNECTION, so hosts can behave differently.
-HOST_NUMBER = "n=$(echo $SSH_CONNECTION | cut -d' ' -f3 | cut -d. -f4)"
-
-
-def run_job(command: str, pattern: str = "fleet", **kw) -> dict:
-    result = jobs.submit(jobs.JobSpec(command=command, pattern=pattern, **kw))
-    return result.get(timeout=60)
-
-
-def rows(job_id: str) -> dict[str, dict]:
-    return {r["host"]: r for r in jobs.host_results(job_id)}
 
 
 def test_mixed_exit_codes_are_results_not_failures():
@@ -64,42 +50,6 @@ def test_a_finished_job_published_again_runs_nothing_twice(worker):
     r = rows(result.id)["host01"]
     assert (r["attempt"], r["status"], r["stdout"]) == (1, "ok", "once\n")
     assert jobs.summary(result.id).counts == {"ok": 1}
-
-
-def test_a_fan_out_cut_short_is_completed_by_the_sweeper(monkeypatch):
-    # The submitter dies after publishing three of the job's six tasks: nothing tells
-    # the workers about the rest but the job row, which stays unpublished.
-    from kombu import Producer
-    from kombu.exceptions import OperationalError
-
-    spec = jobs.JobSpec(command="echo ran", pattern="fleet")
-    job_id = jobs.create(spec)
-    real_publish, sent = Producer.publish, []
-
-    def publish_then_crash(self, body, *args, routing_key=None, **kwargs):
-        if routing_key == "opsq.fleet":
-            if len(sent) == 3:
-                raise OperationalError("simulated crash mid-publish")
-            sent.append(routing_key)
-        return real_publish(self, body, *args, routing_key=routing_key, **kwargs)
-
-    monkeypatch.setattr(Producer, "publish", publish_then_crash)
-    with pytest.raises(BackendUnavailable):
-        jobs.fan_out(job_id)
-    monkeypatch.setattr(Producer, "publish", real_publish)
-    summary = app.AsyncResult(job_id).get(timeout=60)
-    assert summary["succeeded"] and summary["counts"] == {"ok": 6}
-    assert {(r["attempt"], r["stdout"]) for r in jobs.host_results(job_id)} == {(1, "ran\n")}
-
-
-def test_a_job_recorded_by_a_submitter_that_died_is_published_and_runs():
-    # The control worker (or any submitter) killed between recording the job and
-    # publishing its tasks: the workers' sweep publishes it.
-    job_id = jobs.create(jobs.JobSpec(command="echo late", pattern="even"))
-    start = time.monotonic()
-    summary = app.AsyncResult(job_id).get(timeout=60)
-    assert summary["succeeded"] and summary["counts"] == {"ok": 3}
-    assert time.monotonic() - start < 20  # a lease period of grace, then a sweep
 
 
 def test_async_result_get_returns_the_summary_and_the_id_is_the_job_id():
@@ -183,7 +133,7 @@ def test_unknown_host_key_is_refused_then_trusted_explicitly(tmp_path, opsq_cli,
     env = {"OPSQ_KNOWN_HOSTS": str(known)}
     # The worker checks keys against its own known_hosts: point a second worker at ours.
     start_worker("strictworker", extra_env=env)
-    summary = _run_on_worker("true", "host02", "strictworker")
+    summary = run_on_worker("true", "host02", "strictworker")
     r = rows(summary["job_id"])["host02"]
     assert r["status"] == "error"
     assert "not in" in r["error"] and "SHA256:" in r["error"]
@@ -197,94 +147,7 @@ def test_unknown_host_key_is_refused_then_trusted_explicitly(tmp_path, opsq_cli,
     assert "already trusted" in again.stdout
     assert known.read_text().count("127.0.2.2") == 1
 
-    assert _run_on_worker("true", "host02", "strictworker")["succeeded"]
-
-
-def _run_on_worker(command: str, pattern: str, worker_name: str, **spec) -> dict:
-    return app.AsyncResult(_submit_via(worker_name, command, pattern, **spec)).get(timeout=60)
-
-
-def _submit_via(worker_name: str, command: str, pattern: str, **spec) -> str:
-    """Submit a job whose tasks only ``worker_name`` consumes (its own queue)."""
-    queue = f"q.{worker_name}"
-    app.control.add_consumer(queue, destination=[n for n in _nodes() if worker_name in n],
-                             reply=True)
-    job_id = jobs.create(jobs.JobSpec(command=command, pattern=pattern, **spec))
-    job = jobs.summary(job_id)
-    sig = jobs.job_signature(job_id, list(job.hosts), command)
-    for t in sig.tasks:
-        t.set(queue=queue)
-    sig.apply_async()
-    with db.session_scope() as s:
-        s.execute(text("UPDATE jobs SET published_at = now() WHERE id = :j"), {"j": job_id})
-    return job_id
-
-
-def _wait_for_status(job_id: str, host: str, status: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if rows(job_id)[host]["status"] == status:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{host} never reached {status}: {rows(job_id)[host]}")
-
-
-def test_a_duplicate_delivery_while_the_first_still_runs_is_deferred():
-    # As when a worker's broker connection drops mid-task: RabbitMQ redelivers the
-    # message while the first delivery goes on running (and renewing its lease).
-    result = jobs.submit(jobs.JobSpec(command="sleep 5; echo first", pattern="host01"))
-    _wait_for_status(result.id, "host01", "running")
-    with db.session_scope() as s:
-        task_id = s.execute(text("SELECT task_id FROM host_results WHERE job_id = :j"),
-                            {"j": result.id}).scalar_one()
-    app.send_task(jobs.RUN_HOSTS, (result.id, ["host01"]), task_id=task_id)
-    time.sleep(4)  # past the lease period (3 s): the live holder kept renewing it
-    r = rows(result.id)["host01"]
-    assert (r["status"], r["attempt"]) == ("running", 1), "the live run was written off"
-    summary = result.get(timeout=30)
-    r = rows(result.id)["host01"]
-    assert (r["status"], r["attempt"], r["stdout"]) == ("ok", 1, "first\n")
-    # the job was closed by the real result, not early by the duplicate
-    assert summary["counts"] == {"ok": 1} and summary["succeeded"]
-    assert summary["finished_at"] >= r["finished_at"]
-
-
-@pytest.mark.parametrize("same_name", [True, False], ids=["same-name", "new-name"])
-@pytest.mark.parametrize("rerun_safe", [False, True], ids=["once-only", "rerun-safe"])
-def test_worker_killed_mid_command_and_restarted_ends_the_job(start_worker, rerun_safe,
-                                                              same_name):
-    # SIGKILL, then the worker comes back as systemd and celery multi bring it back:
-    # under the same node name (or another worker takes over the queue).
-    name = f"crashy{int(rerun_safe)}{int(same_name)}"
-    first = start_worker(name)
-    job_id = _submit_via(name, "sleep 3; echo finished", "host0[3-4]", rerun_safe=rerun_safe)
-    _wait_for_status(job_id, "host03", "running")
-    _wait_for_status(job_id, "host04", "running")
-    first.stop(signal.SIGKILL)  # the tasks were not acknowledged: RabbitMQ re-queues them
-    killed_at = time.monotonic()
-    second = start_worker(name if same_name else f"{name}b")
-    app.control.add_consumer(f"q.{name}", destination=[
-        n for n in _nodes() if n.startswith(second.name + "@")], reply=True)
-    summary = app.AsyncResult(job_id).get(timeout=60)
-    assert time.monotonic() - killed_at < 30
-    got = rows(job_id)
-    assert summary["total"] == 2 and sum(summary["counts"].values()) == 2
-    for host in ("host03", "host04"):
-        r = got[host]
-        if rerun_safe:
-            assert (r["status"], r["attempt"], r["stdout"]) == ("ok", 2, "finished\n")
-        else:
-            assert (r["status"], r["attempt"]) == ("interrupted", 1)
-            assert "not marked safe to re-run" in r["error"]
-    assert summary["status"] == ("succeeded" if rerun_safe else "failed")
-    with db.session_scope() as s:
-        counts = s.execute(text("SELECT done_count, interrupted_count, ok_count FROM jobs "
-                                "WHERE id = :j"), {"j": job_id}).one()
-    assert tuple(counts) == ((2, 0, 2) if rerun_safe else (2, 2, 0))
-
-
-def _nodes() -> list[str]:
-    return [k for r in app.control.ping(timeout=1) for k in r]
+    assert run_on_worker("true", "host02", "strictworker")["succeeded"]
 
 
 def test_large_output_is_capped_and_flagged():
@@ -438,57 +301,6 @@ def test_timeout_beyond_the_broker_consumer_timeout_is_refused(opsq_cli):
     assert out.returncode == 2 and "consumer_timeout" in out.stderr
 
 
-def _pg(action: str) -> None:
-    import subprocess
-
-    version = sorted(Path("/etc/postgresql").iterdir())[0].name
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action,
-                    *(["-m", "fast"] if action == "stop" else [])], check=True)
-
-
-def test_database_restart_mid_job_loses_nothing():
-    result = jobs.submit(jobs.JobSpec(command="sleep 3; echo kept", pattern="odd"))
-    deadline = time.monotonic() + 30
-    while {r["status"] for r in jobs.host_results(result.id)} != {"running"}:
-        assert time.monotonic() < deadline, jobs.host_results(result.id)
-        time.sleep(0.05)
-    _pg("stop")
-    try:
-        time.sleep(4)  # the commands finish while PostgreSQL is down
-    finally:
-        _pg("start")
-    summary = result.get(timeout=120)
-    assert summary["succeeded"], summary
-    assert {r["stdout"] for r in jobs.host_results(result.id)} == {"kept\n"}
-    # and the next job runs normally on the same worker
-    assert run_job("echo after", pattern="host01")["succeeded"]
-
-
-def test_broker_restart_the_worker_reconnects_and_jobs_run():
-    import subprocess
-
-    before = run_job("echo before", pattern="host01")
-    assert before["succeeded"]
-    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, capture_output=True)
-    try:
-        time.sleep(2)
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, capture_output=True)
-        subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, capture_output=True)
-    # the worker reconnects by itself (no restart) and takes new work
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            summary = jobs.submit(jobs.JobSpec(command="echo after", pattern="even")).get(
-                timeout=60)
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-    assert summary["succeeded"] and summary["total"] == 3
-
-
 def test_many_concurrent_jobs_all_finish():
     # Hundreds of tasks finishing at once make the worker publish events and chord
     # callbacks from many threads: a worker that deadlocks on its own broker connection
@@ -506,7 +318,7 @@ def test_ssh_config_gateway_is_refused_not_half_checked(tmp_path, start_worker):
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "config").write_text("Host 127.0.2.3\n    ProxyJump 127.0.2.1:2222\n")
     start_worker("jumpworker", extra_env={"HOME": str(home)})
-    summary = _run_on_worker("echo should-not-run", "host03", "jumpworker")
+    summary = run_on_worker("echo should-not-run", "host03", "jumpworker")
     r = rows(summary["job_id"])["host03"]
     assert r["status"] == "error" and "ProxyJump" in r["error"]
     assert r["stdout"] in (None, "")

@@ -49,12 +49,18 @@ def test_known_hosts_names_follow_openssh():
 
 
 def test_a_command_killed_by_its_deadline_is_always_a_timeout(monkeypatch):
+    # The capture mixin opsq puts on Fabric's remote runner, tried on invoke's local
+    # runner (same Runner machinery, no SSH needed).
     import time
 
+    import invoke
     from invoke.runners import Local
 
     from opsq.models import HostStatus
-    from opsq.ssh import run_local
+    from opsq.ssh import _CappedOutput, _execute
+
+    class CappedLocal(_CappedOutput, Local):
+        pass
 
     # invoke's own check ("the timer thread has ended") loses the race when the timer
     # is still inside kill() as the result is collected, as closing an SSH channel can
@@ -68,8 +74,12 @@ def test_a_command_killed_by_its_deadline_is_always_a_timeout(monkeypatch):
     monkeypatch.setattr(Local, "kill", slow_kill)
     opts = RunOptions(command_timeout=0.2, connect_timeout=1, output_limit=1024,
                       known_hosts=Path("/nonexistent"))
-    outcome = run_local("echo started; sleep 5", opts)
+
+    def run(command: str):
+        return _execute(CappedLocal(invoke.Context()), command, opts)
+
+    outcome = run("echo started; sleep 5")
     assert (outcome.status, outcome.exit_code, outcome.stdout) == \
         (HostStatus.TIMEOUT, None, "started\n")
-    quick = run_local("echo quick; exit 3", opts)
+    quick = run("echo quick; exit 3")
     assert (quick.status, quick.exit_code, quick.stdout) == (HostStatus.FAILED, 3, "quick\n")

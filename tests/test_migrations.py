@@ -1,0 +1,97 @@
+"""Upgrading from the last release's schema keeps every job, host result and schedule
+readable, and closes what the old release left running."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, text
+
+from opsq import db, schema
+
+#: The last release's schema revision.
+LAST_RELEASE = "0003"
+
+
+@pytest.fixture
+def old_database(services):
+    """A database of its own at the last release's schema, dropped afterwards."""
+    name = f"opsq_upgrade_{secrets.token_hex(4)}"
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    schema.create_database(url)
+    command.upgrade(schema.alembic_config(url), LAST_RELEASE)
+    yield url
+    db.get_engine(url).dispose()
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
+                    f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
+                   check=False, capture_output=True)
+
+
+def _fill_as_the_last_release_did(conn) -> None:
+    conn.execute(text("""
+        INSERT INTO schedules (name, kind, expression, task, kwargs)
+        VALUES ('nightly', 'cron', '0 2 * * *', 'opsq.submit_job',
+                '{"command": "uptime", "pattern": "web"}')"""))
+    conn.execute(text("""
+        INSERT INTO jobs (id, command, pattern, inventory, hosts, host_count, status,
+                          submitted_by, submitted_at, finished_at, duration, ok_count,
+                          failed_count, schedule_id, schedule)
+        VALUES ('done-job', 'uptime', 'web', 'inv.yml', '["web1", "web2"]', 2, 'failed',
+                'alice', now() - interval '1 hour', now() - interval '59 minutes', 60.5,
+                1, 1, (SELECT id FROM schedules), 'nightly'),
+               ('stuck-job', 'sleep 9', 'web', 'inv.yml', '["web1", "web2"]', 2, 'running',
+                'bob', now() - interval '10 minutes', NULL, NULL, 0, 0, NULL, NULL)"""))
+    conn.execute(text("""
+        INSERT INTO host_results (job_id, host, target, status, exit_code, stdout, attempt,
+                                  started_at, worker, task_id)
+        VALUES ('done-job', 'web1', '{"name": "web1"}', 'ok', 0, 'up 3 days', 1,
+                now() - interval '1 hour', 'fleet@old', 't1'),
+               ('done-job', 'web2', '{"name": "web2"}', 'failed', 1, '', 1,
+                now() - interval '1 hour', 'fleet@old', 't2'),
+               ('stuck-job', 'web1', '{"name": "web1"}', 'ok', 0, 'slept', 1,
+                now() - interval '10 minutes', 'fleet@old', 't3'),
+               ('stuck-job', 'web2', '{"name": "web2"}', 'running', NULL, NULL, 1,
+                now() - interval '10 minutes', 'fleet@old', 't4')"""))
+
+
+def test_upgrade_from_the_last_release_keeps_data_and_closes_stuck_jobs(old_database):
+    from opsq import state
+
+    with create_engine(old_database).begin() as conn:
+        _fill_as_the_last_release_did(conn)
+    command.upgrade(schema.alembic_config(old_database), "head")
+
+    engine = db.get_engine(old_database)
+    with engine.connect() as conn:
+        jobs_ = {r.id: r for r in conn.execute(text("SELECT * FROM jobs"))}
+        hosts = conn.execute(text(
+            "SELECT job_id, host, status, stdout FROM host_results ORDER BY id")).all()
+        sched = conn.execute(text("SELECT name, kwargs FROM schedules")).one()
+    done, stuck = jobs_["done-job"], jobs_["stuck-job"]
+    # the finished job reads as before, its counters derived from its rows
+    assert (done.status, done.done_count, done.ok_count, done.failed_count, done.duration) == (
+        "failed", 2, 1, 1, 60.5)
+    assert done.schedule == "nightly" and done.published_at is not None
+    assert [tuple(h) for h in hosts] == [
+        ("done-job", "web1", "ok", "up 3 days"), ("done-job", "web2", "failed", ""),
+        ("stuck-job", "web1", "ok", "slept"), ("stuck-job", "web2", "running", None)]
+    assert sched.name == "nightly" and sched.kwargs["command"] == "uptime"
+    # the job the old release left running: one host counted, one still running
+    assert (stuck.status, stuck.done_count, stuck.ok_count) == ("running", 1, 1)
+
+    # Its running host has no lease: the sweep closes it, and with it the job.
+    with engine.begin() as conn:
+        dead = state.dead_hosts(conn, ttl=0, grace=0, batch=10)
+        assert dead.interrupt == {"stuck-job": ["web2"]} and dead.rerun == {}
+        state.take_over(conn, "stuck-job", ["web2"], token="t", worker="w", task_id="",
+                        rerun=False)
+        closed = state.store(conn, "stuck-job", "t",
+                             [("web2", state.interrupted_outcome())], release=False)
+    assert closed
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status, done_count, ok_count, interrupted_count "
+                                "FROM jobs WHERE id = 'stuck-job'")).one()
+    assert tuple(row) == ("failed", 2, 1, 1)
