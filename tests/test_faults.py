@@ -252,14 +252,15 @@ def _submit_when_broker_takes_it():
 
 
 def _connections_of(pid: int) -> list[str]:
-    """RabbitMQ's names of the AMQP connections process ``pid`` holds."""
+    """RabbitMQ's ids (Erlang pids) of the AMQP connections process ``pid`` holds."""
     out = subprocess.run(["ss", "-tnpH", "state", "established", "dport", "= :5672"],
                          capture_output=True, text=True, check=True).stdout
     ports = [line.split()[2].rsplit(":", 1)[1] for line in out.splitlines()
              if f"pid={pid}," in line]
-    names = subprocess.run(["rabbitmqctl", "-q", "list_connections", "name"],
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    return [n for n in names if any(f":{p} ->" in n for p in ports)]
+    listed = subprocess.run(["rabbitmqctl", "-q", "--no-table-headers", "list_connections",
+                             "pid", "name"], capture_output=True, text=True, check=True)
+    return [line.split("\t")[0] for line in listed.stdout.splitlines()
+            if any(f":{p} ->" in line for p in ports)]
 
 
 @pytest.mark.parametrize("rerun_safe", [False, True], ids=["once-only", "rerun-safe"])
@@ -282,12 +283,12 @@ def test_amqp_connection_cut_mid_command_runs_it_once(start_worker, rerun_safe):
     cut = _connections_of(a.proc.pid)
     assert cut, "worker A holds no broker connection?"
     for conn in cut:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", conn, "cut by the test"],
-                       check=False, capture_output=True)
+        _rabbit("close_connection", conn, "cut by the test")
     summary = app.AsyncResult(job_id).get(timeout=60)
     assert summary["succeeded"] and summary["counts"] == {"ok": 1}
     r = rows(job_id)["host02"]
-    assert (r["status"], r["attempt"], r["stdout"]) == ("ok", 1, "run\ndone\n")
+    assert (r["status"], r["attempt"], r["stdout"]) == ("ok", 1, "done\n")
     assert marker.read_text() == "run\n"  # the command ran once
+    assert "Connection to broker lost" in a.log.read_text()  # the cut did happen
     marker.unlink()
     assert _consistent(job_id) == {"ok": 1}
