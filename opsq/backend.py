@@ -237,12 +237,6 @@ class PostgresBackend(DatabaseBackend):
             raise ChordError(f"Dependency {tid} raised {value!r}")
         return value
 
-    def forget_chord_of(self, callback_id: str) -> None:
-        """Drop the counter of the chord whose callback has this task id (a job id)."""
-        with db.get_engine(self.url).begin() as conn:
-            conn.execute(text("DELETE FROM opsq_chords WHERE callback_id = :cb"),
-                         {"cb": callback_id})
-
     def forget_chord(self, gid: str) -> None:
         """Drop a chord's counter and parts (joined, or never published)."""
         with db.get_engine(self.url).begin() as conn:

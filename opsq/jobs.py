@@ -355,6 +355,8 @@ def summary(job_id: str) -> JobSummary:
 
 #: Characters of each stream kept by ``host_runs(..., preview=True)``.
 PREVIEW_CHARS = 512
+#: Rows fetched at a time when reading a job's hosts.
+HOST_ROWS_PAGE = 1000
 
 
 def host_runs(job_id: str, preview: bool = False) -> list[HostRun]:
@@ -380,10 +382,6 @@ def host_runs(job_id: str, preview: bool = False) -> list[HostRun]:
 def host_results(job_id: str) -> list[dict[str, Any]]:
     """Every host's full result (output included) as JSON-able dicts, in inventory order."""
     return [r.as_dict() for r in host_runs(job_id)]
-
-
-#: Rows fetched at a time when reading a job's hosts.
-HOST_ROWS_PAGE = 1000
 
 
 def recent(limit: int = 20) -> list[dict[str, Any]]:
