@@ -10,6 +10,7 @@ transitions belong to ``opsq.state``; this module only reads them.
 from __future__ import annotations
 
 import getpass
+import json
 import re
 import time
 import uuid
@@ -120,11 +121,8 @@ def create(spec: JobSpec, job_id: str | None = None) -> str:
             command_timeout=spec.command_timeout, connect_timeout=spec.connect_timeout,
             rerun_safe=spec.rerun_safe, schedule_id=spec.schedule_id, schedule=spec.schedule,
         ))
-        session.execute(insert(HostResult), [
-            {"job_id": job_id, "host": h.name, "target": h.to_dict(),
-             "status": HostStatus.PENDING.value}
-            for h in hosts
-        ])
+        state.add_hosts(session.connection(), job_id,
+                        [(h.name, json.dumps(h.to_dict())) for h in hosts])
     return job_id
 
 

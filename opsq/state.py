@@ -127,6 +127,26 @@ class Claim:
     closed: bool = False
 
 
+# -- creation -----------------------------------------------------------------------------
+
+_ADD_HOSTS = text(
+    """
+    INSERT INTO host_results (job_id, host, target, status)
+    SELECT :job, h.host, CAST(h.target AS jsonb), 'pending'
+    FROM unnest(CAST(:hosts AS text[]), CAST(:targets AS text[])) WITH ORDINALITY
+        AS h(host, target, n)
+    ORDER BY h.n
+    """
+)
+
+
+def add_hosts(conn: Connection, job_id: str, hosts: Sequence[tuple[str, str]]) -> None:
+    """A new job's hosts, ``pending``: (name, target as JSON), in inventory order (the
+    row ids keep it). One statement whatever their number."""
+    conn.execute(_ADD_HOSTS, {"job": job_id, "hosts": [h for h, _ in hosts],
+                              "targets": [t for _, t in hosts]})
+
+
 # -- claim ------------------------------------------------------------------------------
 
 #: Lock the delivery's host rows first (in id order, so two claimers cannot deadlock),

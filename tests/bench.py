@@ -38,6 +38,8 @@ RUNS = int(os.environ.get("BENCH_RUNS", "7"))
 SSH_HOSTS = int(os.environ.get("BENCH_SSH_HOSTS", "100"))
 LOCAL_HOSTS = int(os.environ.get("BENCH_LOCAL_HOSTS", "1000"))
 HUGE_HOSTS = int(os.environ.get("BENCH_HUGE_HOSTS", "10000"))
+#: Which measurements to run (all by default): local, ssh, one, cli.
+GROUPS = set(os.environ.get("BENCH_GROUPS", "local,ssh,one,cli").split(","))
 #: Targets from the execution core's issue: opsq / anchor at most.
 TARGETS = {"local": 1.5, "ssh": 1.3, "cli": 1.2}
 #: Target for one warm SSH host, submit -> get(), in seconds.
@@ -72,53 +74,53 @@ def rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-def main() -> None:
-    conftest.FLEET_SUBNET = "127.0.3"
-    conftest.create_services()
-    from fabric import Connection, ThreadingGroup
+Rows = list[tuple[str, str, list[float], str]]  # (group, measurement, times, role)
 
+
+def job(pattern: str, inventory: str | None = None, n: int | None = None) -> None:
+    """Submit ``true`` on ``pattern`` and wait for the summary, as a client would."""
     from opsq import jobs
-    from opsq.devfleet import FLEET_USER, Fleet
+
+    s = jobs.submit(jobs.JobSpec(command="true", pattern=pattern, inventory=inventory)
+                    ).get(timeout=600)
+    assert s["succeeded"] and (n is None or s["total"] == n), s
+
+
+def local_jobs(rows: Rows, notes: list[str], worker_pid: int) -> None:
+    """The per-host cost of opsq itself: hosts that need no SSH."""
     from opsq.settings import get_settings
 
-    fleet = Fleet(conftest.FLEET_DIR, n=SSH_HOSTS, subnet=conftest.FLEET_SUBNET)
-    fleet.up()
-    worker = conftest.Worker("benchworker")
     width = get_settings().host_concurrency
-    rows: list[tuple[str, str, list[float], str]] = []  # (group, name, times, role)
-    notes: list[str] = []
+    inv = str(local_inventory(conftest.WORK / "local.ini", LOCAL_HOSTS))
+    pool = ThreadPoolExecutor(width)
 
-    def job(pattern: str, inventory: str | None = None, n: int | None = None) -> None:
-        s = jobs.submit(jobs.JobSpec(command="true", pattern=pattern, inventory=inventory)
-                        ).get(timeout=600)
-        assert s["succeeded"] and (n is None or s["total"] == n), s
+    def floor() -> None:
+        list(pool.map(lambda _: subprocess.run(["sh", "-c", "true"]), range(LOCAL_HOSTS)))
 
-    try:
-        # -- local hosts: the per-host cost of opsq itself ------------------------------
-        inv = str(local_inventory(conftest.WORK / "local.ini", LOCAL_HOSTS))
-        pool = ThreadPoolExecutor(width)
+    group = f"{LOCAL_HOSTS} local hosts"
+    rows.append((group, f"floor: {LOCAL_HOSTS} x sh -c true, {width} threads",
+                 timed(floor), "anchor"))
+    rows.append((group, "opsq: submit -> AsyncResult.get()",
+                 timed(lambda: job("local", inv, LOCAL_HOSTS)), "local"))
+    pool.shutdown()
+    huge = str(local_inventory(conftest.WORK / "huge.ini", HUGE_HOSTS))
+    t0 = time.perf_counter()
+    job("local", huge, HUGE_HOSTS)
+    rows.append((f"{HUGE_HOSTS} local hosts", "opsq: submit -> AsyncResult.get() (once)",
+                 [time.perf_counter() - t0], "info"))
+    notes.append(f"fleet worker peak RSS after the {HUGE_HOSTS}-host job: "
+                 f"{rss_peak_mb(worker_pid):.0f} MB (target < 500 MB)")
 
-        def floor() -> None:
-            list(pool.map(lambda _: subprocess.run(["sh", "-c", "true"]), range(LOCAL_HOSTS)))
 
-        group = f"{LOCAL_HOSTS} local hosts"
-        rows.append((group, f"floor: {LOCAL_HOSTS} x sh -c true, {width} threads",
-                     timed(floor), "anchor"))
-        rows.append((group, "opsq: submit -> AsyncResult.get()",
-                     timed(lambda: job("local", inv, LOCAL_HOSTS)), "local"))
-        pool.shutdown()
+def ssh_jobs(rows: Rows, fleet) -> None:
+    """Jobs over SSH with the worker's connections already open, against Fabric's."""
+    from fabric import Connection, ThreadingGroup
 
-        huge = str(local_inventory(conftest.WORK / "huge.ini", HUGE_HOSTS))
-        t0 = time.perf_counter()
-        job("local", huge, HUGE_HOSTS)
-        rows.append((f"{HUGE_HOSTS} local hosts", "opsq: submit -> AsyncResult.get() (once)",
-                     [time.perf_counter() - t0], "info"))
-        notes.append(f"fleet worker peak RSS after the {HUGE_HOSTS}-host job: "
-                     f"{rss_peak_mb(worker.proc.pid):.0f} MB (target < 500 MB)")
+    from opsq.devfleet import FLEET_USER
 
-        # -- SSH hosts over warm connections ------------------------------------------
-        kw = {"user": FLEET_USER, "port": fleet.hosts[0].port,
-              "connect_kwargs": {"key_filename": [str(fleet.client_key_path)]}}
+    kw = {"user": FLEET_USER, "port": fleet.hosts[0].port,
+          "connect_kwargs": {"key_filename": [str(fleet.client_key_path)]}}
+    if "ssh" in GROUPS:
         group = f"{SSH_HOSTS} SSH hosts, warm"
         warm = ThreadingGroup(*[h.address for h in fleet.hosts], **kw)
         rows.append((group, "anchor: fabric ThreadingGroup, open connections",
@@ -126,7 +128,7 @@ def main() -> None:
         warm.close()
         rows.append((group, "opsq: submit -> AsyncResult.get()",
                      timed(lambda: job("fleet", n=SSH_HOSTS)), "ssh"))
-
+    if "one" in GROUPS:
         group = "1 SSH host, warm"
         one = Connection(fleet.hosts[0].address, **kw)
         rows.append((group, "anchor: fabric Connection.run, open connection",
@@ -135,31 +137,30 @@ def main() -> None:
         rows.append((group, "opsq: submit -> AsyncResult.get()",
                      timed(lambda: job(fleet.hosts[0].name, n=1)), "one"))
 
-        # -- whole processes ----------------------------------------------------------
-        group = "CLI, 1 SSH host"
-        h = fleet.hosts[0]
-        fresh = (f"from fabric import Connection; Connection({h.address!r}, user={FLEET_USER!r},"
-                 f" port={h.port}, connect_kwargs={{'key_filename': "
-                 f"[{str(fleet.client_key_path)!r}]}}).run('true', hide=True)")
-        rows.append((group, "anchor: fresh `python -c` Fabric run",
-                     timed(lambda: subprocess.run([sys.executable, "-c", fresh], check=True)),
-                     "anchor"))
-        rows.append((group, "opsq: `opsq run true -t host001 --wait`",
-                     timed(lambda: subprocess.run(
-                         [sys.executable, "-m", "opsq.cli", "run", "true", "-t", h.name,
-                          "--wait"], check=True, capture_output=True)), "cli"))
-    finally:
-        worker.stop()
-        ROOT_LOG.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(worker.log, ROOT_LOG)
-        print(f"worker log: {ROOT_LOG}")
-        fleet.down()
-        conftest.drop_services()
 
+def cli_runs(rows: Rows, fleet) -> None:
+    """Whole processes: the opsq command against a fresh Python running Fabric."""
+    from opsq.devfleet import FLEET_USER
+
+    group = "CLI, 1 SSH host"
+    h = fleet.hosts[0]
+    fresh = (f"from fabric import Connection; Connection({h.address!r}, user={FLEET_USER!r},"
+             f" port={h.port}, connect_kwargs={{'key_filename': "
+             f"[{str(fleet.client_key_path)!r}]}}).run('true', hide=True)")
+    rows.append((group, "anchor: fresh `python -c` Fabric run",
+                 timed(lambda: subprocess.run([sys.executable, "-c", fresh], check=True)),
+                 "anchor"))
+    rows.append((group, f"opsq: `opsq run true -t {h.name} --wait`",
+                 timed(lambda: subprocess.run(
+                     [sys.executable, "-m", "opsq.cli", "run", "true", "-t", h.name,
+                      "--wait"], check=True, capture_output=True)), "cli"))
+
+
+def report(rows: Rows, notes: list[str]) -> None:
     print(f"\n{RUNS} runs each after a warm-up; command `true`; seconds; "
           "ratio = median / the group's anchor median\n")
     print(f"{'group':<22} {'measurement':<48} {'median':>8} {'p90':>8} {'ratio':>7} "
-          f"{'target':>7}")
+          f"{'target':>8}")
     anchor: dict[str, float] = {}
     for group, name, xs, role in rows:
         med = statistics.median(xs)
@@ -168,9 +169,36 @@ def main() -> None:
         ratio = f"{med / anchor[group]:7.2f}" if group in anchor else f"{'-':>7}"
         target = f"<= {TARGETS[role]:g}" if role in TARGETS else (
             f"<={ONE_HOST_TARGET:g}s" if role == "one" else "")
-        print(f"{group:<22} {name:<48} {med:8.3f} {p90(xs):8.3f} {ratio} {target:>7}")
+        print(f"{group:<22} {name:<48} {med:8.3f} {p90(xs):8.3f} {ratio} {target:>8}")
     for note in notes:
         print(note)
+
+
+def main() -> None:
+    conftest.FLEET_SUBNET = "127.0.3"
+    conftest.create_services()
+    from opsq.devfleet import Fleet
+
+    fleet = Fleet(conftest.FLEET_DIR, n=SSH_HOSTS, subnet=conftest.FLEET_SUBNET)
+    fleet.up()
+    worker = conftest.Worker("benchworker")
+    rows: Rows = []
+    notes: list[str] = []
+    try:
+        if "local" in GROUPS:
+            local_jobs(rows, notes, worker.proc.pid)
+        if GROUPS & {"ssh", "one"}:
+            ssh_jobs(rows, fleet)
+        if "cli" in GROUPS:
+            cli_runs(rows, fleet)
+    finally:
+        worker.stop()
+        ROOT_LOG.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(worker.log, ROOT_LOG)
+        print(f"worker log: {ROOT_LOG}")
+        fleet.down()
+        conftest.drop_services()
+    report(rows, notes)
 
 
 if __name__ == "__main__":

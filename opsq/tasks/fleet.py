@@ -13,10 +13,12 @@ progress and sweeps what dead deliveries left (``opsq.tasks.maintenance.sweep``)
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from celery import Task
@@ -42,9 +44,13 @@ WAIT_FOR_SERVICES = {"retry_backoff": True, "retry_backoff_max": 30, "max_retrie
 FLUSH_INTERVAL = 0.05
 #: Results written in one statement at most.
 FLUSH_MAX = 500
+#: Local hosts (``ansible_connection=local``) run at once per worker CPU. Their commands
+#: compete for the worker's own CPUs, and a few threads start processes faster than
+#: hundreds do (1,000 ``true``: 0.48 s from 16 threads, 0.70 s from 256, on 2 cores).
+LOCAL_RUNS_PER_CPU = 8
 
 _pool: ConnectionPool | None = None
-_executor: ThreadPoolExecutor | None = None
+_executors: dict[bool, ThreadPoolExecutor] = {}
 _lock = threading.Lock()
 
 
@@ -57,14 +63,16 @@ def connection_pool() -> ConnectionPool:
         return _pool
 
 
-def host_executor() -> ThreadPoolExecutor:
-    """This worker process's threads for host runs, shared by all its tasks."""
-    global _executor
+def host_executor(local: bool = False) -> ThreadPoolExecutor:
+    """This worker process's threads for host runs, shared by all its tasks: SSH hosts
+    (waiting on the network: many) or local hosts (using the worker's CPUs: a few)."""
     with _lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(get_settings().host_concurrency,
-                                           thread_name_prefix="opsq-host")
-        return _executor
+        if local not in _executors:
+            width = (LOCAL_RUNS_PER_CPU * (os.cpu_count() or 1) if local
+                     else get_settings().host_concurrency)
+            _executors[local] = ThreadPoolExecutor(
+                width, thread_name_prefix="opsq-local" if local else "opsq-host")
+        return _executors[local]
 
 
 class LeaseKeeper(threading.Thread):
@@ -204,27 +212,28 @@ def _claim(task: Task, job_id: str, hosts: list[str], token: str, ttl: float) ->
 def _run_claimed(job_id: str, token: str, job: JobOptions, hosts: list[ClaimedHost]) -> bool:
     """Run the hosts on the shared threads, writing results in batches as they finish;
     True when one of the writes closed the job. The last write drops the lease."""
-    futures: dict[Future, str] = {host_executor().submit(_run_one, h, job): h.host
-                                  for h in hosts}
-    pending = set(futures)
-    buffer: list[tuple[str, Outcome]] = []
-    first: float | None = None
+    finished: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
+    for h in hosts:
+        future = host_executor(h.target.get("connection") == "local").submit(_run_one, h, job)
+        future.add_done_callback(lambda f, name=h.host: finished.put((name, f)))
+    left = len(hosts)
     closed = False
     while True:
-        if pending:
-            timeout = None if first is None else max(0.0, first + FLUSH_INTERVAL
-                                                      - time.monotonic())
-            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-            buffer += [(futures[f], f.result()) for f in done]
-            if buffer and first is None:
-                first = time.monotonic()
-        if pending and buffer and len(buffer) < FLUSH_MAX and (
-                time.monotonic() - (first or 0)) < FLUSH_INTERVAL:
-            continue
-        if buffer or not pending:
-            closed = _flush(job_id, token, buffer, last=not pending) or closed
-            buffer, first = [], None
-        if not pending:
+        batch: list[tuple[str, Outcome]] = []
+        if left:
+            name, future = finished.get()
+            batch.append((name, future.result()))
+            window_ends = time.monotonic() + FLUSH_INTERVAL
+            while len(batch) < min(left, FLUSH_MAX):
+                try:
+                    name, future = finished.get(timeout=max(0.0, window_ends
+                                                            - time.monotonic()))
+                except queue.Empty:
+                    break
+                batch.append((name, future.result()))
+            left -= len(batch)
+        closed = _flush(job_id, token, batch, last=not left) or closed
+        if not left:
             return closed
 
 
