@@ -93,11 +93,15 @@ def resolve(pattern: str, inventory: str | None = None) -> list[Host]:
 
 
 def create(spec: JobSpec, job_id: str | None = None) -> str:
-    """Resolve the pattern and insert the job with one pending row per host.
+    """Resolve the pattern and insert the job with one pending row per host; its id.
 
     Raises PatternError/InventoryError before anything is written, BackendUnavailable
     when PostgreSQL is down.
     """
+    return _record(spec, job_id)[0]
+
+
+def _record(spec: JobSpec, job_id: str | None = None) -> tuple[str, list[str]]:
     if not spec.command.strip():
         raise OpsqError("the command is empty")
     for name, value in (("timeout", spec.command_timeout),
@@ -123,7 +127,7 @@ def create(spec: JobSpec, job_id: str | None = None) -> str:
         ))
         state.add_hosts(session.connection(), job_id,
                         [(h.name, json.dumps(h.to_dict())) for h in hosts])
-    return job_id
+    return job_id, [h.name for h in hosts]
 
 
 def record_failed_submission(spec: JobSpec, job_id: str, reason: str) -> None:
@@ -187,6 +191,10 @@ def fan_out(job_id: str) -> None:
     with db.session_scope() as session:
         job = _job(session, job_id)
         hosts, command = list(job.hosts), job.command
+    _publish_and_mark(job_id, hosts, command)
+
+
+def _publish_and_mark(job_id: str, hosts: list[str], command: str) -> None:
     publish(job_id, hosts, command)
     with db.session_scope() as session:
         state.mark_published(session.connection(), job_id)
@@ -230,9 +238,9 @@ def submit(spec: JobSpec) -> AsyncResult:
     down (nothing written), or RabbitMQ down (the job row is kept with status ``error``
     and the reason, so nothing is silently lost).
     """
-    job_id = create(spec)
+    job_id, hosts = _record(spec)
     try:
-        fan_out(job_id)
+        _publish_and_mark(job_id, hosts, spec.command)
     except BackendUnavailable as exc:
         with db.session_scope() as session:
             session.execute(update(Job).where(Job.id == job_id).values(

@@ -12,6 +12,7 @@ from jobtools import HOST_NUMBER, rows, run_job, run_on_worker
 from sqlalchemy import text
 
 from opsq import db, jobs
+from opsq.app import app
 from opsq.tasks.fleet import submit_job
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -346,3 +347,15 @@ def test_idle_connections_of_hosts_not_used_again_are_closed(fleet):
     assert pool.checkout(pool.key(a, opts)) is None
     assert pool.checkout(pool.key(b, opts)) is not None
     pool.close_all()
+
+
+def test_a_start_queued_by_the_previous_release_still_runs_its_job():
+    # An upgrade with messages in flight: the old release sent one opsq.start_job per job.
+    job_id = jobs.create(jobs.JobSpec(command="echo upgraded", pattern="host03"))
+    started = time.monotonic()
+    app.send_task("opsq.start_job", (job_id,))
+    summary = app.AsyncResult(job_id).get(timeout=30)
+    assert summary["succeeded"]
+    # sooner than the sweep would have published the job (a lease period, 3 s, of grace)
+    assert time.monotonic() - started < 2.5
+    assert rows(job_id)["host03"]["stdout"] == "upgraded\n"

@@ -169,6 +169,13 @@ def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
     return _execute(self, job_id, [host])
 
 
+@app.task(name="opsq.start_job", autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
+def start_job(job_id: str) -> None:
+    """A job's start as the previous release queued it: publish its fan-out (idempotent)."""
+    if (status := jobs.job_status(job_id)) is not None and not status.finished:
+        jobs.fan_out(job_id)
+
+
 def _execute(task: Task, job_id: str, hosts: list[str]) -> dict[str, Any]:
     ttl = get_settings().lease_ttl
     token = str(uuid.uuid4())
