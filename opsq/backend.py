@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from opsq import db
 from opsq.notify import Listener
+from opsq.state import FINAL_JOB_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ JOB_CALLBACK = "opsq.finish_job"
 NON_JOB_POLL = 0.5
 
 _JOB_STATUS = text("SELECT status FROM jobs WHERE id = :id")
-_FINISHED_JOB_STATUSES = ("succeeded", "failed", "error")
 
 #: Seconds after which a claim to publish a chord callback is considered abandoned
 #: (its worker died between the claim and the publish) and may be taken again.
@@ -122,7 +122,7 @@ class PostgresBackend(DatabaseBackend):
             return meta
         with db.get_engine(self.url).connect() as conn:
             status = conn.execute(_JOB_STATUS, {"id": task_id}).scalar()
-        if status not in _FINISHED_JOB_STATUSES:
+        if status not in FINAL_JOB_STATUSES:
             return meta
         from opsq import jobs
 
