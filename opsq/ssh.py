@@ -257,13 +257,18 @@ def open_connection(host: Host, options: RunOptions) -> Connection:
     }
     if key_file:
         connect_kwargs["key_filename"] = [str(Path(key_file).expanduser())]
-    conn = Connection(
-        host=host.address,
-        port=host.port,
-        user=host.user or options.default_user or getpass.getuser(),
-        config=_base_config(),
-        connect_kwargs=connect_kwargs,
-    )
+    base = _base_config()
+    # Connection clones the shared config (merging dicts, loading config files): two
+    # threads cloning at once can leave a clone without keys (seen as "No attribute or
+    # config key found for 'authentication'" when 100 hosts connect at once).
+    with _fabric_config_lock:
+        conn = Connection(
+            host=host.address,
+            port=host.port,
+            user=host.user or options.default_user or getpass.getuser(),
+            config=base,
+            connect_kwargs=connect_kwargs,
+        )
     if conn.gateway:
         # Fabric builds jump-host connections itself, with AutoAddPolicy: their keys
         # would go unchecked. Refuse rather than connect half-verified.

@@ -73,3 +73,4 @@ def test_chunks_cover_every_host_once(n, size, expected):
     assert [len(p) for p in parts] == expected
     assert [h for p in parts for h in p] == hosts
     assert len(parts) >= min(n, MIN_CHUNKS) and all(len(p) <= size for p in parts)
+
