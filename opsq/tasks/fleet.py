@@ -41,7 +41,10 @@ logger = logging.getLogger(__name__)
 #: times at most: well over the 5-minute outage opsq is built to outlast.
 WAIT_FOR_SERVICES = {"retry_backoff": True, "retry_backoff_max": 30, "max_retries": 100}
 #: Seconds a finished host's result may wait to be written with others of its task.
-FLUSH_INTERVAL = 0.05
+#: Results that finish while a write is under way go in the next one anyway; a longer
+#: wait only added latency (measured: 100 SSH hosts 0.44 s at 0.05, 0.31 s at 0.005;
+#: 1,000 local hosts 0.85 s and 0.78 s).
+FLUSH_INTERVAL = 0.005
 #: Results written in one statement at most.
 FLUSH_MAX = 500
 #: Local hosts (``ansible_connection=local``) run at once per worker CPU. Their commands
