@@ -45,8 +45,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from opsq import db
+from opsq import state as state_machine  # not "state": Celery's hooks name a task state so
 from opsq.notify import Listener
-from opsq.state import FINAL_JOB_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class PostgresBackend(DatabaseBackend):
             return meta
         with db.get_engine(self.url).connect() as conn:
             status = conn.execute(_JOB_STATUS, {"id": task_id}).scalar()
-        if status not in FINAL_JOB_STATUSES:
+        if status not in state_machine.FINAL_JOB_STATUSES:
             return meta
         from opsq import jobs
 
@@ -223,11 +223,15 @@ class PostgresBackend(DatabaseBackend):
             return
         if not request.chord:
             return
+        job_id = result.get("job_id")
         try:
             maybe_signature(request.chord, app=self.app).delay([])
         except Exception:  # the job is closed in PostgreSQL: AsyncResult still reads it
-            logger.exception("job %s: its callback could not be published",
-                             result.get("job_id"))
+            logger.exception("job %s: its callback could not be published (the sweep "
+                             "sends it later)", job_id)
+            return
+        with db.get_engine(self.url).begin() as conn:
+            state_machine.mark_announced(conn, job_id)
 
     def _unpack_part(self, payload: bytes) -> Any:
         tid, state, value = self.decode(payload)

@@ -71,6 +71,9 @@ class Job(Base):
     done_count: Mapped[int] = mapped_column(Integer, default=0)
     #: When the fan-out was published (NULL: recorded, not yet sent; the sweeper sends it).
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When the chord callback (``finish_job``, the job's Celery result) was sent; NULL
+    #: on a finished job: not yet (the broker was down as it closed): the sweeper sends it.
+    callback_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
     #: The schedule that started the job (NULL when run by hand or the schedule is gone).
     schedule_id: Mapped[int | None] = mapped_column(

@@ -393,6 +393,17 @@ _UNPUBLISHED = text(
     """
 )
 _PUBLISHED = text("UPDATE jobs SET published_at = now() WHERE id = :job")
+_UNANNOUNCED = text(
+    """
+    SELECT id FROM jobs
+    WHERE status = ANY(:final) AND callback_sent_at IS NULL
+      AND finished_at < now() - make_interval(secs => :grace)
+    ORDER BY finished_at
+    LIMIT :batch
+    FOR UPDATE SKIP LOCKED
+    """
+)
+_ANNOUNCED = text("UPDATE jobs SET callback_sent_at = now() WHERE id = :job")
 
 
 @dataclass
@@ -437,3 +448,14 @@ def unpublished_jobs(conn: Connection, *, grace: float, batch: int) -> list[Any]
 
 def mark_published(conn: Connection, job_id: str) -> None:
     conn.execute(_PUBLISHED, {"job": job_id})
+
+
+def unannounced_jobs(conn: Connection, *, grace: float, batch: int) -> list[str]:
+    """Lock and return finished jobs whose callback was never sent (the broker refused it
+    as the job closed)."""
+    return list(conn.execute(_UNANNOUNCED, {"grace": grace, "batch": batch,
+                                            "final": list(FINAL_JOB_STATUSES)}).scalars())
+
+
+def mark_announced(conn: Connection, job_id: str) -> None:
+    conn.execute(_ANNOUNCED, {"job": job_id})

@@ -62,3 +62,11 @@ def pg(action: str) -> None:
     version = sorted(Path("/etc/postgresql").iterdir())[0].name
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action,
                     *(["-m", "fast"] if action == "stop" else [])], check=True)
+
+
+def taskmeta(task_id: str):
+    """(status, task name) of the task's row in celery_taskmeta, or None."""
+    with db.session_scope() as s:
+        row = s.execute(text("SELECT status, name FROM celery_taskmeta WHERE task_id = :t"),
+                        {"t": task_id}).first()
+    return tuple(row) if row else None

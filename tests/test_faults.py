@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
-from jobtools import nodes, pg, rows, run_job, submit_via, wait_for_status
+from jobtools import nodes, pg, rows, run_job, submit_via, taskmeta, wait_for_status
 from sqlalchemy import text
 
 from opsq import db, jobs
@@ -238,6 +238,10 @@ def test_rabbitmq_stopped_15s_mid_job_then_new_jobs_run_at_once():
     assert summary["succeeded"] and summary["counts"] == {"ok": 6}
     assert _consistent(result.id) == {"ok": 6}
     assert {r["attempt"] for r in jobs.host_results(result.id)} == {1}
+    # the callback the broker refused as the job closed is sent once it is back, so
+    # Celery (and Flower) get the job's result too
+    wait_until(lambda: taskmeta(result.id) == ("SUCCESS", "opsq.finish_job"), 30,
+               "the job's callback")
     # the worker took its redeliveries and new work promptly, without a restart
     after = wait_until(_submit_when_broker_takes_it, 30, "a job accepted by the broker")
     assert after.get(timeout=30)["succeeded"]

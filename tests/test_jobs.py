@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_until
-from jobtools import HOST_NUMBER, rows, run_job, run_on_worker
+from jobtools import HOST_NUMBER, rows, run_job, run_on_worker, taskmeta
 from sqlalchemy import text
 
 from opsq import db, jobs
@@ -286,15 +286,8 @@ def test_job_chord_is_joined_by_the_job_row_not_by_polling():
     assert (chords, unlocks) == (0, 0)
     assert tuple(job) == (3, 3)
     # the callback ran and stored the summary under the job id, for Celery and Flower
-    meta = wait_until(lambda: _taskmeta(result.id), 10, "the callback's result")
+    meta = wait_until(lambda: taskmeta(result.id), 10, "the callback's result")
     assert meta == ("SUCCESS", "opsq.finish_job")
-
-
-def _taskmeta(task_id: str):
-    with db.session_scope() as s:
-        row = s.execute(text("SELECT status, name FROM celery_taskmeta WHERE task_id = :t"),
-                        {"t": task_id}).first()
-    return tuple(row) if row else None
 
 
 def test_timeout_beyond_the_broker_consumer_timeout_is_refused(opsq_cli):

@@ -44,6 +44,7 @@ class SweepReport:
     rerun: dict[str, list[str]] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
+    announced: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +56,9 @@ def sweep(grace: float | None = None) -> SweepReport:
     * a running host whose lease died ``grace`` seconds ago (default: one lease period)
       and was not taken by a redelivery meanwhile: ``interrupted``, or back to pending
       and published again for a re-run-safe job;
-    * a queued job recorded ``grace`` seconds ago whose fan-out was never published.
+    * a queued job recorded ``grace`` seconds ago whose fan-out was never published;
+    * a job closed ``grace`` seconds ago whose callback was never sent (the broker was
+      away as it closed): it is sent, so Celery and Flower get the job's result.
 
     Every worker sweeps once a lease period (``LeaseKeeper``) and beat runs
     ``opsq.reconcile`` every minute; concurrent sweeps skip each other's rows.
@@ -91,20 +94,17 @@ def sweep(grace: float | None = None) -> SweepReport:
             jobs.publish(job.id, list(job.hosts), job.command)
             state.mark_published(conn, job.id)
             report.published.append(job.id)
-    for job_id in report.closed:
-        _send_callback(job_id)
+    with db.get_engine().begin() as conn:
+        # The jobs this sweep closed, and closed jobs whose callback the broker refused:
+        # publish before marking, so a refused publish is tried again by the next sweep.
+        unannounced = state.unannounced_jobs(conn, grace=grace, batch=SWEEP_BATCH)
+        for job_id in dict.fromkeys([*report.closed, *unannounced]):
+            jobs.callback_signature(job_id).delay([])
+            state.mark_announced(conn, job_id)
+            report.announced.append(job_id)
     for job_id, hosts in report.interrupted.items():
         logger.warning("job %s: hosts %s lost their worker: interrupted", job_id, hosts)
     return report
-
-
-def _send_callback(job_id: str) -> None:
-    from opsq import jobs
-
-    try:
-        jobs.callback_signature(job_id).delay([])
-    except Exception:  # the job is closed in PostgreSQL; AsyncResult reads it from there
-        logger.exception("job %s: its callback could not be published", job_id)
 
 
 @app.task(name="opsq.reconcile")

@@ -6,7 +6,8 @@ Create Date: 2026-11-27
 
 Existing jobs stay readable and consistent: every job's ``done_count`` and per-status
 counters are recomputed from its host rows, and every existing job counts as published
-(the previous release published a job as it recorded it). Hosts left ``running`` by the
+(the previous release published a job as it recorded it), and every finished one as
+announced (its callback ran). Hosts left ``running`` by the
 previous release have no lease, so the sweeper treats their holder as dead and closes
 them (``interrupted``, or run again for a re-run-safe job): no job of the old release
 stays running forever.
@@ -44,17 +45,20 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("done_count", sa.Integer, nullable=False,
                                     server_default="0"))
     op.add_column("jobs", sa.Column("published_at", sa.DateTime(timezone=True)))
+    op.add_column("jobs", sa.Column("callback_sent_at", sa.DateTime(timezone=True)))
     counts = ", ".join(
         f"{s}_count = (SELECT count(*) FROM host_results h "
         f"WHERE h.job_id = jobs.id AND h.status = '{s}')" for s in _STATUSES)
     finals = ", ".join(f"'{s}'" for s in _STATUSES)
     op.execute(
         f"UPDATE jobs SET {counts}, published_at = submitted_at, "
+        f"callback_sent_at = finished_at, "
         f"done_count = (SELECT count(*) FROM host_results h "
         f"WHERE h.job_id = jobs.id AND h.status IN ({finals}))")
 
 
 def downgrade() -> None:
+    op.drop_column("jobs", "callback_sent_at")
     op.drop_column("jobs", "published_at")
     op.drop_column("jobs", "done_count")
     op.drop_index("host_results_running_idx", table_name="host_results")
