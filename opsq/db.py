@@ -17,7 +17,8 @@ from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from opsq.errors import BackendUnavailable
@@ -126,20 +127,26 @@ WRITE_BACKOFF = 0.2
 WRITE_BACKOFF_MAX = 5.0
 
 
+#: Errors that say "PostgreSQL cannot be used right now" (down, restarting, out of
+#: connections, a deadlock victim, no free pooled connection): worth trying again.
+RETRYABLE = (OperationalError, InterfaceError, PoolTimeout)
+
+
 def retrying(write: Callable[[], T], what: str, budget: float = WRITE_RETRY_BUDGET) -> T:
     """Run ``write``, retrying while the database is unreachable, for ``budget`` seconds;
     re-raise the last error after that.
 
-    For writes after work has been done (a command ran): waiting beats redoing it. The
-    pool is dropped after a failure, so the next attempt opens a fresh connection.
+    For writes after work has been done (a command ran): waiting beats redoing it. After
+    a lost connection the pool is dropped, so the next attempt opens a fresh one.
     """
     deadline = time.monotonic() + budget
     pause = WRITE_BACKOFF
     while True:
         try:
             return write()
-        except OperationalError:
-            dispose_all()
+        except RETRYABLE as exc:
+            if getattr(exc, "connection_invalidated", False):
+                dispose_all()  # the server went away: the other pooled connections too
             if time.monotonic() + pause > deadline:
                 raise
             logger.warning("%s: database unreachable, retrying in %.1f s", what, pause)

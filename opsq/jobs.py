@@ -22,7 +22,7 @@ from typing import Any
 from celery import Signature, chord, group
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as BrokerOperationalError
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import OperationalError
 
 from opsq import db, state
@@ -161,25 +161,27 @@ def callback_signature(job_id: str) -> Signature:
     return app.signature(FINISH_JOB, (job_id,)).set(task_id=job_id, argsrepr=repr((job_id,)))
 
 
-def job_signature(job_id: str, hosts: list[str], command: str) -> chord:
+def job_signature(job_id: str, hosts: list[str], command: str, again: str = "") -> chord:
     """The job's chord: ``run_hosts`` per chunk of hosts, then ``finish_job``.
 
     Task ids derive from the job id, so fanning the same job out again (a submitter that
     died mid-publish, a redelivered ``submit_job``) publishes the same tasks, and their
-    hosts are recognised as taken or done instead of run twice.
+    hosts are recognised as taken or done instead of run twice. ``again`` names a later
+    sending of some of the hosts (the sweep's), whose tasks get ids of their own.
     """
     shown = mask_secrets(command)[:ARGSREPR_COMMAND_LIMIT]
     # A list, not a generator: the backend joins chords of known size itself and would
     # fall back to polling (celery.chord_unlock) for a lazy header.
     header = group([
         app.signature(RUN_HOSTS, (job_id, part), immutable=True).set(
-            task_id=_derived_id(job_id, f"chunk/{i}"),
+            task_id=_derived_id(job_id, f"chunk/{i}{again}"),
             argsrepr=repr((part, shown)), kwargsrepr=repr({"job": job_id}),
         )
         for i, part in enumerate(chunks(hosts, get_settings().chunk_size))
     ])
     # The chord's own task id becomes the header's group id (the body keeps the job id).
-    return chord(header, callback_signature(job_id)).set(task_id=_derived_id(job_id, "hosts"))
+    return chord(header, callback_signature(job_id)).set(
+        task_id=_derived_id(job_id, f"hosts{again}"))
 
 
 def fan_out(job_id: str) -> None:
@@ -200,10 +202,10 @@ def _publish_and_mark(job_id: str, hosts: list[str], command: str) -> None:
         state.mark_published(session.connection(), job_id)
 
 
-def publish(job_id: str, hosts: list[str], command: str) -> None:
+def publish(job_id: str, hosts: list[str], command: str, again: str = "") -> None:
     """Publish the job's chord. Raises BackendUnavailable when RabbitMQ refuses it."""
     try:
-        job_signature(job_id, hosts, command).apply_async()
+        job_signature(job_id, hosts, command, again).apply_async()
     except (BrokerOperationalError, OSError) as exc:
         raise broker_unavailable(exc) from exc
 
@@ -242,11 +244,10 @@ def submit(spec: JobSpec) -> AsyncResult:
     try:
         _publish_and_mark(job_id, hosts, spec.command)
     except BackendUnavailable as exc:
+        # Some tasks may have gone out before the broker refused one: their hosts run
+        # and count as usual; the others end as errors, so the job still ends.
         with db.session_scope() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(
-                status=JobStatus.ERROR.value, error=str(exc), finished_at=func.now()))
-            session.execute(update(HostResult).where(HostResult.job_id == job_id).values(
-                status=HostStatus.ERROR.value, error="job was never queued: " + str(exc)))
+            state.abandon(session.connection(), job_id, "job was never queued: " + str(exc))
         raise
     return AsyncResult(job_id, app=app)
 

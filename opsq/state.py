@@ -267,6 +267,8 @@ _SET_COUNTERS = ",\n".join(
 _CLOSES = "j.done_count + c.n >= j.host_count"
 _STORE = text(
     f"""
+    SELECT 1 FROM host_results WHERE job_id = :job AND host = ANY(:hosts)
+    ORDER BY id FOR UPDATE;
     SELECT pg_notify('{JOBS_CHANNEL}', :job);
     WITH v AS (
         SELECT * FROM unnest(CAST(:hosts AS text[]), CAST(:statuses AS text[]),
@@ -313,7 +315,9 @@ def store(
     *, release: bool,
 ) -> bool:
     """Write the hosts' outcomes held under ``token`` and count them into the job, in one
-    statement; True when this write finished the job (exactly one writer sees True).
+    round trip; True when this write finished the job (exactly one writer sees True).
+    Host rows are locked in id order first, as a claim locks them, so the two never
+    deadlock.
 
     A host no longer held by ``token`` (another delivery wrote it off) is left as it is.
     ``release`` drops the lease too (the delivery is done with all its hosts).
@@ -338,6 +342,38 @@ def store(
     if release:
         conn.execute(_RELEASE, {"token": token})
     return closed
+
+
+_ABANDON = text(
+    f"""
+    SELECT 1 FROM host_results WHERE job_id = :job ORDER BY id FOR UPDATE;
+    SELECT pg_notify('{JOBS_CHANNEL}', :job);
+    WITH hit AS (
+        UPDATE host_results SET status = 'error', error = :reason, finished_at = now()
+        WHERE job_id = :job AND status = 'pending'
+        RETURNING 1
+    ), c AS (SELECT count(*) AS n FROM hit)
+    UPDATE jobs j SET done_count = j.done_count + c.n, error_count = j.error_count + c.n,
+        error = :reason,
+        status = CASE WHEN {_CLOSES} THEN
+            CASE WHEN j.done_count = 0 THEN 'error'
+                 WHEN j.ok_count >= j.host_count THEN 'succeeded' ELSE 'failed' END
+            ELSE j.status END,
+        finished_at = CASE WHEN {_CLOSES} THEN now() ELSE j.finished_at END,
+        duration = CASE WHEN {_CLOSES} THEN EXTRACT(EPOCH FROM now() - j.submitted_at)
+                   ELSE j.duration END
+    FROM c
+    WHERE j.id = :job
+    """
+)
+
+
+def abandon(conn: Connection, job_id: str, reason: str) -> None:
+    """Give up on the hosts of a job that were never taken (its tasks could not be
+    published): they end as ``error`` with ``reason``, counted like any result. Hosts
+    already running or done keep their course; a job none of whose hosts ran ends
+    ``error``."""
+    conn.execute(_ABANDON, {"job": job_id, "reason": reason})
 
 
 # -- leases -----------------------------------------------------------------------------
@@ -393,6 +429,21 @@ _UNPUBLISHED = text(
     """
 )
 _PUBLISHED = text("UPDATE jobs SET published_at = now() WHERE id = :job")
+_STALLED = text(
+    """
+    SELECT j.id, j.command FROM jobs j
+    WHERE j.status IN ('queued', 'running')
+      AND j.published_at < now() - make_interval(secs => :stall)
+      AND EXISTS (SELECT 1 FROM host_results h
+                  WHERE h.job_id = j.id AND h.status = 'pending')
+    ORDER BY j.published_at
+    LIMIT :batch
+    FOR UPDATE OF j SKIP LOCKED
+    """
+)
+_PENDING = text(
+    "SELECT host FROM host_results WHERE job_id = :job AND status = 'pending' ORDER BY id"
+)
 _UNANNOUNCED = text(
     """
     SELECT id FROM jobs
@@ -448,6 +499,16 @@ def unpublished_jobs(conn: Connection, *, grace: float, batch: int) -> list[Any]
 
 def mark_published(conn: Connection, job_id: str) -> None:
     conn.execute(_PUBLISHED, {"job": job_id})
+
+
+def stalled_jobs(conn: Connection, *, stall: float, batch: int) -> list[tuple[str, str,
+                                                                         list[str]]]:
+    """Lock and return (id, command, pending hosts) of jobs published ``stall`` seconds
+    ago or more that still have hosts nobody took: their tasks may be lost (a retry that
+    could not be published, a purged queue), or only stuck behind a long queue. Sending
+    them again is safe either way: a host is taken once."""
+    return [(r.id, r.command, list(conn.execute(_PENDING, {"job": r.id}).scalars()))
+            for r in conn.execute(_STALLED, {"stall": stall, "batch": batch}).all()]
 
 
 def unannounced_jobs(conn: Connection, *, grace: float, batch: int) -> list[str]:

@@ -296,3 +296,17 @@ def test_amqp_connection_cut_mid_command_runs_it_once(start_worker, rerun_safe):
     assert "Connection to broker lost" in a.log.read_text()  # the cut did happen
     marker.unlink()
     assert _consistent(job_id) == {"ok": 1}
+
+
+def test_hosts_whose_tasks_were_lost_are_sent_again():
+    # Published, but the tasks never reach a worker (a retry the broker refused, a
+    # purged queue): the job would wait forever for hosts nobody takes.
+    job_id = jobs.create(jobs.JobSpec(command="echo found", pattern="odd"))
+    with db.session_scope() as s:
+        s.execute(text("UPDATE jobs SET published_at = now() WHERE id = :j"), {"j": job_id})
+    started = time.monotonic()
+    summary = app.AsyncResult(job_id).get(timeout=90)
+    assert summary["succeeded"] and summary["counts"] == {"ok": 3}
+    assert _consistent(job_id) == {"ok": 3}
+    # not before ten lease periods (30 s here): hosts queued behind others are not rushed
+    assert 25 < time.monotonic() - started < 60

@@ -24,7 +24,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_ready, worker_shutdown
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from opsq import db, jobs, state
 from opsq.app import app
@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 #: retried through the broker, backing off exponentially (with jitter) up to 30 s, 100
 #: times at most: well over the 5-minute outage opsq is built to outlast.
 WAIT_FOR_SERVICES = {"retry_backoff": True, "retry_backoff_max": 30, "max_retries": 100}
+#: Looks at hosts another delivery holds, at most: a holder renews its lease until its
+#: hosts end, which their deadlines bound; this only stops a loop that never ends.
+DEFER_RETRIES = 10_000
 #: Seconds a finished host's result may wait to be written with others of its task.
 #: Results that finish while a write is under way go in the next one anyway; a longer
 #: wait only added latency (measured: 100 SSH hosts 0.44 s at 0.05, 0.31 s at 0.005;
@@ -80,8 +83,8 @@ def host_executor(local: bool = False) -> ThreadPoolExecutor:
 
 class LeaseKeeper(threading.Thread):
     """Renews the leases of this process's deliveries in progress, every third of the
-    lease period, in one statement; and sweeps once a lease period (every worker does,
-    safely: the sweep skips rows another one has locked)."""
+    lease period, in one statement. Nothing else runs on this thread: a slow broker or a
+    long sweep must never hold a renewal back."""
 
     def __init__(self) -> None:
         super().__init__(name="opsq-lease-keeper", daemon=True)
@@ -102,9 +105,6 @@ class LeaseKeeper(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
-        from opsq.tasks.maintenance import sweep
-
-        next_sweep = time.monotonic() + self.ttl
         while not self._stopping.wait(self.ttl / 3):
             with self._tokens_lock:
                 tokens = list(self._tokens)
@@ -112,17 +112,33 @@ class LeaseKeeper(threading.Thread):
                 with db.get_engine().begin() as conn:
                     state.renew(conn, tokens, self.ttl)
             except Exception as exc:
-                db.dispose_all()
                 logger.warning("could not renew %d lease(s): %s", len(tokens), exc)
-            if time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + self.ttl
-                try:
-                    sweep()
-                except Exception as exc:
-                    logger.warning("sweep failed (will try again): %s", exc)
+
+
+class Sweeper(threading.Thread):
+    """Runs the sweep (``opsq.tasks.maintenance.sweep``) once a lease period. Every
+    worker does, safely: a sweep skips rows another one has locked."""
+
+    def __init__(self) -> None:
+        super().__init__(name="opsq-sweeper", daemon=True)
+        self.ttl = get_settings().lease_ttl
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        from opsq.tasks.maintenance import sweep
+
+        while not self._stopping.wait(self.ttl):
+            try:
+                sweep()
+            except Exception as exc:
+                logger.warning("sweep failed (will try again): %s", exc)
 
 
 _keeper: LeaseKeeper | None = None
+_sweeper: Sweeper | None = None
 
 
 def lease_keeper() -> LeaseKeeper:
@@ -136,14 +152,20 @@ def lease_keeper() -> LeaseKeeper:
 
 
 @worker_ready.connect
-def _start_keeper(**_: Any) -> None:
+def _start_threads(**_: Any) -> None:
+    global _sweeper
     lease_keeper()
+    with _lock:
+        if _sweeper is None:
+            _sweeper = Sweeper()
+            _sweeper.start()
 
 
 @worker_shutdown.connect
 def _shutdown(**_: Any) -> None:
-    if _keeper is not None:
-        _keeper.stop()
+    for thread in (_keeper, _sweeper):
+        if thread is not None:
+            thread.stop()
     if _pool is not None:
         _pool.close_all()
 
@@ -167,9 +189,10 @@ def run_hosts(self: Task, job_id: str, hosts: list[str]) -> dict[str, Any]:
 
 @app.task(name="opsq.run_on_host", bind=True, ignore_result=True,
           autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
-def run_on_host(self: Task, job_id: str, host: str) -> dict[str, Any]:
-    """One host's task as the previous release queued it; runs as ``run_hosts``."""
-    return _execute(self, job_id, [host])
+def run_on_host(self: Task, job_id: str, host: str | list[str]) -> dict[str, Any]:
+    """One host's task as the previous release queued it; runs as ``run_hosts`` (and is
+    retried with a list of hosts, as ``run_hosts`` is)."""
+    return _execute(self, job_id, [host] if isinstance(host, str) else list(host))
 
 
 @app.task(name="opsq.start_job", autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
@@ -196,12 +219,12 @@ def _execute(task: Task, job_id: str, hosts: list[str]) -> dict[str, Any]:
     if claim.interrupted:
         logger.warning("job %s: hosts %s were interrupted (their worker was lost)",
                        job_id, claim.interrupted)
-    if claim.deferred:
+    if claim.deferred and not closed:
         # Another delivery holds these hosts under a live lease (the broker redelivered
         # while the first still runs): look again once that lease could have ended.
         logger.info("job %s: hosts %s still run elsewhere; looking again in %.0f s",
                     job_id, claim.deferred, claim.recheck_in)
-        raise task.retry(args=(job_id, claim.deferred), max_retries=None,
+        raise task.retry(args=(job_id, claim.deferred), max_retries=DEFER_RETRIES,
                          countdown=min(claim.recheck_in + 1, ttl))
     return {"job_id": job_id, "closed": closed}
 
@@ -214,8 +237,7 @@ def _claim(task: Task, job_id: str, hosts: list[str], token: str, ttl: float) ->
                                task_id=task.request.id or "")
     except IntegrityError:  # the job was deleted under us (its lease had nothing to refer to)
         return Claim(job=None)
-    except OperationalError as exc:
-        db.dispose_all()
+    except db.RETRYABLE as exc:  # nothing ran: retried through the broker
         raise db.unavailable(exc) from exc
 
 

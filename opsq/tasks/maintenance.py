@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from opsq import db, state
 from opsq.app import app
@@ -35,7 +37,12 @@ _PRUNE_CHORDS = text(
 
 
 #: Rows one sweep handles at most of each kind (the next sweep takes the rest).
-SWEEP_BATCH = 1000
+SWEEP_BATCH = 100
+#: Lease periods after its last publish before a job whose hosts nobody took is sent
+#: again (its tasks may be lost; or only queued behind others: sending again is safe).
+STALL_PERIODS = 10
+#: Longest wait of a sweep for a row lock: it never holds up other work for long.
+SWEEP_LOCK_TIMEOUT = "2s"
 
 
 @dataclass
@@ -45,9 +52,18 @@ class SweepReport:
     published: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
     announced: list[str] = field(default_factory=list)
+    resent: dict[str, list[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@contextmanager
+def _sweeping() -> Iterator[Connection]:
+    """A transaction of the sweep, which waits at most SWEEP_LOCK_TIMEOUT for a lock."""
+    with db.get_engine().begin() as conn:
+        conn.execute(text(f"SET LOCAL lock_timeout = '{SWEEP_LOCK_TIMEOUT}'"))
+        yield conn
 
 
 def sweep(grace: float | None = None) -> SweepReport:
@@ -57,6 +73,8 @@ def sweep(grace: float | None = None) -> SweepReport:
       and was not taken by a redelivery meanwhile: ``interrupted``, or back to pending
       and published again for a re-run-safe job;
     * a queued job recorded ``grace`` seconds ago whose fan-out was never published;
+    * a job published STALL_PERIODS lease periods ago whose hosts nobody took yet: they
+      are sent again;
     * a job closed ``grace`` seconds ago whose callback was never sent (the broker was
       away as it closed): it is sent, so Celery and Flower get the job's result.
 
@@ -71,7 +89,7 @@ def sweep(grace: float | None = None) -> SweepReport:
     token = str(uuid.uuid4())
     who = f"sweeper@{socket.gethostname()}"
     report = SweepReport()
-    with db.get_engine().begin() as conn:
+    with _sweeping() as conn:
         dead = state.dead_hosts(conn, ttl=ttl, grace=grace, batch=SWEEP_BATCH)
         for job_id, hosts in dead.interrupt.items():
             state.take_over(conn, job_id, hosts, token=token, worker=who, task_id="",
@@ -88,13 +106,21 @@ def sweep(grace: float | None = None) -> SweepReport:
                           task_id=str(uuid.uuid5(jobs.JOB_ID_NAMESPACE, f"{job_id}/{token}")))
         state.drop_dead_leases(conn, grace)
         report.interrupted, report.rerun = dead.interrupt, dead.rerun
-    with db.get_engine().begin() as conn:
+    with _sweeping() as conn:
         for job in state.unpublished_jobs(conn, grace=grace, batch=SWEEP_BATCH):
             logger.warning("job %s was recorded but never published; publishing it", job.id)
             jobs.publish(job.id, list(job.hosts), job.command)
             state.mark_published(conn, job.id)
             report.published.append(job.id)
-    with db.get_engine().begin() as conn:
+    with _sweeping() as conn:
+        for job_id, command, hosts in state.stalled_jobs(conn, stall=STALL_PERIODS * ttl,
+                                                         batch=SWEEP_BATCH):
+            logger.warning("job %s: hosts %s still wait for a worker; sending them again",
+                           job_id, hosts)
+            jobs.publish(job_id, hosts, command, again=f"/again/{token}")
+            state.mark_published(conn, job_id)
+            report.resent[job_id] = hosts
+    with _sweeping() as conn:
         # The jobs this sweep closed, and closed jobs whose callback the broker refused:
         # publish before marking, so a refused publish is tried again by the next sweep.
         unannounced = state.unannounced_jobs(conn, grace=grace, batch=SWEEP_BATCH)
