@@ -212,13 +212,16 @@ _TAKE_OVER = text(
 
 def claim(
     conn: Connection, job_id: str, hosts: Sequence[str], *, token: str, worker: str,
-    task_id: str, ttl: float,
+    task_id: str, ttl: float, adopt: str | None = None,
 ) -> Claim:
     """Take the job's ``hosts`` for this delivery (one transaction on ``conn``).
 
     Pending hosts are taken at once; a host still running under a dead lease is written
     off as ``interrupted`` (or taken again when the job is re-run safe); one running under
-    a live lease is deferred. Returns a Claim whose ``job`` is None when the job is gone.
+    a live lease is deferred. ``adopt`` is the token of this task's previous claim, whose
+    outcome it never learnt (the connection dropped as it committed): hosts still under
+    it never ran, and are taken as pending ones. Returns a Claim whose ``job`` is None
+    when the job is gone.
     """
     row = conn.execute(_JOB_OPTIONS, {"job": job_id, "hosts": list(hosts)}).first()
     if row is None:
@@ -234,6 +237,11 @@ def claim(
     taken = {c.host for c in result.run}
     others = conn.execute(_OTHERS, {**params, "hosts": [h for h in hosts if h not in taken],
                                     "grace": 0}).all()
+    mine = [r.host for r in others if adopt is not None and r.lease_token == adopt]
+    if mine:
+        result.run += [ClaimedHost(r.host, r.target, r.attempt) for r in conn.execute(
+            _TAKE_OVER, {**params, "hosts": mine, "rerun": False})]
+    others = [r for r in others if r.host not in mine]
     dead = [r.host for r in others if r.dead]
     live = [r for r in others if not r.dead]
     result.deferred = [r.host for r in live]

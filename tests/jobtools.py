@@ -59,9 +59,16 @@ def nodes() -> list[str]:
 
 
 def pg(action: str) -> None:
+    """Stop or start the machine's PostgreSQL cluster ("start" also accepts a cluster that
+    something else started meanwhile, and waits until it accepts connections)."""
     version = sorted(Path("/etc/postgresql").iterdir())[0].name
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action,
-                    *(["-m", "fast"] if action == "stop" else [])], check=True)
+                    *(["-m", "fast"] if action == "stop" else [])], check=action == "stop")
+    if action == "start":
+        deadline = time.monotonic() + 60
+        while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode != 0:
+            assert time.monotonic() < deadline, "PostgreSQL did not come back"
+            time.sleep(0.2)
 
 
 def taskmeta(task_id: str):

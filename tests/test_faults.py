@@ -310,3 +310,31 @@ def test_hosts_whose_tasks_were_lost_are_sent_again():
     assert _consistent(job_id) == {"ok": 3}
     # not before ten lease periods (30 s here): hosts queued behind others are not rushed
     assert 25 < time.monotonic() - started < 60
+
+
+def test_a_claim_whose_commit_answer_was_lost_is_taken_over_by_its_retry():
+    # The claim committed, but its connection dropped before the answer came back: the
+    # task retries believing nothing happened. Its retry carries the first claim's token
+    # and takes those hosts as its own; anyone else would have to wait them out.
+    from opsq import state
+
+    job_id = jobs.create(jobs.JobSpec(command="true", pattern="host0[1-2]"))
+    hosts = ["host01", "host02"]
+    common = {"worker": "w@test", "task_id": "t", "ttl": 30}
+    with db.get_engine().begin() as conn:
+        first = state.claim(conn, job_id, hosts, token="lost-answer", **common)
+    assert [c.host for c in first.run] == hosts
+    with db.get_engine().begin() as conn:
+        stranger = state.claim(conn, job_id, hosts, token="another-delivery", **common)
+        assert (stranger.run, stranger.deferred) == ([], hosts)
+        conn.rollback()
+    with db.get_engine().begin() as conn:
+        retry = state.claim(conn, job_id, hosts, token="the-retry", adopt="lost-answer",
+                            **common)
+    assert ([c.host for c in retry.run], retry.deferred, retry.interrupted) == (hosts, [], [])
+    assert {c.attempt for c in retry.run} == {1}  # it never ran: still the first attempt
+    with db.get_engine().begin() as conn:
+        assert state.store(conn, job_id, "the-retry",
+                           [(h, state.Outcome(state.HostStatus.OK, exit_code=0))
+                            for h in hosts], release=True)
+    assert _consistent(job_id) == {"ok": 2}

@@ -24,6 +24,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_ready, worker_shutdown
+from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import IntegrityError
 
 from opsq import db, jobs, state
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 #: retried through the broker, backing off exponentially (with jitter) up to 30 s, 100
 #: times at most: well over the 5-minute outage opsq is built to outlast.
 WAIT_FOR_SERVICES = {"retry_backoff": True, "retry_backoff_max": 30, "max_retries": 100}
+#: The same for a host task's claim, which retries by hand to carry its token.
+CLAIM_RETRIES = WAIT_FOR_SERVICES["max_retries"]
+CLAIM_BACKOFF_MAX = WAIT_FOR_SERVICES["retry_backoff_max"]
 #: Looks at hosts another delivery holds, at most: a holder renews its lease until its
 #: hosts end, which their deadlines bound; this only stops a loop that never ends.
 DEFER_RETRIES = 10_000
@@ -173,26 +177,29 @@ def _shutdown(**_: Any) -> None:
 # ignore_result: the hosts' outcomes live in host_results; the return value only tells
 # the backend's chord join whether this task closed the job. Flower still shows every
 # state from the task events.
-# autoretry: BackendUnavailable can only come from the claim, before any command ran.
-@app.task(name=jobs.RUN_HOSTS, bind=True, ignore_result=True,
-          autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
-def run_hosts(self: Task, job_id: str, hosts: list[str]) -> dict[str, Any]:
+# Retries: see _claim (PostgreSQL unavailable before anything ran) and _execute (hosts
+# another delivery holds).
+@app.task(name=jobs.RUN_HOSTS, bind=True, ignore_result=True)
+def run_hosts(self: Task, job_id: str, hosts: list[str], claimed_as: str | None = None
+              ) -> dict[str, Any]:
     """Run the job's command on ``hosts`` and store each outcome; never raises for a host.
 
     A delivery of hosts another delivery already ran, runs, or lost is safe: finished
     hosts are skipped, hosts under a live lease are looked at again later (a retry through
     the broker), hosts whose holder died are recorded ``interrupted`` (or run again for a
-    re-run-safe job). See ``opsq.state``.
+    re-run-safe job). See ``opsq.state``. ``claimed_as``: the token of this task's
+    previous claim, which may have committed unseen (see ``_claim``).
     """
-    return _execute(self, job_id, list(hosts))
+    return _execute(self, job_id, list(hosts), claimed_as)
 
 
-@app.task(name="opsq.run_on_host", bind=True, ignore_result=True,
-          autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
-def run_on_host(self: Task, job_id: str, host: str | list[str]) -> dict[str, Any]:
+@app.task(name="opsq.run_on_host", bind=True, ignore_result=True)
+def run_on_host(self: Task, job_id: str, host: str | list[str],
+                claimed_as: str | None = None) -> dict[str, Any]:
     """One host's task as the previous release queued it; runs as ``run_hosts`` (and is
     retried with a list of hosts, as ``run_hosts`` is)."""
-    return _execute(self, job_id, [host] if isinstance(host, str) else list(host))
+    return _execute(self, job_id, [host] if isinstance(host, str) else list(host),
+                    claimed_as)
 
 
 @app.task(name="opsq.start_job", autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
@@ -202,10 +209,11 @@ def start_job(job_id: str) -> None:
         jobs.fan_out(job_id)
 
 
-def _execute(task: Task, job_id: str, hosts: list[str]) -> dict[str, Any]:
+def _execute(task: Task, job_id: str, hosts: list[str], claimed_as: str | None
+             ) -> dict[str, Any]:
     ttl = get_settings().lease_ttl
     token = str(uuid.uuid4())
-    claim = _claim(task, job_id, hosts, token, ttl)
+    claim = _claim(task, job_id, hosts, token, ttl, claimed_as)
     if claim.job is None:
         logger.error("job %s no longer exists (deleted?): hosts %s skipped", job_id, hosts)
         return {"job_id": job_id, "closed": False}
@@ -224,21 +232,32 @@ def _execute(task: Task, job_id: str, hosts: list[str]) -> dict[str, Any]:
         # while the first still runs): look again once that lease could have ended.
         logger.info("job %s: hosts %s still run elsewhere; looking again in %.0f s",
                     job_id, claim.deferred, claim.recheck_in)
-        raise task.retry(args=(job_id, claim.deferred), max_retries=DEFER_RETRIES,
-                         countdown=min(claim.recheck_in + 1, ttl))
+        raise task.retry(args=(job_id, claim.deferred), kwargs={},
+                         max_retries=DEFER_RETRIES, countdown=min(claim.recheck_in + 1, ttl))
     return {"job_id": job_id, "closed": closed}
 
 
-def _claim(task: Task, job_id: str, hosts: list[str], token: str, ttl: float) -> Claim:
+def _claim(task: Task, job_id: str, hosts: list[str], token: str, ttl: float,
+           adopt: str | None) -> Claim:
+    """Claim the hosts; while PostgreSQL is unavailable, retry through the broker with
+    back-off (nothing ran yet). The retry carries this claim's token: if the commit went
+    through and only its answer was lost, the retry takes those hosts as its own instead
+    of finding them held under a lease nobody renews."""
     try:
         with db.get_engine().begin() as conn:
-            return state.claim(conn, job_id, hosts, token=token, ttl=ttl,
+            return state.claim(conn, job_id, hosts, token=token, ttl=ttl, adopt=adopt,
                                worker=task.request.hostname or "unknown",
                                task_id=task.request.id or "")
     except IntegrityError:  # the job was deleted under us (its lease had nothing to refer to)
         return Claim(job=None)
-    except db.RETRYABLE as exc:  # nothing ran: retried through the broker
-        raise db.unavailable(exc) from exc
+    except db.RETRYABLE as exc:
+        logger.warning("job %s: cannot claim hosts (%s); retrying", job_id, exc)
+        raise task.retry(
+            args=(job_id, hosts), kwargs={"claimed_as": token}, exc=db.unavailable(exc),
+            max_retries=CLAIM_RETRIES,
+            countdown=get_exponential_backoff_interval(
+                factor=1, retries=task.request.retries, maximum=CLAIM_BACKOFF_MAX,
+                full_jitter=True)) from exc
 
 
 def _run_claimed(job_id: str, token: str, job: JobOptions, hosts: list[ClaimedHost]) -> bool:
