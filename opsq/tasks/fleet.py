@@ -7,7 +7,8 @@ A ``run_hosts`` delivery takes its hosts under a lease (``opsq.state``), runs th
 worker's shared host thread pool, and writes their results in small batches as they
 finish: a crash loses at most the hosts still running, never those already done. A
 ``LeaseKeeper`` thread per worker process renews the leases of the deliveries in
-progress and sweeps what dead deliveries left (``opsq.tasks.maintenance.sweep``).
+progress; a ``Sweeper`` thread closes what dead deliveries left
+(``opsq.tasks.maintenance.sweep``).
 """
 
 from __future__ import annotations
