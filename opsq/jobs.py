@@ -126,7 +126,7 @@ def _record(spec: JobSpec, job_id: str | None = None) -> tuple[str, list[str]]:
             rerun_safe=spec.rerun_safe, schedule_id=spec.schedule_id, schedule=spec.schedule,
         ))
         state.add_hosts(session.connection(), job_id,
-                        [(h.name, json.dumps(h.to_dict())) for h in hosts])
+                        [(h.name, json.dumps(h.run_record())) for h in hosts])
     return job_id, [h.name for h in hosts]
 
 

@@ -95,7 +95,8 @@ class HostResult(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     host: Mapped[str] = mapped_column(Text)
-    #: Where and how to connect (``Host.to_dict()``), fixed at submit time.
+    #: Where and how to connect (``Host.run_record()``: no inventory secrets), fixed at
+    #: submit time.
     target: Mapped[dict[str, Any]] = mapped_column(JSONB)
     #: The Celery task id of the per-host task (look it up in Flower).
     task_id: Mapped[str | None] = mapped_column(String(64))

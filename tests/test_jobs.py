@@ -352,3 +352,20 @@ def test_a_start_queued_by_the_previous_release_still_runs_its_job():
     # sooner than the sweep would have published the job (a lease period, 3 s, of grace)
     assert time.monotonic() - started < 2.5
     assert rows(job_id)["host03"]["stdout"] == "upgraded\n"
+
+
+def test_inventory_secrets_are_not_stored_with_the_job(tmp_path):
+    inv = tmp_path / "inv.yml"
+    inv.write_text(
+        "all:\n  vars:\n    db_password: s3cret-group\n  children:\n    here:\n      hosts:\n"
+        "        localhost:\n          ansible_connection: local\n"
+        "          ansible_ssh_pass: hunter2\n          ansible_become_pass: hunter3\n"
+        "          opsq_timeout: 7\n")
+    summary = run_job("echo ran", pattern="here", inventory=str(inv))
+    assert summary["succeeded"]
+    with db.session_scope() as s:
+        target = s.execute(text("SELECT target::text FROM host_results WHERE job_id = :j"),
+                           {"j": summary["job_id"]}).scalar_one()
+    for secret in ("s3cret-group", "hunter2", "hunter3", "db_password", "ssh_pass"):
+        assert secret not in target
+    assert json.loads(target)["vars"] == {"opsq_timeout": 7}  # what the run reads stays

@@ -47,7 +47,8 @@ def _fill_as_the_last_release_did(conn) -> None:
     conn.execute(text("""
         INSERT INTO host_results (job_id, host, target, status, exit_code, stdout, attempt,
                                   started_at, worker, task_id)
-        VALUES ('done-job', 'web1', '{"name": "web1"}', 'ok', 0, 'up 3 days', 1,
+        VALUES ('done-job', 'web1', '{"name": "web1", "vars": {"ansible_ssh_pass": "hunter2",
+                "opsq_timeout": 9}}', 'ok', 0, 'up 3 days', 1,
                 now() - interval '1 hour', 'fleet@old', 't1'),
                ('done-job', 'web2', '{"name": "web2"}', 'failed', 1, '', 1,
                 now() - interval '1 hour', 'fleet@old', 't2'),
@@ -79,6 +80,11 @@ def test_upgrade_from_the_last_release_keeps_data_and_closes_stuck_jobs(old_data
         ("done-job", "web1", "ok", "up 3 days"), ("done-job", "web2", "failed", ""),
         ("stuck-job", "web1", "ok", "slept"), ("stuck-job", "web2", "running", None)]
     assert sched.name == "nightly" and sched.kwargs["command"] == "uptime"
+    # the inventory password the old release stored with the job is gone, the rest kept
+    with engine.connect() as conn:
+        target = conn.execute(text("SELECT target FROM host_results WHERE host = 'web1' "
+                                   "AND job_id = 'done-job'")).scalar_one()
+    assert target == {"name": "web1", "vars": {"opsq_timeout": 9}}
     # the job the old release left running: one host counted, one still running
     assert (stuck.status, stuck.done_count, stuck.ok_count) == ("running", 1, 1)
 

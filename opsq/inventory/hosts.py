@@ -34,6 +34,8 @@ PORT_VARS = ("ansible_port", "ansible_ssh_port")
 USER_VARS = ("ansible_user", "ansible_ssh_user")
 KEY_FILE_VARS = ("ansible_ssh_private_key_file", "ansible_private_key_file")
 CONNECTION_VAR = "ansible_connection"
+#: The host variables a run reads (see opsq.ssh.RunOptions.resolve).
+RUN_VARS = frozenset({"opsq_timeout", "opsq_connect_timeout"})
 
 _DIGITS_RE = re.compile(r"^[0-9]+$")
 
@@ -67,6 +69,14 @@ class Host:
             "groups": list(self.groups),
             "vars": copy.deepcopy(self.vars),
         }
+
+    def run_record(self) -> dict[str, Any]:
+        """What a worker needs to run a command on this host, and nothing else: where and
+        how to connect, and opsq's own variables (RUN_VARS). Inventory secrets
+        (``ansible_ssh_pass``, ``ansible_become_pass``, group vars...) stay out: this
+        record is stored with every job for as long as the job is kept."""
+        return {**self.to_dict(),
+                "vars": {k: v for k, v in self.vars.items() if k in RUN_VARS}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Host:

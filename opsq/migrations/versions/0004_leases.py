@@ -10,7 +10,8 @@ counters are recomputed from its host rows, and every existing job counts as pub
 announced (its callback ran). Hosts left ``running`` by the
 previous release have no lease, so the sweeper treats their holder as dead and closes
 them (``interrupted``, or run again for a re-run-safe job): no job of the old release
-stays running forever.
+stays running forever. Stored host records lose the inventory variables a run does not
+read (the previous release kept every one, passwords included).
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def upgrade() -> None:
         f"callback_sent_at = finished_at, "
         f"done_count = (SELECT count(*) FROM host_results h "
         f"WHERE h.job_id = jobs.id AND h.status IN ({finals}))")
+
+
+    # Earlier releases stored every inventory variable of every host with every job
+    # (passwords included): keep only the variables a run reads.
+    op.execute(
+        "UPDATE host_results SET target = jsonb_set(target, '{vars}', COALESCE(("
+        "SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(target->'vars') AS e "
+        "WHERE e.key IN ('opsq_timeout', 'opsq_connect_timeout')), '{}'::jsonb)) "
+        "WHERE jsonb_typeof(target->'vars') = 'object'")
 
 
 def downgrade() -> None:
