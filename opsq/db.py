@@ -66,6 +66,9 @@ def get_engine(url: str | None = None) -> Engine:
                     # A round trip per checkout; hosts are written in batches, so it
                     # is paid per batch, and a database restart costs no caller an error.
                     pool_pre_ping=True,
+                    # Statement parameters (a job's command) stay out of error messages,
+                    # which reach logs, celery_taskmeta and Flower.
+                    hide_parameters=True,
                     connect_args={"connect_timeout": CONNECT_TIMEOUT},
                 )
                 _engines[url] = engine

@@ -369,3 +369,24 @@ def test_inventory_secrets_are_not_stored_with_the_job(tmp_path):
     for secret in ("s3cret-group", "hunter2", "hunter3", "db_password", "ssh_pass"):
         assert secret not in target
     assert json.loads(target)["vars"] == {"opsq_timeout": 7}  # what the run reads stays
+
+
+@pytest.mark.parametrize("kwargs", [{"schedule_id": 987654}, {"timeout": -5}],
+                         ids=["schedule-removed", "bad-option"])
+def test_a_submission_that_cannot_become_a_job_leaks_no_command(kwargs):
+    # Such a submission ends as a job with status error and the reason; the task never
+    # fails with its arguments (the raw command) stored in celery_taskmeta or an error.
+    command = "echo deploy --password=hunter2"
+    result = submit_job.apply_async((command, "host01"), kwargs)
+    summary = result.get(timeout=30)
+    assert summary["status"] == "error" and summary["error"]
+    assert "hunter2" not in json.dumps(summary)
+    with db.session_scope() as s:
+        stored = s.execute(text(
+            "SELECT count(*) FROM celery_taskmeta WHERE encode(result, 'escape') LIKE :p "
+            "OR encode(args, 'escape') LIKE :p OR encode(kwargs, 'escape') LIKE :p "
+            "OR traceback LIKE :p"), {"p": "%hunter2%"}).scalar()
+        error = s.execute(text("SELECT error FROM jobs WHERE id = :j"),
+                          {"j": result.id}).scalar_one()
+    assert stored == 0
+    assert "hunter2" not in error

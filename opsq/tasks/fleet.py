@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from celery import Task
@@ -30,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from opsq import db, jobs, state
 from opsq.app import app
-from opsq.errors import BackendUnavailable, InventoryError, PatternError
+from opsq.errors import BackendUnavailable, OpsqError
 from opsq.inventory import Host
 from opsq.settings import get_settings
 from opsq.ssh import ConnectionPool, RunOptions, run_on
@@ -320,7 +321,8 @@ def finish_job(self: Task, results: list[Any], job_id: str) -> dict[str, Any]:
     return jobs.summary(job_id).as_dict()
 
 
-@app.task(name="opsq.submit_job", bind=True)
+@app.task(name="opsq.submit_job", bind=True, autoretry_for=(BackendUnavailable,),
+          **WAIT_FOR_SERVICES)
 def submit_job(
     self: Task,
     command: str,
@@ -337,8 +339,12 @@ def submit_job(
     """Resolve, record and fan out a job from a worker; this task's id is the job id, so
     ``AsyncResult(id).get()`` returns the job summary as with ``opsq.jobs.submit``.
 
-    A pattern or inventory that no longer resolves is kept as a job with status
-    ``error``. A second delivery of the same firing (same task id) fans the recorded job
+    A submission that cannot become a job (the pattern or inventory no longer resolves,
+    a bad option, its schedule removed meanwhile) is kept as a job with status ``error``
+    and the reason. The task itself never fails with its arguments on record: Celery
+    would store them, unmasked, in ``celery_taskmeta`` and show them in Flower. It waits
+    out PostgreSQL (retried through the broker); a fan-out RabbitMQ refuses is left to
+    the sweep. A second delivery of the same firing (same task id) fans the recorded job
     out again, idempotently, unless it is finished.
     """
     spec = jobs.JobSpec(
@@ -347,23 +353,31 @@ def submit_job(
         submitted_by=submitted_by or f"celery:{self.request.hostname}",
         schedule_id=schedule_id, schedule=schedule,
     )
+    job_id = self.request.id
     try:
-        job_id = jobs.create(spec, job_id=self.request.id)
+        jobs.create(spec, job_id=job_id)
+    except BackendUnavailable:
+        raise
     except IntegrityError:
-        status = jobs.job_status(self.request.id)
-        if status is None:
-            raise  # not a duplicate (e.g. the schedule was removed meanwhile)
+        status = jobs.job_status(job_id)
+        if status is None:  # not a duplicate: its schedule was removed meanwhile
+            jobs.record_failed_submission(replace(spec, schedule_id=None), job_id,
+                                          "the job could not be recorded (its schedule "
+                                          "was removed meanwhile?)")
+            raise Ignore() from None
         if status.finished:
-            logger.warning("job %s is finished: duplicate submission ignored",
-                           self.request.id)
+            logger.warning("job %s is finished: duplicate submission ignored", job_id)
             raise Ignore() from None
         # A redelivery after a crash between recording and fanning out, or a firing sent
         # twice: fan out again, idempotently.
-        job_id = self.request.id
-    except (InventoryError, PatternError) as exc:
-        jobs.record_failed_submission(spec, self.request.id, str(exc))
+    except OpsqError as exc:  # the pattern, the inventory or an option
+        jobs.record_failed_submission(spec, job_id, str(exc))
         raise Ignore() from None
-    jobs.fan_out(job_id)
+    try:
+        jobs.fan_out(job_id)
+    except BackendUnavailable as exc:
+        logger.warning("job %s is recorded; the sweep publishes it once it can (%s)",
+                       job_id, exc)
     # This task's id is the job id: its own result must not be stored under it (the
     # job's callback stores the summary there). Ignore acks without storing, and the
     # caller's AsyncResult still waits for the job (ignore_result would make get()
