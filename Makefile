@@ -80,9 +80,14 @@ screenshot: venv  ## Flower's task list with a fresh job, as var/flower-tasks.pn
 	$(BIN)/python -m tests.screenshot
 
 .PHONY: run
+# CMD and TARGET reach opsq exactly as typed: make would expand `$HOME` in them (to
+# "OME") and the shell would run `backticks` on this machine. $(value ...) takes them
+# unexpanded, and the environment carries them past the shell.
+export OPSQ_MAKE_CMD := $(value CMD)
+export OPSQ_MAKE_TARGET := $(value TARGET)
 run: venv  ## run CMD on TARGET: make run CMD='uptime' TARGET='fleet:!host03'
-	@test -n "$(CMD)" -a -n "$(TARGET)" || { echo "usage: make run CMD='uptime' TARGET='pattern' [WAIT=1]"; exit 2; }
-	$(BIN)/opsq run "$(CMD)" -t "$(TARGET)" $(if $(WAIT),--wait)
+	@test -n "$$OPSQ_MAKE_CMD" -a -n "$$OPSQ_MAKE_TARGET" || { echo "usage: make run CMD='uptime' TARGET='pattern' [WAIT=1]"; exit 2; }
+	@$(BIN)/opsq run "$$OPSQ_MAKE_CMD" -t "$$OPSQ_MAKE_TARGET" $(if $(WAIT),--wait)
 
 .PHONY: result
 result: venv  ## show a job's results: make result JOB=<id>

@@ -103,6 +103,23 @@ def _show_finished(job_id: str, as_json: bool, progress: bool, timeout: float | 
     sys.exit(EXIT_OK if summary.succeeded else EXIT_HOST_FAILED)
 
 
+def printable(text: str) -> str:
+    """``text`` with every control character (escape sequences, carriage returns...)
+    shown as ``\\xNN``: output from a host must not drive the operator's terminal."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def printable_lines(text: str) -> str:
+    """As ``printable``, keeping line breaks and tabs."""
+    return "\n".join("\t".join(printable(part) for part in line.split("\t"))
+                     for line in text.split("\n"))
+
+
+def _write_host_output(text: str) -> None:
+    sys.stdout.write(printable_lines(text) if sys.stdout.isatty() else text)
+    sys.stdout.flush()
+
+
 def _count_line(counts: dict[str, int]) -> str:
     """'2 failed, 3 ok': hosts per status, in a stable order."""
     return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
@@ -120,7 +137,7 @@ def _print_result(summary: Any, as_json: bool) -> None:
     for h in jobs.host_runs(summary.job_id, preview=True):
         text = (h.stdout or "").strip() if h.succeeded else (
             h.error or (h.stderr or "").strip() or (h.stdout or "").strip())
-        first = text.splitlines()[0] if text else ""
+        first = printable(text.splitlines()[0]) if text else ""
         if len(first) > TABLE_OUTPUT_WIDTH:
             first = first[: TABLE_OUTPUT_WIDTH - 1] + "…"
         rows.append((
@@ -171,12 +188,15 @@ def result(job_id: str, wait_: bool, timeout: float | None, as_json: bool, full:
     summary = jobs.summary(job_id)
     _print_result(summary, as_json)
     if full and not as_json:
+        # A host's output is the host's to write: on a terminal, its control characters
+        # are shown escaped, so it cannot move the cursor or rewrite the screen.
+        # Piped, it is passed through untouched (click.echo would strip some of it).
         for h in jobs.host_runs(job_id):
             click.echo(f"--- {h.host} [{h.status.value}] stdout")
-            click.echo(h.stdout or "", nl=False)
+            _write_host_output(h.stdout or "")
             if h.stderr:
                 click.echo(f"--- {h.host} stderr")
-                click.echo(h.stderr, nl=False)
+                _write_host_output(h.stderr)
     sys.exit(EXIT_OK if summary.succeeded or not summary.finished else EXIT_HOST_FAILED)
 
 

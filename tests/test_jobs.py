@@ -390,3 +390,30 @@ def test_a_submission_that_cannot_become_a_job_leaks_no_command(kwargs):
                           {"j": result.id}).scalar_one()
     assert stored == 0
     assert "hunter2" not in error
+
+
+def test_result_table_escapes_terminal_control_from_hosts(opsq_cli):
+    summary = run_job(r"printf 'a\033[2J\033]0;pwned\007b\n'", pattern="host01")
+    table = opsq_cli("result", summary["job_id"])
+    assert table.returncode == 0, table.stderr
+    assert "\x1b" not in table.stdout and "\x07" not in table.stdout
+    assert "a\\x1b[2J\\x1b]0;pwned\\x07b" in table.stdout
+    # piped (not a terminal), -o passes the bytes through for other tools
+    raw = opsq_cli("result", summary["job_id"], "-o")
+    assert "a\x1b[2J\x1b]0;pwned\x07b\n" in raw.stdout
+
+
+def test_make_run_passes_the_command_untouched():
+    import subprocess
+
+    from jobtools import ROOT_DIR
+
+    typed = "echo '$HOME' `id -u` \"$(uname)\" $$x"
+    out = subprocess.run(["make", "-s", "run", f"CMD={typed}", "TARGET=host01"],
+                         cwd=ROOT_DIR, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip().splitlines()[-1]
+    with db.session_scope() as s:
+        stored = s.execute(text("SELECT command FROM jobs WHERE id = :j"),
+                           {"j": job_id}).scalar_one()
+    assert stored == typed

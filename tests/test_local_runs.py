@@ -74,3 +74,11 @@ def test_chunks_cover_every_host_once(n, size, expected):
     assert [h for p in parts for h in p] == hosts
     assert len(parts) >= min(n, MIN_CHUNKS) and all(len(p) <= size for p in parts)
 
+
+
+def test_host_output_cannot_drive_the_terminal():
+    from opsq.cli import printable, printable_lines
+
+    assert printable("ok\x1b[2J\x1b]0;pwned\x07\rdone") == "ok\\x1b[2J\\x1b]0;pwned\\x07\\x0ddone"
+    assert printable("café ✓") == "café ✓"  # printable text stays as it is
+    assert printable_lines("a\tb\n\x1b[31mred\n") == "a\tb\n\\x1b[31mred\n"
