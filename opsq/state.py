@@ -85,7 +85,6 @@ class Outcome:
     attempts: int = 1
     #: Seconds the run took on the worker (connect included); None: since the claim.
     duration: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
@@ -149,14 +148,18 @@ def add_hosts(conn: Connection, job_id: str, hosts: Sequence[tuple[str, str]]) -
 
 # -- claim ------------------------------------------------------------------------------
 
-#: Lock the delivery's host rows first (in id order, so two claimers cannot deadlock),
-#: waiting for any transaction that is changing them (a sweep putting them back to
-#: pending): the statements after it then see their latest state. Without it, a claim
-#: racing such a transaction skips rows its snapshot saw in another status.
-_JOB_OPTIONS = text(
-    """
+#: Lock the given host rows, in id order: every transition that takes several hosts
+#: starts with it, so two transactions never lock the same rows in opposite orders.
+_LOCK_HOSTS = """
     SELECT 1 FROM host_results WHERE job_id = :job AND host = ANY(:hosts)
     ORDER BY id FOR UPDATE;
+"""
+#: The claim locks first, waiting for any transaction that is changing the rows (a sweep
+#: putting them back to pending): the statements after it then see their latest state.
+#: Without it, a claim racing such a transaction skips rows its snapshot saw in another
+#: status.
+_JOB_OPTIONS = text(
+    _LOCK_HOSTS + """
     SELECT command, command_timeout, connect_timeout, rerun_safe FROM jobs WHERE id = :job
     """
 )
@@ -248,14 +251,26 @@ def claim(
     result.recheck_in = max((float(r.expires_in or 0) for r in live), default=0.0)
     if not dead:
         return result
-    retaken = conn.execute(_TAKE_OVER, {**params, "hosts": dead, "rerun": job.rerun_safe}).all()
     if job.rerun_safe:
-        result.run += [ClaimedHost(r.host, r.target, r.attempt) for r in retaken]
+        result.run += [ClaimedHost(r.host, r.target, r.attempt) for r in conn.execute(
+            _TAKE_OVER, {**params, "hosts": dead, "rerun": True})]
     else:
-        result.interrupted = [r.host for r in retaken]
-        result.closed = store(conn, job_id, token, [
-            (h, interrupted_outcome()) for h in result.interrupted], release=False)
+        result.interrupted, result.closed = interrupt(
+            conn, job_id, dead, token=token, worker=worker, task_id=task_id)
     return result
+
+
+def interrupt(conn: Connection, job_id: str, hosts: Sequence[str], *, token: str,
+              worker: str, task_id: str) -> tuple[list[str], bool]:
+    """``running -> interrupted`` for hosts whose holder died (rows locked by the
+    caller): taken under ``token``, then stored and counted like any result. Returns the
+    hosts interrupted and whether that closed the job."""
+    taken = [r.host for r in conn.execute(_TAKE_OVER, {
+        "job": job_id, "hosts": list(hosts), "token": token, "worker": worker,
+        "task": task_id, "rerun": False})]
+    closed = store(conn, job_id, token, [(h, interrupted_outcome()) for h in taken],
+                   release=False)
+    return taken, closed
 
 
 def interrupted_outcome() -> Outcome:
@@ -273,10 +288,13 @@ _COUNTERS = ",\n".join(
 _SET_COUNTERS = ",\n".join(
     f"{s.value}_count = j.{s.value}_count + c.{s.value}" for s in FINAL_HOST_STATUSES)
 _CLOSES = "j.done_count + c.n >= j.host_count"
+#: A closing write's end time and duration (seconds from submission).
+_CLOSE_TIMES = (
+    f"finished_at = CASE WHEN {_CLOSES} THEN now() ELSE j.finished_at END, "
+    f"duration = CASE WHEN {_CLOSES} THEN EXTRACT(EPOCH FROM now() - j.submitted_at) "
+    "ELSE j.duration END")
 _STORE = text(
-    f"""
-    SELECT 1 FROM host_results WHERE job_id = :job AND host = ANY(:hosts)
-    ORDER BY id FOR UPDATE;
+    _LOCK_HOSTS + f"""
     SELECT pg_notify('{JOBS_CHANNEL}', :job);
     WITH v AS (
         SELECT * FROM unnest(CAST(:hosts AS text[]), CAST(:statuses AS text[]),
@@ -302,9 +320,7 @@ _STORE = text(
         status = CASE WHEN {_CLOSES} THEN
             CASE WHEN j.ok_count + c.ok >= j.host_count THEN 'succeeded' ELSE 'failed' END
             ELSE j.status END,
-        finished_at = CASE WHEN {_CLOSES} THEN now() ELSE j.finished_at END,
-        duration = CASE WHEN {_CLOSES} THEN EXTRACT(EPOCH FROM now() - j.submitted_at)
-                   ELSE j.duration END
+        {_CLOSE_TIMES}
     FROM c
     WHERE j.id = :job AND c.n > 0
     RETURNING j.done_count >= j.host_count AS closed
@@ -367,9 +383,7 @@ _ABANDON = text(
             CASE WHEN j.done_count = 0 THEN 'error'
                  WHEN j.ok_count >= j.host_count THEN 'succeeded' ELSE 'failed' END
             ELSE j.status END,
-        finished_at = CASE WHEN {_CLOSES} THEN now() ELSE j.finished_at END,
-        duration = CASE WHEN {_CLOSES} THEN EXTRACT(EPOCH FROM now() - j.submitted_at)
-                   ELSE j.duration END
+        {_CLOSE_TIMES}
     FROM c
     WHERE j.id = :job
     """
@@ -485,14 +499,6 @@ def dead_hosts(conn: Connection, *, ttl: float, grace: float, batch: int) -> Dea
 def reset_dead(conn: Connection, job_id: str, hosts: Sequence[str]) -> None:
     """Put hosts of a re-run-safe job back to pending (their holder is dead)."""
     conn.execute(_RESET, {"job": job_id, "hosts": list(hosts)})
-
-
-def take_over(conn: Connection, job_id: str, hosts: Sequence[str], *, token: str,
-              worker: str, task_id: str, rerun: bool) -> list[str]:
-    """Move running hosts (already locked by the caller) under ``token``."""
-    rows = conn.execute(_TAKE_OVER, {"job": job_id, "hosts": list(hosts), "token": token,
-                                     "worker": worker, "task": task_id, "rerun": rerun})
-    return [r.host for r in rows]
 
 
 def drop_dead_leases(conn: Connection, grace: float) -> int:

@@ -92,11 +92,8 @@ def test_upgrade_from_the_last_release_keeps_data_and_closes_stuck_jobs(old_data
     with engine.begin() as conn:
         dead = state.dead_hosts(conn, ttl=0, grace=0, batch=10)
         assert dead.interrupt == {"stuck-job": ["web2"]} and dead.rerun == {}
-        state.take_over(conn, "stuck-job", ["web2"], token="t", worker="w", task_id="",
-                        rerun=False)
-        closed = state.store(conn, "stuck-job", "t",
-                             [("web2", state.interrupted_outcome())], release=False)
-    assert closed
+        assert state.interrupt(conn, "stuck-job", ["web2"], token="t", worker="w",
+                               task_id="") == (["web2"], True)
     with engine.connect() as conn:
         row = conn.execute(text("SELECT status, done_count, ok_count, interrupted_count "
                                 "FROM jobs WHERE id = 'stuck-job'")).one()

@@ -92,10 +92,7 @@ def sweep(grace: float | None = None) -> SweepReport:
     with _sweeping() as conn:
         dead = state.dead_hosts(conn, ttl=ttl, grace=grace, batch=SWEEP_BATCH)
         for job_id, hosts in dead.interrupt.items():
-            state.take_over(conn, job_id, hosts, token=token, worker=who, task_id="",
-                            rerun=False)
-            outcomes = [(h, state.interrupted_outcome()) for h in hosts]
-            if state.store(conn, job_id, token, outcomes, release=False):
+            if state.interrupt(conn, job_id, hosts, token=token, worker=who, task_id="")[1]:
                 report.closed.append(job_id)
         for job_id, hosts in dead.rerun.items():
             state.reset_dead(conn, job_id, hosts)
