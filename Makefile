@@ -48,7 +48,7 @@ fleet-down: venv  ## stop the local fleet
 
 .PHONY: worker
 worker: db  ## run a worker in the foreground (both queues, threads pool)
-	$(BIN)/celery -A opsq worker -l INFO -P threads -c $(CONCURRENCY) -Q opsq.fleet,opsq.control
+	$(BIN)/celery -A opsq worker -l INFO -P threads -c $(CONCURRENCY) -Q opsq.fleet,opsq.control,celery
 
 .PHONY: start
 start: db  ## start the worker daemons (celery multi: fleet + control nodes) and beat

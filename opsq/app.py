@@ -16,6 +16,12 @@ OPSQ_TASK_MODULES = ["opsq.tasks.fleet", "opsq.tasks.maintenance", "opsq.tasks.e
 FLEET_QUEUE = "opsq.fleet"
 #: Queue of bookkeeping (job summaries, schedules, pruning): a small prefork worker.
 CONTROL_QUEUE = "opsq.control"
+#: Celery's default queue: a client that sends ``opsq.submit_job`` by name, without
+#: opsq's routes, publishes there. The control node consumes it, so such a submission
+#: runs (and a task no opsq worker knows is marked failed, not left waiting forever).
+PLAIN_QUEUE = "celery"
+#: The queues a control node consumes.
+CONTROL_QUEUES = f"{CONTROL_QUEUE},{PLAIN_QUEUE}"
 #: Seconds a finished task's row stays in celery_taskmeta (opsq's own tables keep
 #: the job history; see the retention setting).
 RESULT_EXPIRES = 7 * 24 * 3600
@@ -50,6 +56,8 @@ def make_app() -> Celery:
         task_queues=(
             Queue(FLEET_QUEUE, Exchange(FLEET_QUEUE), routing_key=FLEET_QUEUE),
             Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
+            # Declared as a plain Celery client declares it (direct exchange "celery").
+            Queue(PLAIN_QUEUE, Exchange(PLAIN_QUEUE), routing_key=PLAIN_QUEUE),
         ),
         task_routes={"opsq.run_hosts": {"queue": FLEET_QUEUE},
                      "opsq.run_on_host": {"queue": FLEET_QUEUE}},

@@ -1,8 +1,8 @@
 """Worker and beat daemons: ``celery multi`` for the workers, ``celery beat --detach``.
 
 Two worker nodes: ``fleet`` (threads pool, many slots, queue ``opsq.fleet``) for SSH work
-and ``control`` (prefork, two processes, queue ``opsq.control``) for bookkeeping, with pid
-files and logs under the run and log directories from settings. ``stop`` is a warm
+and ``control`` (prefork, two processes, queues ``opsq.control`` and ``celery``, where
+plain Celery clients send ``opsq.submit_job``) for bookkeeping, with pid files and logs under the run and log directories from settings. ``stop`` is a warm
 shutdown that waits for running tasks (tasks are acknowledged late, so queued ones stay in
 RabbitMQ). A pid file left by a killed daemon is reported and removed before starting.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from opsq.app import CONTROL_QUEUE, FLEET_QUEUE
+from opsq.app import CONTROL_QUEUES, FLEET_QUEUE
 from opsq.settings import PROJECT_ROOT, get_settings
 
 NODES = ("fleet", "control")
@@ -43,7 +43,7 @@ def multi_args(action: str) -> list[str]:
         *celery_bin(), "multi", action, *NODES, "-A", "opsq", "-l", s.log_level,
         f"--pidfile={run}/%n.pid", f"--logfile={log}/%n%I.log",
         "-Q:fleet", FLEET_QUEUE, "-P:fleet", "threads", "-c:fleet", str(s.fleet_concurrency),
-        "-Q:control", CONTROL_QUEUE, "-P:control", "prefork",
+        "-Q:control", CONTROL_QUEUES, "-P:control", "prefork",
         "-c:control", str(CONTROL_CONCURRENCY),
     ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import re
 import time
 import uuid
@@ -25,7 +26,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import OperationalError
 
-from opsq import db, state
+from opsq import db, limits, state
 from opsq.app import app
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.inventory import Host, Inventory
@@ -101,19 +102,24 @@ def create(spec: JobSpec, job_id: str | None = None) -> str:
     return _record(spec, job_id)[0]
 
 
-def _record(spec: JobSpec, job_id: str | None = None) -> tuple[str, list[str]]:
-    if not spec.command.strip():
-        raise OpsqError("the command is empty")
-    for name, value in (("timeout", spec.command_timeout),
-                        ("connect timeout", spec.connect_timeout)):
-        if value is not None and value <= 0:
-            raise OpsqError(f"the {name} must be a positive number of seconds, not {value}")
+def check_timeouts(command_timeout: float | None, connect_timeout: float | None) -> None:
+    """Refuse a deadline that is not a finite number of seconds in range (InvalidNumber)."""
+    if connect_timeout is not None:
+        limits.seconds(connect_timeout, "the connect timeout", limits.MAX_CONNECT_TIMEOUT)
     limit = get_settings().max_command_timeout
-    if (spec.command_timeout or get_settings().command_timeout) > limit:
-        raise OpsqError(
+    if command_timeout is not None:
+        limits.seconds(command_timeout, "the timeout", math.inf)
+    if (command_timeout or get_settings().command_timeout) > limit:
+        raise limits.InvalidNumber(
             f"a command timeout above {limit:g} s is refused: RabbitMQ would drop the "
             "worker's channel first (consumer_timeout); raise OPSQ_MAX_COMMAND_TIMEOUT "
             "together with consumer_timeout (deploy/README.md)")
+
+
+def _record(spec: JobSpec, job_id: str | None = None) -> tuple[str, list[str]]:
+    if not spec.command.strip():
+        raise OpsqError("the command is empty")
+    check_timeouts(spec.command_timeout, spec.connect_timeout)
     inv = load_inventory(spec.inventory)
     hosts = inv.resolve(spec.pattern)
     job_id = job_id or str(uuid.uuid4())
@@ -262,8 +268,13 @@ def _whoami() -> str:
 def _job(session: Any, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise JobNotFound(f"no job with id {job_id!r} (opsq jobs lists recent jobs)")
+        raise no_such_job(job_id)
     return job
+
+
+def no_such_job(job_id: str) -> JobNotFound:
+    shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+    return JobNotFound(f"no job with id {shown!r} (opsq jobs lists recent jobs)")
 
 
 # -- typed results ------------------------------------------------------------------------
@@ -429,7 +440,7 @@ def wait(
         while True:
             row, reachable = _progress(job_id)
             if row is None and reachable:
-                raise JobNotFound(f"no job with id {job_id!r} (opsq jobs lists recent jobs)")
+                raise no_such_job(job_id)
             if row is not None:
                 progress = (row.done_count, row.host_count)
                 if on_progress and progress != last:

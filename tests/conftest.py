@@ -26,8 +26,9 @@ TEST_DB = f"opsq_test_{RUN_ID}"
 TEST_VHOST = f"opsq_test_{RUN_ID}"
 WORK = Path(tempfile.gettempdir()) / f"opsq-test-{RUN_ID}"  # made by create_services()
 FLEET_DIR = WORK / "fleet"
-#: Loopback subnet of the test fleet, apart from the demo fleet's 127.0.1.x.
-FLEET_SUBNET = "127.0.2"
+#: Loopback subnet of the test fleet, apart from the demo fleet's 127.0.1.x (another
+#: subnet lets two runs of the suite share the machine).
+FLEET_SUBNET = os.environ.get("OPSQ_TEST_FLEET_SUBNET", "127.0.2")
 FLEET_SIZE = 6
 #: Seconds to wait for a worker to answer a ping after it is started.
 WORKER_START_TIMEOUT = 60
@@ -110,9 +111,11 @@ class Worker:
         self.name = name
         self.log = WORK / f"worker-{name}.log"
         env = {**os.environ, **(extra_env or {})}
+        from opsq.app import CONTROL_QUEUES, FLEET_QUEUE
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "opsq", "worker", "-l", "INFO",
-             "-P", "threads", "-c", str(concurrency), "-Q", "opsq.fleet,opsq.control",
+             "-P", "threads", "-c", str(concurrency), "-Q", f"{FLEET_QUEUE},{CONTROL_QUEUES}",
              "-n", f"{name}@%h", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
