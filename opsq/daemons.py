@@ -2,7 +2,8 @@
 
 Two worker nodes: ``fleet`` (threads pool, many slots, queue ``opsq.fleet``) for SSH work
 and ``control`` (prefork, two processes, queues ``opsq.control`` and ``celery``, where
-plain Celery clients send ``opsq.submit_job``) for bookkeeping, with pid files and logs under the run and log directories from settings. ``stop`` is a warm
+plain Celery clients send ``opsq.submit_job``) for bookkeeping, with pid
+files and logs under the run and log directories from settings. ``stop`` is a warm
 shutdown that waits for running tasks (tasks are acknowledged late, so queued ones stay in
 RabbitMQ). A pid file left by a killed daemon is reported and removed before starting.
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,35 @@ CONTROL_CONCURRENCY = 2
 BEAT_STOP_TIMEOUT = 15
 #: Seconds a node has to answer ``status``'s ping.
 PING_TIMEOUT = 2.0
+#: Mode of the directories opsq creates for pid files, logs and Flower's state: logs hold
+#: commands and host output, so only the daemons' user reads them.
+PRIVATE_DIR_MODE = 0o700
+#: Mode opsq tightens its existing log, pid and state files to.
+PRIVATE_FILE_MODE = 0o600
+#: umask of the daemons opsq starts, so each file they create is private as well.
+PRIVATE_UMASK = 0o077
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) for this user only, and tighten it if it
+    already exists with group or other bits.
+
+    A shared directory (sticky, like /tmp), one of another user or the home directory is
+    left alone: its mode is not opsq's to change.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    st = path.stat()
+    if (st.st_mode & 0o077 and st.st_uid == os.geteuid() and not st.st_mode & stat.S_ISVTX
+            and path.resolve() != Path.home().resolve()):
+        path.chmod(PRIVATE_DIR_MODE)
+
+
+def private_files(paths: Iterable[Path]) -> None:
+    """Remove group and other bits from this user's regular files among ``paths``."""
+    for p in paths:
+        st = p.lstat()
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            p.chmod(PRIVATE_FILE_MODE)
 
 
 def celery_bin() -> list[str]:
@@ -102,13 +133,20 @@ def clear_stale(echo: Callable[[str], None] = print) -> list[str]:
 
 
 def _run(args: list[str]) -> int:
-    return subprocess.run(args, cwd=PROJECT_ROOT).returncode
+    # celery multi and beat --detach create the pid files and logs: they inherit the umask.
+    return subprocess.run(args, cwd=PROJECT_ROOT,
+                          preexec_fn=lambda: os.umask(PRIVATE_UMASK)).returncode
+
+
+def _private_run_and_log_dirs() -> None:
+    s = get_settings()
+    for d in (s.run_path(), s.log_path()):
+        private_dir(d)
+        private_files(d.iterdir())
 
 
 def start(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
-    s = get_settings()
-    s.run_path().mkdir(parents=True, exist_ok=True)
-    s.log_path().mkdir(parents=True, exist_ok=True)
+    _private_run_and_log_dirs()
     clear_stale(echo)
     rc = _run(multi_args("start"))
     if with_beat and rc == 0:
@@ -145,6 +183,7 @@ def stop_beat(echo: Callable[[str], None] = print) -> None:
 
 
 def restart(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
+    _private_run_and_log_dirs()
     clear_stale(echo)
     rc = _run(multi_args("restart"))
     if with_beat:

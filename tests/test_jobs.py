@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FLEET_SUBNET
 from helpers import wait_until
 from jobtools import HOST_NUMBER, rows, run_job, run_on_worker, taskmeta
 from sqlalchemy import text
@@ -104,7 +105,7 @@ def test_host_without_sshd_is_unreachable_after_retries(tmp_path, fleet):
     inv = tmp_path / "inv.yml"
     inv.write_text(
         "all:\n  hosts:\n"
-        "    ghost:\n      ansible_host: 127.0.2.250\n      ansible_port: 2222\n"
+        f"    ghost:\n      ansible_host: {FLEET_SUBNET}.250\n      ansible_port: 2222\n"
         "      ansible_user: opsqfleet\n"
         f"      ansible_ssh_private_key_file: {fleet.client_key_path}\n"
     )
@@ -143,10 +144,10 @@ def test_unknown_host_key_is_refused_then_trusted_explicitly(tmp_path, opsq_cli,
     out = opsq_cli("hosts", "trust", "host02", env=env)
     assert out.returncode == 0, out.stderr
     assert "trusted" in out.stdout and "SHA256:" in out.stdout
-    assert "[127.0.2.2]:2222 ssh-ed25519 " in known.read_text()
+    assert f"[{FLEET_SUBNET}.2]:2222 ssh-ed25519 " in known.read_text()
     again = opsq_cli("hosts", "trust", "host02", env=env)
     assert "already trusted" in again.stdout
-    assert known.read_text().count("127.0.2.2") == 1
+    assert known.read_text().count(f"{FLEET_SUBNET}.2") == 1
 
     assert run_on_worker("true", "host02", "strictworker")["succeeded"]
 
@@ -236,7 +237,7 @@ def test_hosts_lists_what_a_pattern_resolves_to(opsq_cli):
     out = opsq_cli("hosts", "fleet:!host03:&odd")
     assert out.returncode == 0, out.stderr
     assert [ln.split()[0] for ln in out.stdout.splitlines()] == ["host01", "host05"]
-    assert "opsqfleet@127.0.2.1:2222" in out.stdout
+    assert f"opsqfleet@{FLEET_SUBNET}.1:2222" in out.stdout
 
 
 def test_stopped_broker_gives_a_clear_error_and_keeps_the_record(opsq_cli):
@@ -310,7 +311,8 @@ def test_ssh_config_gateway_is_refused_not_half_checked(tmp_path, start_worker):
     # accepting any key: opsq refuses such a host instead.
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "config").write_text("Host 127.0.2.3\n    ProxyJump 127.0.2.1:2222\n")
+    (home / ".ssh" / "config").write_text(
+        f"Host {FLEET_SUBNET}.3\n    ProxyJump {FLEET_SUBNET}.1:2222\n")
     start_worker("jumpworker", extra_env={"HOME": str(home)})
     summary = run_on_worker("echo should-not-run", "host03", "jumpworker")
     r = rows(summary["job_id"])["host03"]
