@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start what opsq needs on this machine when it is not already running:
-# PostgreSQL and RabbitMQ (local services), and the OpenSSH server package for the
-# local test fleet. Idempotent; prints one line per thing it had to do.
+# PostgreSQL and RabbitMQ (local services), and the OpenSSH server and sudo packages for
+# the local test fleet. Idempotent; prints one line per thing it had to do.
 set -euo pipefail
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
@@ -27,4 +27,11 @@ if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq openssh-server openssh-client >/dev/null
+fi
+
+if ! command -v sudo >/dev/null; then
+    echo "installing sudo (for --become on the local fleet)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq sudo >/dev/null
 fi

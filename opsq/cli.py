@@ -1,13 +1,14 @@
 """The ``opsq`` command.
 
 Exit codes: 0 every host succeeded (or the command did what was asked), 1 at least one
-host did not, 2 a usage or input error (bad pattern, inventory, job id), 3 RabbitMQ or
-PostgreSQL unreachable.
+host did not, 2 a usage or input error (bad pattern, inventory, job id; ``result`` of a job
+not finished yet), 3 RabbitMQ or PostgreSQL unreachable.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -16,10 +17,34 @@ from typing import Any
 import click
 
 from opsq.errors import BackendUnavailable, OpsqError
+from opsq.limits import MAX_CONNECT_TIMEOUT, MAX_WAIT
 
 EXIT_OK, EXIT_HOST_FAILED, EXIT_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
 #: Characters of a host's first output line shown in the result table.
 TABLE_OUTPUT_WIDTH = 60
+#: Most jobs ``opsq jobs -n`` lists (SQL is there for more).
+MAX_LISTED = 10_000
+
+
+class Seconds(click.ParamType):
+    """A duration option: a finite number of seconds above zero and at most ``maximum``
+    (click's float type accepts ``nan`` and ``inf``)."""
+
+    name = "seconds"
+
+    def __init__(self, maximum: float) -> None:
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        from opsq import limits
+
+        try:
+            return limits.seconds(value, "it", self.maximum)
+        except limits.InvalidNumber as exc:
+            reason = str(exc).removeprefix("it ").rsplit(", not ", 1)[0]
+            self.fail(f"{value!r}: {reason}", param, ctx)
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -53,41 +78,117 @@ def _inventory_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="Ansible INI/YAML inventory (default: OPSQ_INVENTORY).")(fn)
 
 
+def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every fleet job takes: where, deadlines, become, and how to wait."""
+    for opt in reversed([
+        click.option("-t", "--target", "pattern", required=True, metavar="PATTERN",
+                     help="Host pattern, e.g. 'web:!web3', 'web:&prod', '~db\\d+'."),
+        _inventory_option,
+        # The command timeout's upper bound depends on RabbitMQ's consumer_timeout: the
+        # job's check says so (opsq.jobs.check_timeouts).
+        click.option("--timeout", type=Seconds(math.inf), metavar="SECONDS",
+                     help="Deadline per host."),
+        click.option("--connect-timeout", type=Seconds(MAX_CONNECT_TIMEOUT),
+                     metavar="SECONDS", help="Connect + SSH handshake deadline per host."),
+        click.option("--rerun-safe", is_flag=True,
+                     help="It may run again on a host whose worker died mid-run."),
+        click.option("--become", is_flag=True,
+                     help="Through sudo (password: inventory ansible_become_pass or the "
+                          "worker's OPSQ_BECOME_PASSWORD_FILE)."),
+        click.option("--become-user", metavar="USER", help="With --become: as USER (root)."),
+        click.option("--wait", "wait_", is_flag=True, help="Show progress, then the results."),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
+    """Build the job from the shared options, submit it, print its id (or wait for it)."""
+    from opsq import actions, jobs
+
+    base = jobs.JobSpec(
+        command="", pattern=opts["pattern"], inventory=opts["inventory"],
+        command_timeout=opts["timeout"], connect_timeout=opts["connect_timeout"],
+        rerun_safe=opts["rerun_safe"],
+        params=actions.become_params(opts["become"], opts["become_user"]))
+    result = jobs.submit(spec_for(base))
+    if not opts["wait_"]:
+        click.echo(json.dumps({"job_id": result.id}) if opts["as_json"] else result.id)
+        return None
+    if not opts["as_json"]:
+        click.echo(f"job {result.id}", err=True)
+    return result.id
+
+
 @main.command()
 @click.argument("command")
-@click.option("-t", "--target", "pattern", required=True, metavar="PATTERN",
-              help="Host pattern, e.g. 'web:!web3', 'web:&prod', '~db\\d+'.")
-@_inventory_option
-@click.option("--timeout", type=float, metavar="SECONDS", help="Command deadline per host.")
-@click.option("--connect-timeout", type=float, metavar="SECONDS",
-              help="Connect + SSH handshake deadline per host.")
-@click.option("--rerun-safe", is_flag=True,
-              help="The command may run again on a host whose worker died mid-run.")
-@click.option("--wait", "wait_", is_flag=True, help="Show progress, then the results.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_job_options
 @_errors
-def run(command: str, pattern: str, inventory: str | None, timeout: float | None,
-        connect_timeout: float | None, rerun_safe: bool, wait_: bool, as_json: bool) -> None:
+def run(command: str, **opts: Any) -> None:
     """Run COMMAND on the hosts PATTERN selects; prints the job id at once."""
-    from opsq import jobs
+    from dataclasses import replace
 
-    result = jobs.submit(jobs.JobSpec(
-        command=command, pattern=pattern, inventory=inventory, command_timeout=timeout,
-        connect_timeout=connect_timeout, rerun_safe=rerun_safe,
-    ))
-    if not wait_:
-        if as_json:
-            click.echo(json.dumps({"job_id": result.id}))
-        else:
-            click.echo(result.id)
-        return
-    if not as_json:
-        click.echo(f"job {result.id}", err=True)
-    _show_finished(result.id, as_json, progress=not as_json)
+    if (job_id := _submit(lambda spec: replace(spec, command=command), opts)) is not None:
+        _show_finished(job_id, opts["as_json"], progress=not opts["as_json"])
 
 
-def _show_finished(job_id: str, as_json: bool, progress: bool, timeout: float | None = None
-                   ) -> None:
+@main.command()
+@click.argument("local", metavar="LOCAL")
+@click.argument("remote", metavar="REMOTE")
+@_job_options
+@click.option("--mode", metavar="OCTAL", help="File mode, e.g. 0644 (default: the "
+              "existing file's, else the host's umask).")
+@click.option("--owner", metavar="USER[:GROUP]", help="Owner (needs --become unless it is "
+              "the login user).")
+@click.option("--backup", is_flag=True, help="Keep the old file as REMOTE.opsq-<time>.")
+@_errors
+def put(local: str, remote: str, mode: str | None, owner: str | None, backup: bool,
+        **opts: Any) -> None:
+    """Copy the file LOCAL to the absolute path REMOTE on every host PATTERN selects.
+
+    A host whose file already has that content, mode and owner reports it unchanged and is
+    not written; otherwise the file is replaced atomically (rename)."""
+    from opsq import actions
+
+    if (job_id := _submit(lambda spec: actions.put_spec(
+            spec, local, remote, mode=mode, owner=owner, backup=backup), opts)) is not None:
+        _show_finished(job_id, opts["as_json"], progress=not opts["as_json"])
+
+
+@main.command()
+@click.argument("remote", metavar="REMOTE")
+@click.argument("dest", metavar="DEST")
+@_job_options
+@_errors
+def get(remote: str, dest: str, **opts: Any) -> None:
+    """Fetch the file REMOTE from every host PATTERN selects (into DEST/<host>/REMOTE with
+    --wait; later: 'opsq result JOB --save DEST'). Over OPSQ_FETCH_LIMIT fails the host."""
+    from opsq import actions
+
+    job_id = _submit(lambda spec: actions.get_spec(spec, remote), opts)
+    if job_id is not None:
+        _show_finished(job_id, opts["as_json"], progress=not opts["as_json"],
+                       save_to=dest)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("path", metavar="FILE")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@_job_options
+@_errors
+def script(path: str, args: tuple[str, ...], **opts: Any) -> None:
+    """Run the local script FILE (with ARGS) on every host PATTERN selects, from a private
+    temporary directory removed afterwards; its #! line says what runs it."""
+    from opsq import actions
+
+    if (job_id := _submit(lambda spec: actions.script_spec(spec, path, list(args)),
+                          opts)) is not None:
+        _show_finished(job_id, opts["as_json"], progress=not opts["as_json"])
+
+
+def _show_finished(job_id: str, as_json: bool, progress: bool, timeout: float | None = None,
+                   save_to: str | None = None) -> None:
     from opsq import jobs
 
     tty = sys.stderr.isatty()
@@ -100,7 +201,16 @@ def _show_finished(job_id: str, as_json: bool, progress: bool, timeout: float | 
 
     summary = jobs.wait(job_id, timeout=timeout, on_progress=show if progress else None)
     _print_result(summary, as_json)
+    if save_to is not None:
+        _save(job_id, save_to)
     sys.exit(EXIT_OK if summary.succeeded else EXIT_HOST_FAILED)
+
+
+def _save(job_id: str, dest: str) -> None:
+    from opsq import actions
+
+    written = actions.save_fetched(job_id, dest)
+    click.echo(f"saved {len(written)} file(s) under {dest}/<host>/", err=True)
 
 
 def printable(text: str) -> str:
@@ -174,16 +284,20 @@ def status(job_id: str, as_json: bool) -> None:
 @main.command()
 @click.argument("job_id")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the job to finish first.")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")
+@click.option("--timeout", type=Seconds(MAX_WAIT), metavar="SECONDS",
+              help="Give up waiting after this.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-o", "--output", "full", is_flag=True, help="Print each host's full output.")
+@click.option("--save", "save_to", metavar="DEST",
+              help="A get job: write the fetched files to DEST/<host>/REMOTE.")
 @_errors
-def result(job_id: str, wait_: bool, timeout: float | None, as_json: bool, full: bool) -> None:
+def result(job_id: str, wait_: bool, timeout: float | None, as_json: bool, full: bool,
+           save_to: str | None) -> None:
     """Each host's status, exit code, timing and output for a job."""
     from opsq import jobs
 
     if wait_:
-        _show_finished(job_id, as_json, progress=False, timeout=timeout)
+        _show_finished(job_id, as_json, progress=False, timeout=timeout, save_to=save_to)
         return
     summary = jobs.summary(job_id)
     _print_result(summary, as_json)
@@ -197,11 +311,20 @@ def result(job_id: str, wait_: bool, timeout: float | None, as_json: bool, full:
             if h.stderr:
                 click.echo(f"--- {h.host} stderr")
                 _write_host_output(h.stderr)
-    sys.exit(EXIT_OK if summary.succeeded or not summary.finished else EXIT_HOST_FAILED)
+    if save_to is not None and summary.finished:
+        _save(job_id, save_to)
+    if not summary.finished:
+        # A script reading the exit code must not take a job still running for a success.
+        click.echo(f"opsq: job {summary.job_id} is not finished ({summary.status.value}, "
+                   f"{summary.done}/{summary.total} hosts done): 'opsq result --wait "
+                   f"{summary.job_id}' waits for it", err=True)
+        sys.exit(EXIT_INPUT)
+    sys.exit(EXIT_OK if summary.succeeded else EXIT_HOST_FAILED)
 
 
 @main.command("jobs")
-@click.option("-n", "--limit", default=20, show_default=True)
+@click.option("-n", "--limit", default=20, show_default=True,
+              type=click.IntRange(1, MAX_LISTED))
 @click.option("--json", "as_json", is_flag=True)
 @_errors
 def jobs_cmd(limit: int, as_json: bool) -> None:
@@ -222,23 +345,35 @@ def jobs_cmd(limit: int, as_json: bool) -> None:
 @click.argument("words", nargs=-1, required=True)
 @_inventory_option
 @click.option("--timeout", type=float, default=10.0, show_default=True,
-              help="With trust: seconds to wait for each host's key.")
+              help="With trust/retrust: seconds to wait for each host's key.")
+@click.option("--yes", is_flag=True,
+              help="With retrust: replace the keys without asking for each host.")
 @_errors
-def hosts(words: tuple[str, ...], inventory: str | None, timeout: float) -> None:
+def hosts(words: tuple[str, ...], inventory: str | None, timeout: float, yes: bool) -> None:
     """List the hosts PATTERN selects; 'hosts trust PATTERN' records their SSH keys.
+
+    trust records the key of hosts that have none recorded, and refuses (exit 2) a host
+    whose recorded keys do not include the one it offers; retrust replaces a host's
+    recorded keys after showing the old and new fingerprints.
 
     \b
     opsq hosts 'web:!web3'
     opsq hosts trust fleet
+    opsq hosts retrust web3
     """
     from opsq import jobs
 
-    if words[0] == "trust":
+    if words[0] in ("trust", "retrust"):
         if len(words) != 2:
-            raise click.UsageError("usage: opsq hosts trust PATTERN")
-        from opsq.hostkeys import trust
+            raise click.UsageError(f"usage: opsq hosts {words[0]} PATTERN")
+        from opsq import hostkeys, limits
 
-        sys.exit(trust(jobs.resolve(words[1], inventory), timeout=timeout, echo=click.echo))
+        timeout = limits.seconds(timeout, "--timeout", limits.MAX_CONNECT_TIMEOUT)
+        selected = jobs.resolve(words[1], inventory)
+        if words[0] == "trust":
+            sys.exit(hostkeys.trust(selected, timeout=timeout, echo=click.echo))
+        sys.exit(hostkeys.retrust(selected, timeout=timeout, echo=click.echo,
+                                  confirm=lambda text: yes or click.confirm(text)))
     if len(words) != 1:
         raise click.UsageError("usage: opsq hosts PATTERN (quote patterns with ! or &)")
     for h in jobs.resolve(words[0], inventory):
@@ -317,8 +452,9 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
             raise click.UsageError("a fleet schedule needs -t PATTERN and '-- COMMAND'")
         if args_json or kwargs_json:
             raise click.UsageError("--args/--kwargs go with --task")
-        kwargs = schedules.fleet_kwargs(" ".join(command), pattern, inventory, timeout,
-                                        connect_timeout)
+        # add() checks these (fleet_kwargs) and drops the options not given
+        kwargs = {"command": " ".join(command), "pattern": pattern, "inventory": inventory,
+                  "timeout": timeout, "connect_timeout": connect_timeout}
         row = schedules.add(name, when, schedules.SUBMIT_TASK, [], kwargs, not disabled)
     click.echo(f"schedule {row.name} added; next run {_when(row.next_run_at)}")
 
@@ -373,9 +509,9 @@ def schedule_show(name: str, limit: int) -> None:
     from opsq import schedules
 
     r = schedules.get(name)
+    recent = schedules.recent_jobs(r.id, limit)  # a bad -n is refused before any output
     for key, value in _schedule_dict(r).items():
         click.echo(f"{key:<13} {value}")
-    recent = schedules.recent_jobs(r.id, limit)
     click.echo(f"recent jobs ({len(recent)}):")
     for j in recent:
         click.echo(f"  {j.id}  {j.submitted_at:%Y-%m-%d %H:%M:%S}  {j.status:<9} "

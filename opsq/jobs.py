@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import OperationalError
 
-from opsq import db, limits, state
+from opsq import db, files, limits, state
 from opsq.app import app
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.inventory import Host, Inventory
@@ -77,6 +77,11 @@ class JobSpec:
     submitted_by: str | None = None
     schedule_id: int | None = None
     schedule: str | None = None
+    #: What the job does on each host (opsq.actions): a command, put, get or script; its
+    #: parameters, and the file a put or script carries (stored once with the job).
+    kind: str = "command"
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    payload: bytes | None = field(default=None, repr=False, hash=False)
 
 
 def load_inventory(path: str | None = None) -> Inventory:
@@ -124,12 +129,15 @@ def _record(spec: JobSpec, job_id: str | None = None) -> tuple[str, list[str]]:
     hosts = inv.resolve(spec.pattern)
     job_id = job_id or str(uuid.uuid4())
     with db.session_scope() as session:
+        if spec.payload is not None:
+            files.store(session.connection(), [spec.payload])
         session.execute(insert(Job).values(
             id=job_id, command=spec.command, pattern=spec.pattern, inventory=inv.source,
             hosts=[h.name for h in hosts], host_count=len(hosts),
             status=JobStatus.QUEUED.value, submitted_by=spec.submitted_by or _whoami(),
             command_timeout=spec.command_timeout, connect_timeout=spec.connect_timeout,
             rerun_safe=spec.rerun_safe, schedule_id=spec.schedule_id, schedule=spec.schedule,
+            kind=spec.kind, params=spec.params,
         ))
         state.add_hosts(session.connection(), job_id,
                         [(h.name, json.dumps(h.run_record())) for h in hosts])
@@ -232,6 +240,13 @@ def _derived_id(job_id: str, what: str) -> str:
     return str(uuid.uuid5(JOB_ID_NAMESPACE, f"{job_id}/{what}"))
 
 
+def job_action(job_id: str) -> tuple[str, dict[str, Any]]:
+    """The job's kind and parameters. Raises JobNotFound."""
+    with db.session_scope() as session:
+        job = _job(session, job_id)
+        return job.kind, dict(job.params or {})
+
+
 def job_status(job_id: str) -> JobStatus | None:
     """The job's status, or None when there is no such job."""
     with db.session_scope() as session:
@@ -298,6 +313,9 @@ class HostRun:
     attempt: int
     worker: str | None
     error: str | None
+    #: put: whether the host's file was written; put/get: the file's sha256.
+    changed: bool | None = None
+    sha256: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -329,6 +347,8 @@ class JobSummary:
     finished_at: datetime | None
     duration: float | None
     error: str | None
+    #: 'command', 'put', 'get' or 'script' (opsq.actions).
+    kind: str = "command"
 
     @property
     def succeeded(self) -> bool:
@@ -353,7 +373,8 @@ def summary(job_id: str) -> JobSummary:
     with db.session_scope() as session:
         job = _job(session, job_id)
         rows = session.execute(
-            select(HostResult.host, HostResult.status, HostResult.exit_code, HostResult.error)
+            select(HostResult.host, HostResult.status, HostResult.exit_code, HostResult.error,
+                   HostResult.changed)
             .where(HostResult.job_id == job_id).order_by(HostResult.id)
         ).all()
         counts: dict[str, int] = {}
@@ -362,12 +383,15 @@ def summary(job_id: str) -> JobSummary:
         return JobSummary(
             job_id=job.id, status=JobStatus(job.status), command=mask_secrets(job.command),
             pattern=job.pattern, total=job.host_count, done=job.done_count, counts=counts,
-            hosts={r.host: {"status": r.status, "exit_code": r.exit_code} for r in rows},
+            hosts={r.host: {"status": r.status, "exit_code": r.exit_code,
+                            **({} if r.changed is None else {"changed": r.changed})}
+                   for r in rows},
             failed_hosts={
                 r.host: r.error or f"exit code {r.exit_code}" for r in rows
                 if r.status != HostStatus.OK.value and HostStatus(r.status).finished},
             submitted_by=job.submitted_by, submitted_at=job.submitted_at,
             finished_at=job.finished_at, duration=job.duration, error=job.error,
+            kind=job.kind,
         )
 
 
@@ -390,7 +414,8 @@ def host_runs(job_id: str, preview: bool = False) -> list[HostRun]:
                    out_col.label("stdout"), err_col.label("stderr"), HostResult.truncated,
                    HostResult.stdout_bytes, HostResult.stderr_bytes, HostResult.started_at,
                    HostResult.finished_at, HostResult.duration, HostResult.attempt,
-                   HostResult.worker, HostResult.error)
+                   HostResult.worker, HostResult.error, HostResult.changed,
+                   HostResult.sha256)
             .where(HostResult.job_id == job_id).order_by(HostResult.id)
             .execution_options(yield_per=HOST_ROWS_PAGE)
         )

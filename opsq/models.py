@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -80,6 +81,11 @@ class Job(Base):
         ForeignKey("schedules.id", ondelete="SET NULL"), index=True)
     #: The schedule's name, kept after the schedule is removed.
     schedule: Mapped[str | None] = mapped_column(Text)
+    #: What the job does on each host: 'command', 'put', 'get' or 'script'.
+    kind: Mapped[str] = mapped_column(String(16), default="command", server_default="command")
+    #: The action's parameters (remote path, mode, owner, the carried file's sha256,
+    #: script arguments, become user): never a secret.
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
 
 
 class HostResult(Base):
@@ -90,6 +96,7 @@ class HostResult(Base):
         UniqueConstraint("job_id", "host", name="host_results_job_host_key"),
         Index("host_results_host_idx", "host"),
         Index("host_results_status_idx", "status"),
+        Index("host_results_sha256_idx", "sha256", postgresql_where=text("sha256 IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -118,6 +125,21 @@ class HostResult(Base):
     lease_token: Mapped[str | None] = mapped_column(String(36))
     #: Why the host did not run the command (timeout, refused key, unreachable...).
     error: Mapped[str | None] = mapped_column(Text)
+    #: put: whether the host's file was written (False: it was equal already).
+    changed: Mapped[bool | None] = mapped_column(Boolean)
+    #: put: the sha256 of the file written or found; get: of the file fetched (in files).
+    sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class File(Base):
+    """A file a job carries (put, script) or fetched (get), stored once by content."""
+
+    __tablename__ = "files"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Lease(Base):

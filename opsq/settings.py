@@ -52,6 +52,10 @@ DEFAULT_CHUNK_SIZE = 100
 #: every third of that while the command runs). A worker that dies is noticed this long
 #: after its last renewal; lower means faster recovery and more renewal writes.
 DEFAULT_LEASE_TTL = 30.0
+#: Bytes of a file ``opsq get`` fetches from one host at most (a larger one fails it).
+DEFAULT_FETCH_LIMIT = 64 * 1024 * 1024
+#: Bytes of a file ``opsq put``/``opsq script`` carries at most (refused before queueing).
+DEFAULT_MAX_FILE = 100 * 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -94,11 +98,18 @@ class Settings(BaseSettings):
     flower_password: str | None = None
     flower_no_auth: bool = False
     flower_db: str = "var/flower/flower.db"
+    #: Let Flower's users run, revoke and time tasks and control workers (off: read-only).
+    flower_control: bool = False
     broker_api: str | None = None
     #: Default SSH user when the inventory names none (``None``: the worker's OS user).
     ssh_user: str | None = None
     #: Private key used when the inventory names none (a path; never sent to the broker).
     ssh_key: str | None = None
+    #: A file on the worker holding the sudo password for ``--become`` when the inventory
+    #: sets no ``ansible_become_pass`` (read by the worker at run time, never stored).
+    become_password_file: str | None = None
+    fetch_limit: int = Field(DEFAULT_FETCH_LIMIT, ge=1)
+    max_file: int = Field(DEFAULT_MAX_FILE, ge=1)
 
     def inventory_path(self) -> Path:
         """The inventory path, made absolute against the project root when relative."""

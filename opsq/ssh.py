@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import getpass
 import logging
 import os
 import random
@@ -50,6 +49,12 @@ READ_CHUNK_SIZE = 64 * 1024
 RETRY_JITTER = 0.25
 #: An SSH failure after this fraction of the connect timeout counts as a stall (timeout).
 STALL_FRACTION = 0.9
+#: The ssh_config keywords (of the worker user's ~/.ssh/config and /etc/ssh/ssh_config)
+#: that apply to opsq's connections. The inventory's user and port win; IdentityFile keys
+#: are tried after the inventory's or OPSQ_SSH_KEY. Agent forwarding never happens,
+#: ConnectTimeout is ignored, ProxyJump/ProxyCommand are refused, and host keys are only
+#: checked against OPSQ_KNOWN_HOSTS (StrictHostKeyChecking, UserKnownHostsFile are unused).
+HONOURED_SSH_CONFIG = ("HostName", "User", "IdentityFile")
 
 
 @dataclass(frozen=True)
@@ -191,13 +196,31 @@ def known_hosts_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
+def changed_key_error(host: Host, known_hosts: Path, offered: paramiko.PKey,
+                      recorded: list[paramiko.PKey]) -> HostKeyError:
+    """The error for a host that offers a key matching none recorded for it (any type)."""
+    return HostKeyError(
+        f"host key of {host.name} ({known_hosts_name(ssh_address(host), host.port)}) CHANGED: "
+        f"{known_hosts} has {', '.join(fingerprint(k) for k in recorded)}, the host offers "
+        f"{fingerprint(offered)}. Possible man-in-the-middle; if the change is expected, "
+        f"run 'opsq hosts retrust {host.name}'"
+    )
+
+
 class RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):
-    """Refuse a host whose key is not in known_hosts, naming its fingerprint."""
+    """Refuse a host whose key is not in known_hosts, naming its fingerprint.
+
+    A host with keys recorded under other types is refused as a changed key: offering
+    another type than the recorded one must not pass for a first contact.
+    """
 
     def __init__(self, host: Host, known_hosts: Path) -> None:
         self.host, self.known_hosts = host, known_hosts
 
     def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        recorded = client.get_host_keys().lookup(hostname)
+        if recorded:
+            raise changed_key_error(self.host, self.known_hosts, key, list(recorded.values()))
         raise HostKeyError(
             f"host key of {self.host.name} ({hostname}) is not in {self.known_hosts}: "
             f"it offers {fingerprint(key)}. If that is the right key, run "
@@ -215,7 +238,7 @@ def load_known_hosts(path: Path) -> paramiko.HostKeys:
 
 def scan_host_key(host: Host, timeout: float) -> paramiko.PKey:
     """Fetch the key a host presents, without authenticating. Raises OSError/SSHException."""
-    sock = socket.create_connection((host.address, host.port), timeout=timeout)
+    sock = socket.create_connection((ssh_address(host), host.port), timeout=timeout)
     transport = paramiko.Transport(sock)
     transport.banner_timeout = timeout
     try:
@@ -241,8 +264,20 @@ def _base_config() -> FabricConfig:
         return _fabric_config
 
 
+def ssh_address(host: Host) -> str:
+    """The address opsq connects to for ``host``: the ssh_config ``HostName`` given for
+    its address, else the address itself (trusting and running look at the same one)."""
+    return str(_base_config().base_ssh_config.lookup(host.address).get("hostname",
+                                                                        host.address))
+
+
 def open_connection(host: Host, options: RunOptions) -> Connection:
     """An open, authenticated connection that checked the host key strictly.
+
+    Of the worker's ssh_config (``~/.ssh/config``, ``/etc/ssh/ssh_config``) only
+    HONOURED_SSH_CONFIG applies: no agent is ever forwarded (``ForwardAgent yes`` would lend
+    the worker's keys to every host), opsq's connect timeout beats ``ConnectTimeout``, and
+    a ``ProxyJump``/``ProxyCommand`` is refused.
 
     Raises HostKeyError, paramiko.AuthenticationException, paramiko.SSHException, OSError.
     """
@@ -265,10 +300,15 @@ def open_connection(host: Host, options: RunOptions) -> Connection:
         conn = Connection(
             host=host.address,
             port=host.port,
-            user=host.user or options.default_user or getpass.getuser(),
+            # None: the ssh_config User for the host, else the worker's OS user.
+            user=host.user or options.default_user or None,
             config=base,
             connect_kwargs=connect_kwargs,
+            forward_agent=False,
         )
+    # Fabric takes ConnectTimeout from ssh_config and then refuses to connect because
+    # connect_kwargs has a timeout too; opsq's resolved timeout is the one that applies.
+    conn.connect_timeout = None
     if conn.gateway:
         # Fabric builds jump-host connections itself, with AutoAddPolicy: their keys
         # would go unchecked. Refuse rather than connect half-verified.
@@ -281,12 +321,10 @@ def open_connection(host: Host, options: RunOptions) -> Connection:
         conn.open()
     except paramiko.BadHostKeyException as exc:
         conn.close()
-        raise HostKeyError(
-            f"host key of {host.name} ({known_hosts_name(host.address, host.port)}) CHANGED: "
-            f"{options.known_hosts} has {fingerprint(exc.expected_key)}, the host offers "
-            f"{fingerprint(exc.key)}. Possible man-in-the-middle; if the change is expected, "
-            f"remove the old line and run 'opsq hosts trust {host.name}'"
-        ) from None
+        recorded = conn.client.get_host_keys().lookup(known_hosts_name(conn.host, conn.port))
+        raise changed_key_error(host, options.known_hosts, exc.key,
+                                list(recorded.values()) if recorded else [exc.expected_key]
+                                ) from None
     except BaseException:
         conn.close()
         raise
@@ -479,15 +517,37 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+class NotStarted(Exception):
+    """A pooled connection failed before the program started (it died while idle)."""
+
+
 def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) -> Outcome:
-    """Run ``command`` on ``host`` within its deadlines; never raises for a host's failure.
+    """Run ``command`` on ``host`` within its deadlines; never raises for a host's failure."""
+    if host.connection == "local":
+        return run_local(command, options)
+
+    def work(conn: Connection) -> Outcome:
+        runner = CappedRemote(context=conn, inline_env=conn.inline_ssh_env)
+        try:
+            return _execute(runner, command, options)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not hasattr(runner, "channel"):
+                raise NotStarted() from exc
+            raise
+
+    return on_connection(host, options, pool, work)
+
+
+def on_connection(host: Host, options: RunOptions, pool: ConnectionPool,
+                  work: Callable[[Connection], Outcome]) -> Outcome:
+    """``work`` on a pooled (or new) connection to ``host``; never raises for a host's
+    failure.
 
     Connection failures that may pass (refused, reset) are retried ``connect_retries``
     times with exponential back-off; a timeout, a refused host key or a failed
-    authentication are not. The command itself is never retried.
+    authentication are not. ``work`` itself is never retried, unless it raised
+    NotStarted on a pooled connection (which had died while idle).
     """
-    if host.connection == "local":
-        return run_local(command, options)
     key = pool.key(host, options)
     attempt = 0
     while True:
@@ -508,23 +568,24 @@ def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) 
                 if retry and attempt > 1:
                     message += f" (after {attempt} attempts)"
                 return Outcome(status=status, error=message, attempts=attempt)
-        runner = CappedRemote(context=conn, inline_env=conn.inline_ssh_env)
         began = time.monotonic()
         try:
-            outcome = _execute(runner, command, options)
+            outcome = work(conn)
         except BaseException as exc:
             _close_quietly(conn)  # never reuse or leak it, whatever went wrong
+            if isinstance(exc, NotStarted):
+                cause = exc.__cause__ or exc
+                elapsed = time.monotonic() - began
+                if reused and elapsed < options.connect_timeout * STALL_FRACTION:
+                    # The pooled connection died while idle (server restarted): not the
+                    # host's failure, and nothing had started. Take a fresh one.
+                    attempt -= 1
+                    continue
+                exc = cause
             if not isinstance(exc, paramiko.SSHException | EOFError | OSError):
                 raise
-            elapsed = time.monotonic() - began
-            if reused and not hasattr(runner, "channel") and (
-                elapsed < options.connect_timeout * STALL_FRACTION
-            ):
-                # The pooled connection died while idle (server restarted): not the
-                # host's failure, and the command had not started. Take a fresh one.
-                attempt -= 1
-                continue
-            status, message, _ = classify_connect_error(host, exc, elapsed, options)
+            status, message, _ = classify_connect_error(
+                host, exc, time.monotonic() - began, options)
             return Outcome(status=status, error=message, attempts=attempt)
         outcome.attempts = attempt
         if outcome.status is HostStatus.TIMEOUT:

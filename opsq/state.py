@@ -85,6 +85,12 @@ class Outcome:
     attempts: int = 1
     #: Seconds the run took on the worker (connect included); None: since the claim.
     duration: float | None = None
+    #: put: whether the host's file was written; None for other actions.
+    changed: bool | None = None
+    #: put: the sha256 of the host's file; get: of the file fetched.
+    sha256: str | None = None
+    #: get: the fetched file's bytes (stored once by content, not in the host row).
+    content: bytes | None = field(default=None, repr=False)
 
     @property
     def succeeded(self) -> bool:
@@ -99,6 +105,11 @@ class JobOptions:
     command_timeout: float | None
     connect_timeout: float | None
     rerun_safe: bool
+    #: The action (opsq.transfer): 'command', 'put', 'get' or 'script', and its parameters.
+    kind: str = "command"
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    #: The inventory the job was resolved from (a worker reads become passwords there).
+    inventory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,8 @@ _LOCK_HOSTS = """
 #: status.
 _JOB_OPTIONS = text(
     _LOCK_HOSTS + """
-    SELECT command, command_timeout, connect_timeout, rerun_safe FROM jobs WHERE id = :job
+    SELECT command, command_timeout, connect_timeout, rerun_safe, kind, params, inventory
+    FROM jobs WHERE id = :job
     """
 )
 _LEASE = text(
@@ -229,7 +241,8 @@ def claim(
     row = conn.execute(_JOB_OPTIONS, {"job": job_id, "hosts": list(hosts)}).first()
     if row is None:
         return Claim(job=None)
-    job = JobOptions(row.command, row.command_timeout, row.connect_timeout, row.rerun_safe)
+    job = JobOptions(row.command, row.command_timeout, row.connect_timeout, row.rerun_safe,
+                     row.kind, row.params or {}, row.inventory)
     params = {"job": job_id, "hosts": list(hosts), "token": token, "worker": worker,
               "task": task_id, "ttl": ttl}
     conn.execute(_LEASE, params)
@@ -300,14 +313,15 @@ _STORE = text(
         SELECT * FROM unnest(CAST(:hosts AS text[]), CAST(:statuses AS text[]),
             CAST(:codes AS int[]), CAST(:outs AS text[]), CAST(:errs AS text[]),
             CAST(:out_bytes AS bigint[]), CAST(:err_bytes AS bigint[]),
-            CAST(:truncs AS boolean[]), CAST(:errors AS text[]), CAST(:durations AS float8[]))
+            CAST(:truncs AS boolean[]), CAST(:errors AS text[]), CAST(:durations AS float8[]),
+            CAST(:changed AS boolean[]), CAST(:shas AS text[]))
         AS v(host, status, exit_code, stdout, stderr, stdout_bytes, stderr_bytes, truncated,
-             error, duration)
+             error, duration, changed, sha256)
     ), stored AS (
         UPDATE host_results h SET status = v.status, exit_code = v.exit_code,
             stdout = v.stdout, stderr = v.stderr, stdout_bytes = v.stdout_bytes,
             stderr_bytes = v.stderr_bytes, truncated = v.truncated, error = v.error,
-            finished_at = now(),
+            changed = v.changed, sha256 = v.sha256, finished_at = now(),
             duration = COALESCE(v.duration, EXTRACT(EPOCH FROM now() - h.started_at))
         FROM v
         WHERE h.job_id = :job AND h.host = v.host AND h.status = 'running'
@@ -361,6 +375,8 @@ def store(
             "truncs": [o.truncated for o in outcomes],
             "errors": [_clean(o.error) for o in outcomes],
             "durations": [o.duration for o in outcomes],
+            "changed": [o.changed for o in outcomes],
+            "shas": [o.sha256 for o in outcomes],
         }).first()
         closed = bool(row and row.closed)
     if release:

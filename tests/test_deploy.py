@@ -501,7 +501,7 @@ def _wait_for_nodes(names: set[str], pidfiles: list[Path], old: dict[Path, int |
 
 
 def test_worker_unit_starts_reloads_and_stops_both_nodes(services, tmp_path, marker):
-    from opsq.app import CONTROL_QUEUE, FLEET_QUEUE, app
+    from opsq.app import CONTROL_QUEUES, FLEET_QUEUE, app
 
     env = unit_env(tmp_path, marker)
     host = socket.gethostname()
@@ -523,9 +523,9 @@ def test_worker_unit_starts_reloads_and_stops_both_nodes(services, tmp_path, mar
         pool = stats[f"{node}@{host}"]["pool"]
         assert pool["implementation"] == POOL_CLASSES[opts[("P", node)]], pool
         assert pool["max-concurrency"] == int(opts[("c", node)]), pool
-        assert [q["name"] for q in queues[f"{node}@{host}"]] == [opts[("Q", node)]]
+        assert [q["name"] for q in queues[f"{node}@{host}"]] == opts[("Q", node)].split(",")
     assert len(stats[control]["pool"]["processes"]) == int(opts[("c", "control")])
-    assert opts[("Q", "fleet")] == FLEET_QUEUE and opts[("Q", "control")] == CONTROL_QUEUE
+    assert opts[("Q", "fleet")] == FLEET_QUEUE and opts[("Q", "control")] == CONTROL_QUEUES
 
     # ExecReload, systemctl reload: a warm restart, each node under a new pid.
     before = {p: _pid(p) for p in pidfiles}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -179,9 +180,16 @@ def test_ini_all_vars_apply_to_every_host(tmp_path: Path) -> None:
     assert [h.user for h in inv.hosts.values()] == ["ops", "ops"]
 
 
-def test_ini_undefined_child_group_is_an_empty_group(tmp_path: Path) -> None:
-    inv = load(tmp_path, "[web]\nweb1\n[prod:children]\nweb\nnever_defined\n")
-    assert inv.groups["never_defined"] == set()
+def test_ini_undefined_child_group_is_an_error(tmp_path: Path) -> None:
+    message, path = load_error(tmp_path, "[web]\nweb1\n[prod:children]\nweb\nnever_defined\n")
+    assert message == (
+        f"{path}:5: section [prod:children] names group 'never_defined', which is "
+        "declared nowhere; add a [never_defined] section, or fix the group name"
+    )
+
+
+def test_ini_child_group_declared_later_is_accepted(tmp_path: Path) -> None:
+    inv = load(tmp_path, "[prod:children]\nweb\n[web]\nweb1\n")
     assert inv.groups["prod"] == {"web1"}
 
 
@@ -228,11 +236,22 @@ def test_ssh_private_key_file_wins_over_private_key_file(tmp_path: Path) -> None
     assert inv.hosts["a"].key_file == "/k/new"
 
 
-def test_unsupported_connection_is_an_error_naming_the_host(tmp_path: Path) -> None:
-    message, path = load_error(tmp_path, "[win]\nbox1 ansible_connection=winrm\n")
-    assert str(path) in message
-    assert "'box1'" in message
-    assert "'winrm'" in message
+@pytest.mark.parametrize("connection", ["winrm", "network_cli", "docker"])
+def test_unsupported_connection_is_an_error_only_when_targeted(
+    tmp_path: Path, connection: str
+) -> None:
+    path = write(tmp_path, "hosts.ini", f"[win]\nbox1 ansible_connection={connection}\n"
+                                        "[linux]\nweb1\n")
+    inv = Inventory.load(path)
+    assert names(inv.resolve("linux")) == ["web1"]
+    assert names(inv.resolve("all:!win")) == ["web1"]
+    for pattern in ("win", "all", "box1"):
+        with pytest.raises(InventoryError) as info:
+            inv.resolve(pattern)
+        message = str(info.value)
+        assert str(path) in message
+        assert "'box1'" in message
+        assert f"ansible_connection {connection!r} is not supported" in message
 
 
 @pytest.mark.parametrize("value", ["abc", "22x", "0", "70000"])
@@ -774,7 +793,7 @@ EVERYONE = ["web1", "web2", "web3", "db1", "db2", "lb.example.com"]
         ("?b", ["db1", "db2", "lb.example.com"]),  # globs match group names db and lb
         ("st*", ["web3", "db2"]),  # a glob matching a group name yields its hosts
         ("web:db", ["web1", "web2", "web3", "db1", "db2"]),
-        ("db,web", ["web1", "web2", "web3", "db1", "db2"]),
+        ("db,web", ["db1", "db2", "web1", "web2", "web3"]),  # union terms in order
         (" db , lb ", ["db1", "db2", "lb.example.com"]),
         ("web:&prod", ["web1", "web2"]),
         ("web:!web3", ["web1", "web2"]),
@@ -787,14 +806,14 @@ EVERYONE = ["web1", "web2", "web3", "db1", "db2", "lb.example.com"]
         ("&prod", ["web1", "web2", "db1"]),
         ("~^web[12]$", ["web1", "web2"]),
         ("~^st", ["web3", "db2"]),
-        ("~example", ["lb.example.com"]),
-        ("~agin", ["web3", "db2"]),  # re.search, not re.match, on group names
+        ("~lb", ["lb.example.com"]),
+        ("~.*agin", ["web3", "db2"]),  # re.match: anchored at the start
         ("web[0]", ["web1"]),
         ("web[-1]", ["web3"]),
         ("web[1:2]", ["web2", "web3"]),
         ("web[1:]", ["web2", "web3"]),
         ("prod[0:1]:lb", ["web1", "web2", "lb.example.com"]),
-        ("db2:web:db1:web1:prod", ["web1", "web2", "web3", "db1", "db2"]),
+        ("db2:web:db1:web1:prod", ["db2", "web1", "web2", "web3", "db1"]),
         ("empty:db1", ["db1"]),
     ],
 )
@@ -851,7 +870,7 @@ def test_known_empty_group_alone_matches_no_host(fleet: Inventory) -> None:
         fleet.resolve("empty")
 
 
-@pytest.mark.parametrize("pattern", ["", "   ", ":", " , : "])
+@pytest.mark.parametrize("pattern", ["", "   ", ":", " , ", " : "])
 def test_empty_pattern_is_an_error(fleet: Inventory, pattern: str) -> None:
     with pytest.raises(PatternError, match="empty host pattern"):
         fleet.resolve(pattern)
@@ -860,6 +879,13 @@ def test_empty_pattern_is_an_error(fleet: Inventory, pattern: str) -> None:
 @pytest.mark.parametrize("pattern", ["web:!", "&", "web: ! "])
 def test_operator_without_term_is_an_error(fleet: Inventory, pattern: str) -> None:
     with pytest.raises(PatternError, match="nothing after"):
+        fleet.resolve(pattern)
+
+
+@pytest.mark.parametrize("pattern", ["web[", "web[0", "web]", "db:web[1:"])
+def test_unbalanced_bracket_is_an_error_not_dropped(fleet: Inventory, pattern: str) -> None:
+    # Ansible drops the stray bracket and selects the whole group.
+    with pytest.raises(PatternError, match="unbalanced"):
         fleet.resolve(pattern)
 
 
@@ -896,3 +922,300 @@ def test_inventory_built_from_hosts_derives_groups() -> None:
     inv = Inventory({"a": a, "b": b})
     assert inv.groups == {"all": {"a", "b"}, "ungrouped": {"b"}, "web": {"a"}}
     assert names(inv.resolve("!web")) == ["b"]
+
+
+# ---------------------------------------------------------------------------
+# Agreement with Ansible: group_vars/, host_vars/, inventory directories
+
+
+def write_tree(root: Path, files: dict[str, str]) -> None:
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+
+
+VARS_TREE = {
+    "hosts.ini": """
+        [web]
+        web1 x=inline_host
+        web2
+        [prod:children]
+        web
+        [prod:vars]
+        x=inline_prod
+        y=inline_prod
+        [web:vars]
+        x=inline_web
+        [all:vars]
+        z=inline_all
+    """,
+    "group_vars/all.yml": "z: gv_all\nw: gv_all\n",
+    "group_vars/prod": "y: gv_prod\nv: gv_prod\n",
+    "group_vars/web/10-first.yml": "v: gv_web_first\n",
+    "group_vars/web/20-second.yaml": "v: gv_web_second\n",
+    "group_vars/web/30-ignored.txt": "v: never\n",
+    "group_vars/web/40-backup.yml~": "v: never\n",
+    "host_vars/web2.json": '{"x": "hv_json", "ansible_user": "deploy"}',
+}
+
+
+def test_group_vars_and_host_vars_beside_the_file(tmp_path: Path) -> None:
+    write_tree(tmp_path, VARS_TREE)
+    inv = Inventory.load(tmp_path / "hosts.ini")
+    web1, web2 = inv.hosts["web1"].vars, inv.hosts["web2"].vars
+    # Ansible's order: inline "all" < inline groups by depth < group_vars/all <
+    # group_vars by depth < inline host < host_vars.
+    assert (web1["z"], web1["w"]) == ("gv_all", "gv_all")
+    assert web1["y"] == "gv_prod"  # a group_vars file beats inline group variables
+    assert web1["v"] == "gv_web_second"  # child group's files, in sorted order
+    assert web1["x"] == "inline_host"
+    assert web2["x"] == "hv_json"  # host_vars beat inline and group variables
+    assert inv.hosts["web2"].user == "deploy"
+
+
+def test_inventory_directory_is_read_like_ansible(tmp_path: Path) -> None:
+    write_tree(tmp_path, {
+        "inv/b.yml": "all:\n  children:\n    web:\n      hosts:\n        web2:\n",
+        "inv/a.ini": "[web]\nweb1\n",
+        "inv/extra.ini": "[db]\ndb1\n",
+        "inv/notes.txt": "[[[ not an inventory\n",
+        "inv/ansible.cfg": "[defaults]\n",
+        "inv/old.bak": "[web]\nghost1\n",
+        "inv/hosts.orig": "[web]\nghost2\n",
+        "inv/edit.ini~": "[web]\nghost3\n",
+        "inv/.hidden": "[web]\nghost4\n",
+        "inv/empty.ini": "",
+        "inv/sub/more.ini": "[web]\nweb3\n",
+        "inv/group_vars/web.yml": "ansible_user: webuser\n",
+        "inv/host_vars/web1.yml": "ansible_port: 2201\n",
+    })
+    inv = Inventory.load(tmp_path / "inv")
+    assert list(inv.hosts) == ["web1", "web2", "db1", "web3"]  # files in sorted order
+    assert names(inv.resolve("web")) == ["web1", "web2", "web3"]
+    assert (inv.hosts["web1"].user, inv.hosts["web1"].port) == ("webuser", 2201)
+    assert inv.source == str(tmp_path / "inv")
+
+
+def test_inventory_directory_without_inventory_files_is_an_error(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"inv/README.md": "hosts\n", "inv/group_vars/all.yml": "x: 1\n"})
+    with pytest.raises(InventoryError, match="holds no inventory file"):
+        Inventory.load(tmp_path / "inv")
+
+
+@pytest.mark.parametrize(
+    ("files", "fragment"),
+    [
+        ({"group_vars/web.yml": "- a list\n"}, "must be a mapping"),
+        ({"group_vars/web.yml": "$ANSIBLE_VAULT;1.1;AES256\n6162\n"}, "ansible-vault"),
+        ({"host_vars/web1.yml": "a: [\n"}, "YAML syntax error"),
+    ],
+)
+def test_bad_vars_file_is_an_error_naming_it(
+    tmp_path: Path, files: dict[str, str], fragment: str
+) -> None:
+    write_tree(tmp_path, {"hosts.ini": "[web]\nweb1\n", **files})
+    with pytest.raises(InventoryError) as info:
+        Inventory.load(tmp_path / "hosts.ini")
+    assert str(tmp_path / next(iter(files))) in str(info.value)
+    assert fragment in str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# Agreement with Ansible: host order, names and patterns
+
+NESTED = """
+    [leaf]
+    a1
+    [mid]
+    m1
+    [top]
+    t1
+    a1
+    [top:children]
+    mid
+    [mid:children]
+    leaf
+"""
+
+
+def test_subscripts_follow_ansible_group_order(tmp_path: Path) -> None:
+    inv = load(tmp_path, NESTED)
+    # The group's own hosts first (t1, a1), then its children's, level by level.
+    assert names(inv.resolve("top")) == ["t1", "a1", "m1"]
+    assert names(inv.resolve("top[1]")) == ["a1"]
+    assert names(inv.resolve("top[2]")) == ["m1"]
+    assert names(inv.resolve("mid[1]")) == ["a1"]
+
+
+def test_union_terms_keep_their_order(tmp_path: Path) -> None:
+    inv = load(tmp_path, "[web]\nweb1\n[db]\ndb1\n")
+    assert names(inv.resolve("db:web")) == ["db1", "web1"]
+
+
+def test_legacy_connection_variables_win_as_in_ansible(tmp_path: Path) -> None:
+    inv = load(tmp_path, """
+        [web]
+        web1 ansible_host=10.0.0.1 ansible_ssh_host=10.0.0.2 ansible_port=1 ansible_ssh_port=2
+        web2 ansible_user=hostuser
+        [web1_only]
+        web1 ansible_user=new ansible_ssh_user=old
+        [web:vars]
+        ansible_ssh_user=groupuser
+    """)
+    web1, web2 = inv.hosts["web1"], inv.hosts["web2"]
+    assert (web1.address, web1.port, web1.user) == ("10.0.0.2", 2, "old")
+    assert web2.user == "groupuser"
+
+
+def test_regex_is_anchored_at_the_start(fleet: Inventory) -> None:
+    assert names(fleet.resolve("~web")) == ["web1", "web2", "web3"]
+    with pytest.raises(PatternError, match="matches no host"):
+        fleet.resolve("~eb")
+
+
+@pytest.mark.parametrize("pattern", ["~", "web:~", "web:!~"])
+def test_empty_regex_is_an_error(fleet: Inventory, pattern: str) -> None:
+    with pytest.raises(PatternError) as info:
+        fleet.resolve(pattern)
+    assert str(info.value).startswith(f"empty regular expression '~' in pattern {pattern!r}")
+
+
+def test_host_and_group_with_the_same_name_means_the_host(tmp_path: Path) -> None:
+    inv = load(tmp_path, "[web]\nweb1\nweb2\n[other]\nweb\n")
+    assert names(inv.resolve("web")) == ["web"]
+    assert names(inv.resolve("web:web1")) == ["web", "web1"]
+
+
+@pytest.mark.parametrize("name", ["localhost", "127.0.0.1", "::1"])
+def test_localhost_names_are_implicit_local_hosts(tmp_path: Path, name: str) -> None:
+    inv = load(tmp_path, "[web]\nweb1\n[all:vars]\nopsq_timeout=30\n")
+    (host,) = inv.resolve(name)
+    assert (host.name, host.connection) == (name, "local")
+    assert host.vars["opsq_timeout"] == "30"  # it gets the variables of "all"
+    assert names(inv.resolve(f"web1,{name}")) == ["web1", name]
+    assert names(inv.resolve("all")) == ["web1"]  # but is not in "all"
+
+
+def test_listed_localhost_is_used_for_every_localhost_name(tmp_path: Path) -> None:
+    inv = load(tmp_path, "[local]\nlocalhost ansible_port=2022\n")
+    assert inv.resolve("127.0.0.1") == [inv.hosts["localhost"]]
+
+
+def test_ipv6_hosts_as_in_ansible(tmp_path: Path) -> None:
+    inv = load(tmp_path, """
+        [web]
+        2001:db8::20
+        [2001:db8::31]:2222
+        w1 ansible_host=2001:db8::1
+    """)
+    assert list(inv.hosts) == ["2001:db8::20", "2001:db8::31", "w1"]
+    assert (inv.hosts["2001:db8::20"].address, inv.hosts["2001:db8::20"].port) == (
+        "2001:db8::20", 22)
+    assert inv.hosts["2001:db8::31"].port == 2222
+    assert names(inv.resolve("2001:db8::20")) == ["2001:db8::20"]
+    assert names(inv.resolve("2001:db8::31,w1")) == ["2001:db8::31", "w1"]
+
+
+def test_name_with_colons_that_is_not_ipv6_is_an_error(tmp_path: Path) -> None:
+    message, path = load_error(tmp_path, "[web]\nweb:1:2\n")
+    assert message.startswith(f"{path}:2: invalid host 'web:1:2'")
+    assert "IPv6" in message
+
+
+# ---------------------------------------------------------------------------
+# Agreement with Ansible: what it refuses and what it accepts
+
+
+def test_semicolon_comment_after_section_header_is_an_error(tmp_path: Path) -> None:
+    message, path = load_error(tmp_path, "[web] ; the web servers\nweb1\n")
+    assert message.startswith(f"{path}:1: invalid section header")
+    assert "'#'" in message
+    assert names(load(tmp_path, "[web] # fine\nweb1\n").resolve("web")) == ["web1"]
+
+
+def test_integer_yaml_host_name_is_an_error(tmp_path: Path) -> None:
+    message, path = load_error(tmp_path, "all:\n  hosts:\n    123:\n", name="i.yml")
+    assert str(path) in message
+    assert "invalid host name 123" in message
+
+
+def test_yaml_hosts_as_a_string_is_one_host(tmp_path: Path) -> None:
+    inv = load(tmp_path, "web:\n  hosts: web1.example.com\n", name="i.yml")
+    assert names(inv.resolve("web")) == ["web1.example.com"]
+
+
+def test_float_variable_name_is_accepted(tmp_path: Path) -> None:
+    inv = load(tmp_path, "all:\n  hosts:\n    h1:\n      1.5: x\n", name="i.yml")
+    assert inv.hosts["h1"].vars == {"1.5": "x"}
+
+
+VAULTED = """
+    all:
+      hosts:
+        h1:
+          db_password: !vault |
+            $ANSIBLE_VAULT;1.1;AES256
+            3132
+        h2:
+          ansible_user: !vault |
+            $ANSIBLE_VAULT;1.1;AES256
+            3334
+"""
+
+
+def test_vault_values_load_and_block_only_a_host_that_needs_them(tmp_path: Path) -> None:
+    path = write(tmp_path, "i.yml", VAULTED)
+    inv = Inventory.load(path)
+    assert names(inv.resolve("h1")) == ["h1"]
+    assert inv.hosts["h1"].vars["db_password"] == {
+        "__ansible_vault": "$ANSIBLE_VAULT;1.1;AES256\n3132\n"
+    }
+    with pytest.raises(InventoryError) as info:
+        inv.resolve("h2")
+    assert str(info.value).startswith(f"{path}: host 'h2': ansible_user is vault-encrypted")
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, 9):
+        prior = f"*a{level - 1}"
+        levels.append(f"a{level}: &a{level} [{', '.join([prior] * 10)}]")
+    body = "\n".join(f"      {line}" for line in levels)
+    path = write(tmp_path, "bomb.yml", f"all:\n  hosts:\n    h1:\n{body}\n")
+    started = time.monotonic()
+    with pytest.raises(InventoryError) as info:
+        Inventory.load(path)
+    assert time.monotonic() - started < 5
+    assert str(info.value).startswith(f"{path}: YAML aliases expand to more than")
+
+
+def test_huge_host_range_is_refused(tmp_path: Path) -> None:
+    message, path = load_error(tmp_path, "[web]\nweb[0:99999999]\n")
+    assert message.startswith(f"{path}:2: invalid host range")
+    assert f"more than {MAX_RANGE_HOSTS} hosts" in message
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("opsq_timeout=abc", "opsq_timeout must be a number, not 'abc'"),
+        ("opsq_timeout=nan", "opsq_timeout must be a finite number, not 'nan'"),
+        ("opsq_timeout=inf", "opsq_timeout must be a finite number, not 'inf'"),
+        ("opsq_timeout=0", "opsq_timeout must be above 0"),
+        ("opsq_timeout=1e12", "opsq_timeout must be at most"),
+        ("opsq_connect_timeout=-1", "opsq_connect_timeout must be above 0, not '-1'"),
+        ("opsq_connect_timeout=inf", "opsq_connect_timeout must be a finite number"),
+        ("opsq_connect_timeout=7200", "opsq_connect_timeout must be at most 3600"),
+    ],
+)
+def test_bad_run_variables_are_refused_at_load(tmp_path: Path, line: str, fragment: str) -> None:
+    message, path = load_error(tmp_path, f"[web]\nweb1 {line}\n")
+    assert message.startswith(f"{path}: host 'web1': {fragment}")
+
+
+def test_good_run_variables_are_accepted(tmp_path: Path) -> None:
+    inv = load(tmp_path, "[web]\nweb1 opsq_timeout=90 opsq_connect_timeout=2.5\n")
+    assert inv.hosts["web1"].run_record()["vars"] == {
+        "opsq_timeout": "90", "opsq_connect_timeout": "2.5"
+    }

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from jobtools import rows
 
 #: What the client installs: Celery with its SQLAlchemy result backend, and a driver.

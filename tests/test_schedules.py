@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from helpers import wait_until
@@ -180,8 +182,8 @@ def test_interval_and_at_parsing():
     assert schedules.parse_every("10m") == 600
     assert schedules.parse_every("2h") == 7200
     assert schedules.parse_every("1.5d") == 129600
-    t = schedules.timing(at="2026-12-01T09:00", tz="Europe/Paris")
-    assert t.expression == "2026-12-01T08:00:00+00:00"
+    t = schedules.timing(at="2036-12-01T09:00", tz="Europe/Paris")
+    assert t.expression == "2036-12-01T08:00:00+00:00"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -358,3 +360,230 @@ def test_a_broken_schedule_does_not_hold_back_the_others():
     still = schedules.get("bad")
     assert (still.run_count, still.enabled) == (0, True)
     assert still.next_run_at <= datetime.now(UTC)  # still due: retried next tick
+
+
+# --- cron lines across daylight-saving changes -------------------------------------------
+# Paris leaves summer time on 2026-10-25 (03:00 CEST -> 02:00 CET, 01:00Z: local 02:00-02:59
+# happens twice) and enters it on 2026-03-29 (02:00 CET -> 03:00 CEST, 01:00Z: local
+# 02:00-02:59 never happens).
+FALL_BACK = datetime(2026, 10, 25, 1, 0, tzinfo=UTC)
+SPRING_FORWARD = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+
+
+def firings(expression: str, zone: str, start: datetime, end: datetime) -> list[datetime]:
+    """Every due time of a cron line in (start, end], as beat would chain them."""
+    when = schedules.Timing(ScheduleKind.CRON, expression, zone)
+    out, now = [], start
+    while (now := when.next_after(now)) <= end:
+        out.append(now)
+    return out
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def test_a_fixed_time_in_the_repeated_hour_fires_once_at_its_first_occurrence():
+    # 02:30 happens at 00:30Z (CEST) and again at 01:30Z (CET): fire at the first only.
+    assert firings("30 2 * * *", "Europe/Paris", FALL_BACK - timedelta(days=1),
+                   FALL_BACK + timedelta(days=2)) == [utc(2026, 10, 25, 0, 30),
+                                                      utc(2026, 10, 26, 1, 30)]
+    # a time just after the repeated hour is not affected
+    assert firings("0 3 * * *", "Europe/Paris", FALL_BACK - timedelta(hours=3),
+                   FALL_BACK + timedelta(hours=3)) == [utc(2026, 10, 25, 2, 0)]
+    # New York repeats 01:00-01:59 on 2026-11-01 (06:00Z)
+    assert firings("15 1 * * *", "America/New_York", utc(2026, 10, 31, 12),
+                   utc(2026, 11, 2, 12)) == [utc(2026, 11, 1, 5, 15), utc(2026, 11, 2, 6, 15)]
+    # a one-off at a repeated local time is due at its first occurrence
+    t = schedules.timing(at="2036-10-26T02:30", tz="Europe/Paris")
+    assert t.expression == "2036-10-26T00:30:00+00:00"
+
+
+def test_a_fixed_time_in_the_skipped_hour_fires_once_when_the_clock_jumps():
+    # 02:30 does not exist on 2026-03-29: fire at 03:00 CEST (01:00Z), once, as cron does
+    assert firings("30 2 * * *", "Europe/Paris", SPRING_FORWARD - timedelta(days=1),
+                   SPRING_FORWARD + timedelta(days=1)) == [utc(2026, 3, 28, 1, 30),
+                                                           utc(2026, 3, 29, 1, 0),
+                                                           utc(2026, 3, 30, 0, 30)]
+    # several skipped times of one line make one firing, not one each
+    assert firings("15,45 2 * * *", "Europe/Paris", SPRING_FORWARD - timedelta(hours=3),
+                   SPRING_FORWARD + timedelta(hours=3)) == [SPRING_FORWARD]
+    # a one-off at a skipped local time is due when the clock jumps too
+    t = schedules.timing(at="2036-03-30T02:30", tz="Europe/Paris")
+    assert t.expression == "2036-03-30T01:00:00+00:00"
+
+
+@pytest.mark.parametrize("change", [FALL_BACK, SPRING_FORWARD], ids=["fall", "spring"])
+@pytest.mark.parametrize("expression, step", [
+    ("0 * * * *", timedelta(hours=1)),
+    ("*/30 * * * *", timedelta(minutes=30)),
+    ("*/10 * * * *", timedelta(minutes=10)),
+])
+def test_wildcard_hour_lines_keep_real_time_across_the_change(change, expression, step):
+    # An hourly job runs every real hour: none dropped in the skipped hour, none doubled
+    # in the repeated one.
+    start = change - timedelta(hours=4)
+    got = firings(expression, "Europe/Paris", start, change + timedelta(hours=4))
+    assert got == [start + step * k for k in range(1, 8 * 3600 // int(step.total_seconds()) + 1)]
+
+
+def test_beat_fires_once_across_both_changes():
+    # fire_due's own bookkeeping, driven with the clock of the changes
+    row = schedules.add("dst", schedules.timing(cron="30 2 * * *", tz="Europe/Paris"),
+                        schedules.SUBMIT_TASK, kwargs=schedules.fleet_kwargs("true", "host01"))
+    hourly = schedules.add("dst-hourly", schedules.timing(cron="0 * * * *", tz="Europe/Paris"),
+                           schedules.SUBMIT_TASK,
+                           kwargs=schedules.fleet_kwargs("true", "host01"))
+
+    def due_at(name: str, t: datetime) -> None:
+        with db.session_scope() as s:
+            s.execute(text("UPDATE schedules SET next_run_at = :t WHERE name = :n"),
+                      {"t": t, "n": name})
+
+    def fire_through(start: datetime, end: datetime) -> list[tuple[datetime, str]]:
+        """Tick once a minute from start to end (a little after each due time)."""
+        fired, now = [], start
+        while now <= end:
+            fired += sorted((now, name) for name in fire_due(now + timedelta(seconds=1)))
+            now += timedelta(minutes=1)
+        return fired
+
+    due_at("dst", utc(2026, 10, 25, 0, 30))
+    due_at("dst-hourly", utc(2026, 10, 24, 23, 0))
+    assert fire_through(utc(2026, 10, 24, 22, 30), utc(2026, 10, 25, 3, 30)) == [
+        (utc(2026, 10, 24, 23), "dst-hourly"), (utc(2026, 10, 25, 0), "dst-hourly"),
+        (utc(2026, 10, 25, 0, 30), "dst"), (utc(2026, 10, 25, 1), "dst-hourly"),
+        (utc(2026, 10, 25, 2), "dst-hourly"), (utc(2026, 10, 25, 3), "dst-hourly")]
+    assert schedules.get("dst").next_run_at == utc(2026, 10, 26, 1, 30)
+
+    due_at("dst", utc(2026, 3, 29, 1, 0))
+    due_at("dst-hourly", utc(2026, 3, 28, 23, 0))
+    assert fire_through(utc(2026, 3, 28, 22, 30), utc(2026, 3, 29, 3, 30)) == [
+        (utc(2026, 3, 28, 23), "dst-hourly"), (utc(2026, 3, 29, 0), "dst-hourly"),
+        (utc(2026, 3, 29, 1), "dst"), (utc(2026, 3, 29, 1), "dst-hourly"),
+        (utc(2026, 3, 29, 2), "dst-hourly"), (utc(2026, 3, 29, 3), "dst-hourly")]
+    assert schedules.get("dst").next_run_at == utc(2026, 3, 30, 0, 30)
+    assert (schedules.get("dst").run_count, schedules.get("dst-hourly").run_count) == (
+        row.run_count + 2, hourly.run_count + 10)
+
+
+# --- bad input at add and edit time -------------------------------------------------------
+
+def schedule_rows() -> list[tuple]:
+    with db.session_scope() as s:
+        return [tuple(r) for r in s.execute(text("SELECT * FROM schedules ORDER BY id"))]
+
+
+def assert_refused(out, reason: str) -> None:
+    """Exit 2 with one line 'opsq: <reason>' on stderr and no traceback."""
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("opsq: "), out.stderr
+    assert reason in lines[0], out.stderr
+
+
+FLEET = ["-t", "odd", "--", "true"]
+ROOT = Path(__file__).resolve().parent.parent
+#: jobs.submitted_by is 128 characters and holds 'schedule:NAME'.
+LONGEST_NAME = 119
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["big", "--every", "99999999999d", *FLEET], "longer than 366 days"),
+    (["year", "--every", "367d", *FLEET], "longer than 366 days"),
+    (["huge", "--every", "9" * 400 + "s", *FLEET], "longer than 366 days"),
+    (["feb31", "--cron", "0 0 31 2 *", *FLEET], "never fires"),
+    (["apr31", "--cron", "0 0 31 4,6,9,11 *", *FLEET], "never fires"),
+    (["farat", "--at", "9999-12-31T23:59", "--tz", "America/Los_Angeles", *FLEET],
+     "out of range"),
+    (["deeptz", "--cron", "0 9 * * *", "--tz", "a/" * 2000 + "b", *FLEET],
+     "unknown time zone"),
+    (["neg", "--every", "1h", "--timeout", "-5", *FLEET], "the timeout must be above 0"),
+    (["nan", "--every", "1h", "--timeout", "nan", *FLEET], "the timeout must be a finite"),
+    (["inf", "--every", "1h", "--timeout", "inf", *FLEET], "the timeout must be a finite"),
+    (["long", "--every", "1h", "--timeout", "1e9", *FLEET], "the timeout must be at most"),
+    (["cinf", "--every", "1h", "--connect-timeout", "inf", *FLEET],
+     "the connect timeout must be a finite"),
+    (["czero", "--every", "1h", "--connect-timeout", "0", *FLEET],
+     "the connect timeout must be above 0"),
+    (["n" * (LONGEST_NAME + 1), "--every", "1h", *FLEET], "at most 119 characters"),
+    (["", "--every", "1h", *FLEET], "invalid schedule name"),
+    (["bigarg", "--every", "1h", "--task", "opsq.prune", "--args", "[1e400]"],
+     "not a finite number"),
+    (["nanarg", "--every", "1h", "--task", "opsq.prune", "--kwargs", '{"days": NaN}'],
+     "not a finite number"),
+    (["digits", "--every", "1h", "--task", "opsq.prune", "--args", "[" + "9" * 5000 + "]"],
+     "too many digits"),
+    (["deep", "--every", "1h", "--task", "opsq.prune", "--args", "[" * 100000],
+     "nested too deeply"),
+    (["nul", "--every", "1h", "--task", "opsq.prune", "--kwargs", '{"days": "\\u0000"}'],
+     "NUL"),
+    (["kwarg", "--every", "1h", "--task", "opsq.prune", "--kwargs", '{"nope": 1}'],
+     "do not fit task opsq.prune"),
+    (["posargs", "--every", "1h", "--task", "opsq.prune", "--args", "[1, 2, 3, 4, 5]"],
+     "do not fit task opsq.prune"),
+    (["rawjob", "--every", "1h", "--task", "opsq.submit_job",
+      "--kwargs", '{"command": "true", "pattern": "nosuchgroup"}'], "nosuchgroup"),
+    (["rawnan", "--every", "1h", "--task", "opsq.submit_job",
+      "--kwargs", '{"command": "true", "pattern": "odd", "timeout": "nan"}'], "finite"),
+    (["rawflag", "--every", "1h", "--task", "opsq.submit_job",
+      "--kwargs", '{"command": "true", "pattern": "odd", "rerun_safe": "yes"}'],
+     "rerun_safe must be true or false"),
+], ids=lambda v: v[0][:12] if isinstance(v, list) else None)
+def test_add_refuses_bad_input_in_one_line_and_writes_nothing(opsq_cli, argv, reason):
+    before = schedule_rows()
+    out = opsq_cli("schedule", "add", *argv)
+    assert_refused(out, reason)
+    assert schedule_rows() == before
+
+
+def test_a_name_as_long_as_the_schema_allows_fires(opsq_cli):
+    name = "n" * LONGEST_NAME
+    out = opsq_cli("schedule", "add", name, "--every", "1h", "-t", "host01", "--", "true")
+    assert out.returncode == 0, out.stderr
+    task_id = opsq_cli("schedule", "run-now", name).stdout.strip()
+    assert jobs.wait(wait_until(lambda: jobs_of(name) and task_id, 15, "the job"),
+                     timeout=30).succeeded
+
+
+def test_a_relative_inventory_is_stored_absolute_and_must_exist(opsq_cli, tmp_path):
+    inv = tmp_path / "inv.ini"
+    inv.write_text("[here]\nlocalhost ansible_connection=local\n")
+    relative = os.path.relpath(inv, ROOT)  # the CLI runs in the project directory
+    out = opsq_cli("schedule", "add", "rel", "--every", "1h", "-i", relative, "-t", "here",
+                   "--", "true")
+    assert out.returncode == 0, out.stderr
+    assert schedules.get("rel").kwargs["inventory"] == str(inv)
+    before = schedule_rows()
+    out = opsq_cli("schedule", "add", "gone", "--every", "1h", "-i", relative + ".missing",
+                   "-t", "here", "--", "true")
+    assert_refused(out, "inventory file not found")
+    out = opsq_cli("schedule", "add", "other", "--every", "1h", "-i", relative, "-t", "odd",
+                   "--", "true")
+    assert_refused(out, "odd")
+    assert schedule_rows() == before
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["--timeout", "nan"], "the timeout must be a finite"),
+    (["--timeout", "-5"], "the timeout must be above 0"),
+    (["--every", "99999999999d"], "longer than 366 days"),
+    (["--cron", "0 0 31 2 *"], "never fires"),
+    (["--at", "2020-01-01T00:00"], "in the past"),
+    (["--at", "9999-12-31T23:59", "--tz", "America/Los_Angeles"], "out of range"),
+], ids=lambda v: v[0] + v[1][:6] if isinstance(v, list) else None)
+def test_edit_refuses_bad_input_in_one_line_and_changes_nothing(opsq_cli, argv, reason):
+    # disabled: an edit of a disabled schedule is checked as strictly as of an enabled one
+    out = opsq_cli("schedule", "add", "keep", "--every", "1h", "--disabled", *FLEET)
+    assert out.returncode == 0, out.stderr
+    before = schedule_rows()
+    assert_refused(opsq_cli("schedule", "edit", "keep", *argv), reason)
+    assert schedule_rows() == before
+
+
+def test_show_refuses_a_negative_count(opsq_cli):
+    assert opsq_cli("schedule", "add", "shown", "--every", "1h", *FLEET).returncode == 0
+    out = opsq_cli("schedule", "show", "shown", "-n", "-1")
+    assert_refused(out, "at least 0")
+    assert out.stdout == ""

@@ -12,6 +12,14 @@ DEFAULT_PORT = 2222
 DEFAULT_SUBNET = "127.0.1"  # hosts are f"{subnet}.{k}"
 FLEET_USER = "opsqfleet"  # dedicated unprivileged login user
 FLEET_HOME = Path("/var/lib/opsqfleet")
+#: The fleet user's sudo rule: every command as any user, with the user's password, so
+#: ``--become`` is exercised as on real hosts. The password is the machine's, shared by
+#: every fleet on it (they log in as the same user), kept where only root reads it; each
+#: fleet's directory gets a copy (BECOME_PASSWORD_FILE) for its workers.
+SUDOERS_FILE = Path("/etc/sudoers.d/opsq-devfleet")
+SUDO_PASSWORD_STORE = Path("/var/lib/opsq-devfleet/become-password")
+BECOME_PASSWORD_FILE = "become-password"
+SUDO_PASSWORD_BYTES = 18  # of randomness, URL-safe text
 FLEET_SHELL = "/bin/sh"  # dash reads no rc file for `sh -c`, so commands start fast
 
 DEFAULT_HOSTS = 5  # fleet size when neither n nor an existing fleet.json says otherwise

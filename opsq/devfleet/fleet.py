@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from opsq.devfleet.constants import (
+    BECOME_PASSWORD_FILE,
     DEFAULT_HOSTS,
     DEFAULT_PORT,
     DEFAULT_SUBNET,
@@ -61,6 +63,7 @@ from opsq.devfleet.system import (
     _read_banner,
     _sshd_version,
     ensure_fleet_user,
+    ensure_sudo,
 )
 
 
@@ -98,6 +101,8 @@ class Fleet(FleetFiles):
         self.inventory_path = self.base_dir / "inventory.yml"
         self.known_hosts_path = self.base_dir / "known_hosts"
         self.client_key_path = self.base_dir / "id_ed25519"
+        #: The fleet user's sudo password (OPSQ_BECOME_PASSWORD_FILE for ``--become``).
+        self.become_password_path = self.base_dir / BECOME_PASSWORD_FILE
         self.authorized_keys_path = self.base_dir / "authorized_keys"
         self.record_path = self.base_dir / FLEET_JSON
 
@@ -141,6 +146,9 @@ class Fleet(FleetFiles):
         with self._locked():
             self._retire_previous_fleet()
             ensure_fleet_user()
+            if shutil.which("sudo"):
+                _write_if_changed(self.become_password_path, ensure_sudo() + "\n",
+                                  PRIVATE_KEY_MODE)
             _ensure_privsep_dir()
             self.base_dir.chmod(DIR_MODE)
             _make_traversable(self.base_dir)

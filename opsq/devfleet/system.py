@@ -1,7 +1,7 @@
 """Machine-level setup and probes.
 
-Root and OpenSSH checks, the fleet user, sshd's privsep directory, whether an
-address can be bound, and SSH banners.
+Root and OpenSSH checks, the fleet user and its sudo rule, sshd's privsep directory,
+whether an address can be bound, and SSH banners.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import contextlib
 import os
 import pwd
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -21,12 +22,16 @@ from opsq.devfleet.constants import (
     FLEET_HOME,
     FLEET_SHELL,
     FLEET_USER,
+    PRIVATE_KEY_MODE,
     PROBE_TIMEOUT_S,
     SHELL_RC_FILES,
     SSH_KEYGEN,
     SSHD_PATH,
     SSHD_PRIVSEP_DIR,
     SSHD_PRIVSEP_MODE,
+    SUDO_PASSWORD_BYTES,
+    SUDO_PASSWORD_STORE,
+    SUDOERS_FILE,
     TOOL_TIMEOUT_S,
 )
 from opsq.devfleet.errors import FleetError, SshdNotInstalledError
@@ -134,3 +139,31 @@ def _read_banner(address: str, port: int) -> bool:
             return data.startswith(b"SSH-")
     except OSError:
         return False
+
+
+def ensure_sudo() -> str:
+    """Give FLEET_USER a password (the machine's fleet sudo password, made once) and a
+    sudo rule that asks for it; returns the password. Needs sudo installed."""
+    if shutil.which("sudo") is None:
+        raise FleetError("sudo is not installed (apt-get install sudo): --become needs it")
+    store = SUDO_PASSWORD_STORE
+    if not store.exists():
+        store.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = store.with_suffix(".tmp")
+        tmp.write_text(secrets.token_urlsafe(SUDO_PASSWORD_BYTES) + "\n")
+        os.chmod(tmp, PRIVATE_KEY_MODE)
+        os.replace(tmp, store)
+    password = store.read_text().strip()
+    # chpasswd reads "user:password" on stdin: the password is on no command line.
+    result = subprocess.run(["chpasswd"], input=f"{FLEET_USER}:{password}\n", text=True,
+                            capture_output=True, timeout=TOOL_TIMEOUT_S)
+    if result.returncode != 0:
+        raise FleetError(f"cannot set {FLEET_USER}'s password: {result.stderr.strip()}")
+    rule = (f"Defaults:{FLEET_USER} lecture=never\n"
+            f"{FLEET_USER} ALL=(ALL:ALL) ALL\n")
+    if not SUDOERS_FILE.exists() or SUDOERS_FILE.read_text() != rule:
+        tmp = SUDOERS_FILE.with_name(".opsq-devfleet.tmp")  # sudo ignores names with a dot
+        tmp.write_text(rule)
+        os.chmod(tmp, 0o440)
+        os.replace(tmp, SUDOERS_FILE)
+    return password

@@ -13,7 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opsq import limits
 from opsq.errors import InventoryError
+from opsq.settings import get_settings
 
 DEFAULT_SSH_PORT = 22
 MIN_PORT = 1
@@ -28,14 +30,22 @@ CONNECTION_LOCAL = "local"
 SSH_CONNECTION_ALIASES = frozenset({"ssh", "smart", "paramiko"})
 LOCAL_CONNECTION_ALIASES = frozenset({"local"})
 
-# Modern name first: it wins when an old inventory sets both spellings.
-ADDRESS_VARS = ("ansible_host", "ansible_ssh_host")
-PORT_VARS = ("ansible_port", "ansible_ssh_port")
-USER_VARS = ("ansible_user", "ansible_ssh_user")
+# Legacy name first: Ansible's ssh plugin lists the modern name first and lets the
+# last one set win, so ``ansible_ssh_host`` beats ``ansible_host`` wherever each is set
+# (a group's ``ansible_ssh_user`` beats a host's ``ansible_user``).
+ADDRESS_VARS = ("ansible_ssh_host", "ansible_host")
+PORT_VARS = ("ansible_ssh_port", "ansible_port")
+USER_VARS = ("ansible_ssh_user", "ansible_user")
 KEY_FILE_VARS = ("ansible_ssh_private_key_file", "ansible_private_key_file")
+#: The variable the INI/YAML ``host:port`` shorthand sets, as in Ansible.
+PORT_SHORTHAND_VAR = "ansible_port"
 CONNECTION_VAR = "ansible_connection"
+TIMEOUT_VAR = "opsq_timeout"
+CONNECT_TIMEOUT_VAR = "opsq_connect_timeout"
 #: The host variables a run reads (see opsq.ssh.RunOptions.resolve).
-RUN_VARS = frozenset({"opsq_timeout", "opsq_connect_timeout"})
+RUN_VARS = frozenset({TIMEOUT_VAR, CONNECT_TIMEOUT_VAR})
+#: How ansible-inventory writes a vault-encrypted value as JSON; opsq keeps it so.
+VAULT_KEY = "__ansible_vault"
 
 _DIGITS_RE = re.compile(r"^[0-9]+$")
 
@@ -122,14 +132,26 @@ class Host:
         )
 
 
-def _make_host(name: str, merged: dict[str, Any], groups: list[str], source: str) -> Host:
-    """Turn a host's merged variables into a Host.
+def _make_host(name: str, merged: dict[str, Any], groups: list[str],
+               source: str) -> tuple[Host, str | None]:
+    """Turn a host's merged variables into a Host, and why opsq cannot reach it (or None).
 
-    Raises InventoryError naming the file and host for a non-integer or
-    out-of-range port, a non-string address/user/key file, or an
-    ansible_connection opsq cannot use.
+    A host opsq cannot reach (another ansible_connection such as winrm, or a connection
+    variable that is vault-encrypted) is still loaded: only selecting it is an error.
+    Raises InventoryError naming the file and host for a non-integer or out-of-range
+    port, a non-string address/user/key file, or an invalid opsq_timeout /
+    opsq_connect_timeout.
     """
     where = f"{source}: host {name!r}"
+    _check_run_vars(merged, where)
+    vaulted = [key for key in (*ADDRESS_VARS, *PORT_VARS, *USER_VARS, *KEY_FILE_VARS,
+                               CONNECTION_VAR) if is_vaulted(merged.get(key))]
+    if vaulted:
+        plain = {key: value for key, value in merged.items() if key not in vaulted}
+        host, _ = _make_host(name, plain, groups, source)
+        host.vars.update(copy.deepcopy({key: merged[key] for key in vaulted}))
+        return host, (f"{where}: {vaulted[0]} is vault-encrypted, which opsq cannot "
+                      "decrypt; set it in plain text for the hosts opsq runs on")
     for key in PORT_VARS:
         if merged.get(key) is not None:
             merged[key] = _parse_port(merged[key], f"{where}: {key}")
@@ -140,17 +162,42 @@ def _make_host(name: str, merged: dict[str, Any], groups: list[str], source: str
     key_file = _str_var(merged, KEY_FILE_VARS, where)
     if key_file is not None:
         key_file = os.path.expanduser(key_file)
-    return Host(
+    connection, problem = _connection(merged.get(CONNECTION_VAR), where, name)
+    host = Host(
         name=name,
         address=address,
         port=port,
         user=user,
         key_file=key_file,
-        connection=_connection(merged.get(CONNECTION_VAR), where),
+        connection=connection,
         groups=tuple(groups),
         # Group variables are shared objects; a host must not alias another's.
         vars=copy.deepcopy(merged),
     )
+    return host, problem
+
+
+def is_vaulted(value: Any) -> bool:
+    """Whether value is a vault-encrypted value as loaded from YAML or JSON; never fails."""
+    return isinstance(value, Mapping) and set(value) == {VAULT_KEY}
+
+
+def _check_run_vars(merged: Mapping[str, Any], where: str) -> None:
+    """Refuse an opsq_timeout / opsq_connect_timeout a run could not use.
+
+    Raises InventoryError naming the host, the variable and the allowed range for a
+    value that is not a finite number of seconds in range (``nan``, ``-1``, ``abc``).
+    """
+    maxima = {TIMEOUT_VAR: lambda: get_settings().max_command_timeout,
+              CONNECT_TIMEOUT_VAR: lambda: limits.MAX_CONNECT_TIMEOUT}
+    for key, maximum in maxima.items():
+        if merged.get(key) is None:
+            continue
+        value = merged[key]
+        try:
+            limits.seconds(value, f"{where}: {key}", maximum())
+        except limits.InvalidNumber as exc:
+            raise InventoryError(f"{exc} ({key} is in seconds)") from None
 
 
 def _first_set(merged: Mapping[str, Any], keys: Iterable[str]) -> str | None:
@@ -199,19 +246,20 @@ def _parse_port(value: Any, where: str) -> int:
     return port
 
 
-def _connection(value: Any, where: str) -> str:
-    """Map ansible_connection to "ssh" or "local" (unset means "ssh").
+def _connection(value: Any, where: str, name: str) -> tuple[str, str | None]:
+    """Map ansible_connection to "ssh" or "local" (unset means "ssh"), with a problem.
 
-    Raises InventoryError naming the host for any other connection type.
+    Any other connection type (winrm, docker, network_cli...) is kept as written, with
+    the reason opsq cannot use it; never fails.
     """
     if value is None or value in SSH_CONNECTION_ALIASES:
-        return CONNECTION_SSH
+        return CONNECTION_SSH, None
     if value in LOCAL_CONNECTION_ALIASES:
-        return CONNECTION_LOCAL
-    raise InventoryError(
+        return CONNECTION_LOCAL, None
+    return str(value), (
         f"{where}: ansible_connection {value!r} is not supported; opsq can "
         f"use {CONNECTION_SSH!r} (also written 'smart' or 'paramiko') or "
-        f"{CONNECTION_LOCAL!r}"
+        f"{CONNECTION_LOCAL!r}; leave the host out of the pattern (e.g. 'all:!{name}')"
     )
 
 

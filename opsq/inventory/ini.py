@@ -21,21 +21,30 @@ INI_COMMENT_PREFIXES = ("#", ";")
 INI_SECTION_KINDS = ("hosts", "vars", "children")
 INI_DEFAULT_SECTION_KIND = "hosts"
 
-_INI_SECTION_RE = re.compile(r"^\[([^:\]\[\s]+)(?::(\w+))?\]\s*(?:[#;].*)?$")
+# As Ansible: only a "#" comment may follow a section header on its line.
+_INI_SECTION_RE = re.compile(r"^\[([^:\]\[\s]+)(?::(\w+))?\]\s*(?:#.*)?$")
+_INI_SEMICOLON_AFTER_SECTION_RE = re.compile(r"^\[[^\]]*\]\s*;")
+# "[2001:db8::1]:2222" starts like a section header but is a host with a port.
+_INI_BRACKETED_HOST_RE = re.compile(r"^\[[^\]]+\]:[0-9]+(?:\s|$)")
 
 
-def _parse_ini(text: str, source: str) -> _Builder:
-    """Parse Ansible's INI inventory format.
+def _parse_ini(text: str, source: str, builder: _Builder | None = None) -> _Builder:
+    """Parse Ansible's INI inventory format into builder (a new one by default).
 
-    Raises InventoryError naming file and line for a malformed section header,
-    an unknown section type, a vars line without "=", a malformed host line or
-    range, and a [g:vars] section for a group declared nowhere else (a typo
-    there would silently drop the variables).  A file of only comments is
-    empty and raises too.
+    Raises InventoryError naming file and line for a malformed section header
+    (also one followed by a ";" comment, which Ansible refuses), an unknown
+    section type, a vars line without "=", a malformed host line or range, a
+    [g:children] entry naming a group with no [g] or [g:children] section in
+    the file or earlier, and a [g:vars] section for a group declared nowhere
+    else (a typo there would silently drop the variables).  A file of only
+    comments is empty and raises too.
     """
-    builder = _Builder(source)
+    builder = builder if builder is not None else _Builder(source)
+    builder.source = source
     group, kind = UNGROUPED_GROUP, INI_DEFAULT_SECTION_KIND
     vars_only: dict[str, int] = {}  # group -> line of its first [g:vars]
+    # Children named before their own section: child -> (line, parents), as Ansible.
+    pending: dict[str, tuple[int, list[str]]] = {}
     saw_content = False
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -43,30 +52,59 @@ def _parse_ini(text: str, source: str) -> _Builder:
             continue
         saw_content = True
         where = f"{source}:{lineno}"
-        if line.startswith("["):
+        if _is_section(line, where):
             group, kind = _parse_ini_section(line, where)
             if kind == "vars":
+                if group not in builder.groups:
+                    vars_only.setdefault(group, lineno)
                 builder.group(group)
-                vars_only.setdefault(group, lineno)
-            else:
-                builder.declare(group)
+                continue
+            builder.declare(group)
+            vars_only.pop(group, None)
+            _, parents = pending.pop(group, (0, []))
+            for parent in parents:
+                builder.add_child(parent, group)
         elif kind == "vars":
             key, value = _parse_ini_var(line, group, where)
-            builder.group(group).vars[key] = value
+            builder.set_group_var(group, key, value, where)
         elif kind == "children":
-            builder.add_child(group, _parse_ini_child(line, group, where))
+            child = _parse_ini_child(line, group, where)
+            if child in builder.groups:
+                builder.add_child(group, child, declare_child=False)
+            else:
+                pending.setdefault(child, (lineno, []))[1].append(group)
         else:
             _parse_ini_host_line(line, group, where, builder)
     if not saw_content:
         raise InventoryError(f"inventory {source} is empty")
+    for child, (lineno, parents) in pending.items():
+        raise InventoryError(
+            f"{source}:{lineno}: section [{parents[-1]}:children] names group {child!r}, "
+            f"which is declared nowhere; add a [{child}] section, or fix the group name"
+        )
     for name, lineno in vars_only.items():
-        if name not in builder.declared:
-            raise InventoryError(
-                f"{source}:{lineno}: section [{name}:vars] is for group {name!r}, "
-                f"which is declared nowhere else; add a [{name}] or "
-                f"[{name}:children] section, or fix the group name"
-            )
+        raise InventoryError(
+            f"{source}:{lineno}: section [{name}:vars] is for group {name!r}, "
+            f"which is declared nowhere else; add a [{name}] or "
+            f"[{name}:children] section, or fix the group name"
+        )
     return builder
+
+
+def _is_section(line: str, where: str) -> bool:
+    """Whether a line is a section header rather than a host, var or child line.
+
+    As in Ansible, "[2001:db8::1]:2222" is a host.  Raises InventoryError for a
+    header followed by a ";" comment.
+    """
+    if not line.startswith("[") or _INI_BRACKETED_HOST_RE.match(line):
+        return False
+    if _INI_SEMICOLON_AFTER_SECTION_RE.match(line):
+        raise InventoryError(
+            f"{where}: invalid section header {line!r}: only a '#' comment "
+            "may follow a section header (Ansible refuses ';' there)"
+        )
+    return True
 
 
 def _parse_ini_section(line: str, where: str) -> tuple[str, str]:

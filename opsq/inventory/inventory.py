@@ -1,7 +1,8 @@
-"""Inventory: the hosts and groups of one inventory file.
+"""Inventory: the hosts and groups of one inventory file or directory.
 
-Loads a file with the INI or the YAML/JSON parser, supplies the implicit
-localhost inventory, and resolves host patterns (syntax in patterns.py).
+Loads files with the INI or the YAML/JSON parser, reads group_vars/ and
+host_vars/ beside them, supplies the implicit localhost, and resolves host
+patterns (syntax in patterns.py) the way Ansible does.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import fnmatch
 import os
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from opsq.errors import InventoryError, PatternError
+from opsq.inventory.builder import Built, _Builder
 from opsq.inventory.hosts import (
     ALL_GROUP,
     CONNECTION_LOCAL,
@@ -20,19 +23,21 @@ from opsq.inventory.hosts import (
     UNGROUPED_GROUP,
     Host,
     _kind,
+    _make_host,
 )
 from opsq.inventory.ini import INI_SUFFIXES, _parse_ini
 from opsq.inventory.patterns import (
     _SUBSCRIPT_RE,
     GLOB_CHARS,
+    HOST_MATCH_CHARS,
     KNOWN_HOSTS_HINT,
-    PATTERN_ALL,
     PATTERN_EXCLUDE,
     PATTERN_INTERSECT,
     PATTERN_REGEX_PREFIX,
     _apply_subscript,
     _split_pattern,
 )
+from opsq.inventory.vars_files import read_vars_files
 from opsq.inventory.yaml_json import (
     JSON_SUFFIXES,
     YAML_SUFFIXES,
@@ -45,39 +50,66 @@ from opsq.inventory.yaml_json import (
 IMPLICIT_HOST = "localhost"
 IMPLICIT_SOURCE = "<implicit localhost>"
 MEMORY_SOURCE = "<memory>"
+#: Names that mean this machine even when the inventory does not list them
+#: (Ansible's C.LOCALHOST): a pattern naming one gets a local host.
+LOCALHOST_NAMES = ("127.0.0.1", "localhost", "::1")
 
 NOT_FOUND_HINT = "(set OPSQ_INVENTORY or pass -i)"
 
+#: Entries of an inventory directory that are not inventory sources, as in Ansible
+#: (INVENTORY_IGNORE_EXTS, which adds .orig, .cfg and .retry to REJECT_EXTS, and the
+#: names it always skips).
+INVENTORY_IGNORE_SUFFIXES = (
+    ".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst",
+    ".orig", ".cfg", ".retry",
+)
+INVENTORY_IGNORE_NAMES = frozenset({"host_vars", "group_vars", "vars_plugins"})
+
 
 class Inventory:
-    """The hosts and groups of one inventory file, and pattern resolution."""
+    """The hosts and groups of one inventory, and pattern resolution."""
 
     hosts: dict[str, Host]
     groups: dict[str, set[str]]
     source: str
+    #: Hosts opsq cannot run on (another ansible_connection...): name -> why.
+    unusable: dict[str, str]
 
     def __init__(
         self,
         hosts: Mapping[str, Host],
         groups: Mapping[str, Iterable[str]] | None = None,
         source: str = MEMORY_SOURCE,
+        unusable: Mapping[str, str] | None = None,
     ) -> None:
         """Wrap already-built hosts; groups default to those the hosts name.
 
-        Never fails; use load() or implicit() to build from a file or default.
+        A group given as a list keeps its order (a pattern's subscripts count in
+        it); a set is taken in the order of hosts.  Never fails; use load() or
+        implicit() to build from a file or default.
         """
         self.hosts = dict(hosts)
-        if groups is None:
-            derived: dict[str, set[str]] = {ALL_GROUP: set(), UNGROUPED_GROUP: set()}
-            for host in self.hosts.values():
-                for group in (ALL_GROUP, *host.groups):
-                    derived.setdefault(group, set()).add(host.name)
-            groups = derived
-        self.groups = {name: set(members) for name, members in groups.items()}
-        for special in (ALL_GROUP, UNGROUPED_GROUP):
-            self.groups.setdefault(special, set())
-        self.source = source
         self._position = {name: i for i, name in enumerate(self.hosts)}
+        if groups is None:
+            derived: dict[str, list[str]] = {ALL_GROUP: [], UNGROUPED_GROUP: []}
+            for host in self.hosts.values():
+                for group in dict.fromkeys((ALL_GROUP, *host.groups)):
+                    derived.setdefault(group, []).append(host.name)
+            groups = derived
+        self._members: dict[str, list[str]] = {}
+        for name, members in groups.items():
+            ordered = list(members)
+            if isinstance(members, (set, frozenset)):
+                ordered.sort(key=lambda host: self._position.get(host, len(self._position)))
+            self._members[name] = ordered
+        for special in (ALL_GROUP, UNGROUPED_GROUP):
+            self._members.setdefault(special, [])
+        self.groups = {name: set(members) for name, members in self._members.items()}
+        self.source = source
+        self.unusable = dict(unusable or {})
+        self._all_vars: dict[str, Any] = {}
+        self._host_file_vars: dict[str, dict[str, Any]] = {}
+        self._implicit_problem: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return (
@@ -86,30 +118,43 @@ class Inventory:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Inventory:
-        """Read an INI, YAML or JSON inventory file, choosing by extension.
+        """Read an inventory file or directory, with its group_vars/ and host_vars/.
 
-        .yml/.yaml/.json are YAML (JSON via the json module for precise error
-        positions), .ini/.cfg are INI; any other or no extension is YAML if
+        A file: .yml/.yaml/.json are YAML (JSON via the json module for precise
+        error positions), .ini/.cfg are INI; any other or no extension is YAML if
         the text parses to something shaped like a YAML inventory, else INI.
-        Raises InventoryError naming the file (and the line where known) if
-        the file is missing, unreadable, empty or malformed.
+        A directory: every file in it (and in its subdirectories), in sorted
+        order, except those Ansible skips (hidden, group_vars/, host_vars/, and
+        backups and documents such as "~", .bak, .orig, .cfg, .md, .txt).
+        group_vars/ and host_vars/ are read beside a file, inside a directory.
+        Raises InventoryError naming the file (and the line where known) if it
+        is missing, unreadable, empty or malformed, or if a directory holds no
+        inventory file.
         """
         source = os.path.expanduser(os.fspath(path))
-        text = _read_text(source)
-        if not text.strip():
-            raise InventoryError(f"inventory {source} is empty")
-        suffix = os.path.splitext(source)[1].lower()
-        if suffix in JSON_SUFFIXES:
-            builder = _parse_yaml_data(_load_json(text, source), source)
-        elif suffix in YAML_SUFFIXES:
-            builder = _parse_yaml_data(_load_yaml(text, source), source)
-        elif suffix in INI_SUFFIXES:
-            builder = _parse_ini(text, source)
+        builder = _Builder(source)
+        if os.path.isdir(source):
+            files = _directory_sources(source)
+            if not files:
+                raise InventoryError(
+                    f"inventory directory {source} holds no inventory file "
+                    "(files ending in .cfg, .bak, .orig, .md, .txt, '~'... are skipped)"
+                )
+            for file in files:
+                _parse_file(file, builder, allow_empty=True)
+            base_dir = source
         else:
-            data = _sniff_yaml(text)
-            builder = _parse_ini(text, source) if data is None else _parse_yaml_data(data, source)
-        hosts, groups = builder.build()
-        return cls(hosts, groups, source)
+            _parse_file(source, builder, allow_empty=False)
+            base_dir = os.path.dirname(source) or os.curdir
+        read_vars_files(base_dir, builder, LOCALHOST_NAMES)
+        return cls._from_built(builder.build(source), source)
+
+    @classmethod
+    def _from_built(cls, built: Built, source: str) -> Inventory:
+        inventory = cls(built.hosts, built.members, source, built.unusable)
+        inventory._all_vars = built.all_vars
+        inventory._host_file_vars = built.host_file_vars
+        return inventory
 
     @classmethod
     def implicit(cls) -> Inventory:
@@ -127,10 +172,10 @@ class Inventory:
             groups=(ALL_GROUP, UNGROUPED_GROUP),
             vars={CONNECTION_VAR: CONNECTION_LOCAL},
         )
-        members = {IMPLICIT_HOST}
+        members = [IMPLICIT_HOST]
         return cls(
             {IMPLICIT_HOST: host},
-            {ALL_GROUP: set(members), UNGROUPED_GROUP: set(members)},
+            {ALL_GROUP: list(members), UNGROUPED_GROUP: list(members)},
             IMPLICIT_SOURCE,
         )
 
@@ -156,14 +201,20 @@ class Inventory:
         return cls.load(source)
 
     def resolve(self, pattern: str) -> list[Host]:
-        """Return the hosts an Ansible host pattern selects, in inventory order.
+        """Return the hosts an Ansible host pattern selects, in Ansible's order.
 
-        Union terms are collected first, then every "&" term intersects and
-        every "!" term excludes, wherever they appear; with no union term the
-        start is every host.  Raises PatternError if the pattern is empty or
-        malformed, names an unknown host or group (also in "&"/"!" terms: a
-        typo there would silently select the host meant to be excluded), has
-        a glob/regex that matches nothing, or selects no host at all.
+        Union terms are collected first, in the order written, then every "&"
+        term intersects and every "!" term excludes, wherever they appear; with
+        no union term the start is "all".  A group contributes its own hosts,
+        then its children's, level by level; a union term that is a host name
+        means that host even if a group has the same name.  "localhost",
+        "127.0.0.1" and "::1" are this machine (a local host) when the
+        inventory does not list them.  Raises PatternError if the pattern is
+        empty or malformed, names an unknown host or group (also in "&"/"!"
+        terms: a typo there would silently select the host meant to be
+        excluded), has a glob/regex that matches nothing, or selects no host
+        at all; InventoryError if it selects a host opsq cannot reach (see
+        ``unusable``).
         """
         if not isinstance(pattern, str):
             raise PatternError(f"host pattern must be a string, got {_kind(pattern)}")
@@ -173,9 +224,10 @@ class Inventory:
                 f"empty host pattern {pattern!r}: give a host or group name, "
                 f"or 'all' for every host {KNOWN_HOSTS_HINT}"
             )
-        unions: list[set[str]] = []
-        intersections: list[set[str]] = []
-        exclusions: list[set[str]] = []
+        unions: list[list[Host]] = []
+        intersections: list[list[Host]] = []
+        exclusions: list[list[Host]] = []
+        implicit: dict[str, Host] = {}
         # Every term is matched even once the result is empty, so that a typo
         # anywhere in the pattern is reported rather than hidden.
         for term in terms:
@@ -186,24 +238,41 @@ class Inventory:
                     f"nothing after {operator!r} in pattern {pattern!r}: write e.g. "
                     f"'web:{operator}web3'"
                 )
-            names = set(self._match_term(body, pattern))
-            if operator == PATTERN_EXCLUDE:
-                exclusions.append(names)
-            elif operator == PATTERN_INTERSECT:
-                intersections.append(names)
-            else:
-                unions.append(names)
-        selected = set().union(*unions) if unions else set(self.hosts)
-        for names in intersections:
-            selected &= names
-        for names in exclusions:
-            selected -= names
+            if not operator and body in self.hosts:
+                unions.append([self.hosts[body]])
+                continue
+            found = self._match_term(body, pattern, implicit)
+            {PATTERN_EXCLUDE: exclusions, PATTERN_INTERSECT: intersections}.get(
+                operator, unions
+            ).append(found)
+        selected = _unique([host for found in unions for host in found])
+        if not unions:
+            selected = [self.hosts[name] for name in self._members[ALL_GROUP]]
+        for found in intersections:
+            keep = {host.name for host in found}
+            selected = [host for host in selected if host.name in keep]
+        for found in exclusions:
+            drop = {host.name for host in found}
+            selected = [host for host in selected if host.name not in drop]
         if not selected:
             raise PatternError(f"pattern {pattern!r} matches no host {KNOWN_HOSTS_HINT}")
-        return [host for name, host in self.hosts.items() if name in selected]
+        self._check_usable(selected, implicit)
+        return selected
 
-    def _match_term(self, term: str, pattern: str) -> list[str]:
-        """Return the host names one pattern term selects, in inventory order.
+    def _check_usable(self, selected: list[Host], implicit: dict[str, Host]) -> None:
+        """Raise InventoryError naming the first selected host opsq cannot reach."""
+        local = {host.name for host in implicit.values()}
+        problems = [
+            (self._implicit_problem if host.name in local else self.unusable).get(host.name)
+            for host in selected
+        ]
+        problems = [problem for problem in problems if problem is not None]
+        if problems:
+            more = f" (and {len(problems) - 1} more such host(s))" if len(problems) > 1 else ""
+            raise InventoryError(problems[0] + more)
+
+    def _match_term(self, term: str, pattern: str, implicit: dict[str, Host]) -> list[Host]:
+        """Return the hosts one pattern term selects, in Ansible's order.
 
         Raises PatternError for an unknown name, a glob/regex matching no host
         or group name, an invalid regex, or an out-of-range subscript.
@@ -217,50 +286,159 @@ class Inventory:
                 expr = match.group("expr")
                 subscript = match
         names = self._match_expr(expr, pattern)
-        if subscript is None:
-            return names
-        return _apply_subscript(names, subscript, expr, pattern)
+        if names is None:
+            return [self._localhost(expr, implicit)]
+        if subscript is not None:
+            names = _apply_subscript(names, subscript, expr, pattern)
+        return [self.hosts[name] for name in names]
 
-    def _match_expr(self, expr: str, pattern: str) -> list[str]:
-        """Return the host names a term without subscript selects.
+    def _match_expr(self, expr: str, pattern: str) -> list[str] | None:
+        """Return the host names a term without subscript selects, None for the
+        implicit localhost.
 
-        Raises PatternError as _match_term() does.
+        As Ansible: the hosts of every matching group (in the order groups were
+        defined), then matching host names if no group matched or the term is a
+        regex or has one of HOST_MATCH_CHARS.  Duplicates stay: a subscript
+        counts them, as Ansible's does.  Raises PatternError as _match_term() does.
         """
-        if expr in PATTERN_ALL:
-            return list(self.hosts)
         if expr.startswith(PATTERN_REGEX_PREFIX):
-            try:
-                regex = re.compile(expr[len(PATTERN_REGEX_PREFIX) :])
-            except re.error as exc:
-                raise PatternError(
-                    f"invalid regular expression {expr!r} in pattern {pattern!r}: "
-                    f"{exc}; regex terms are '~' followed by a Python regex"
-                ) from None
-            group_hits = [g for g in self.groups if regex.search(g)]
-            host_hits = [h for h in self.hosts if regex.search(h)]
+            regex = _compile_regex(expr, pattern)
+            matches = regex.match
         elif any(char in expr for char in GLOB_CHARS):
-            group_hits = [g for g in self.groups if fnmatch.fnmatchcase(g, expr)]
-            host_hits = [h for h in self.hosts if fnmatch.fnmatchcase(h, expr)]
+            matches = re.compile(fnmatch.translate(expr)).match
         else:
-            group_hits = [expr] if expr in self.groups else []
-            host_hits = [expr] if expr in self.hosts else []
-            if not group_hits and not host_hits:
-                raise PatternError(
-                    f"unknown host or group {expr!r} in pattern {pattern!r} {KNOWN_HOSTS_HINT}"
-                )
-        if not group_hits and not host_hits:
+            def matches(name: str) -> bool:
+                return name == expr
+        group_hits = [group for group in self._members if matches(group)]
+        names = [host for group in group_hits for host in self._members[group]]
+        host_hits: list[str] = []
+        if not group_hits or expr.startswith(PATTERN_REGEX_PREFIX) or any(
+            char in expr for char in HOST_MATCH_CHARS
+        ):
+            host_hits = [host for host in self.hosts if matches(host)]
+        names += host_hits
+        if group_hits or host_hits:
+            return names
+        if expr in LOCALHOST_NAMES:
+            return None
+        if expr.startswith(PATTERN_REGEX_PREFIX) or any(char in expr for char in GLOB_CHARS):
             raise PatternError(
                 f"pattern {pattern!r} matches no host: {expr!r} matches no host "
                 f"or group name {KNOWN_HOSTS_HINT}"
             )
-        names = set(host_hits)
-        for group in group_hits:
-            names |= self.groups[group]
-        return self._in_order(names)
+        hint = ""
+        if ":" in expr and "," in pattern:
+            hint = " (in a pattern with ',', ':' does not separate terms)"
+        raise PatternError(
+            f"unknown host or group {expr!r} in pattern {pattern!r}{hint} {KNOWN_HOSTS_HINT}"
+        )
 
-    def _in_order(self, names: Iterable[str]) -> list[str]:
-        """Sort host names into inventory order; never fails for known names."""
-        return sorted(names, key=self._position.__getitem__)
+    def _localhost(self, name: str, implicit: dict[str, Host]) -> Host:
+        """The host a localhost name means when the inventory lists no such host.
+
+        An inventory host named like localhost if there is one (as Ansible),
+        else one implicit local host per resolve(), named by the first such term,
+        with the variables of "all" and its host_vars file.
+        """
+        listed = next((h for h in self.hosts if h in LOCALHOST_NAMES), None)
+        if listed is not None:
+            return self.hosts[listed]
+        if not implicit:
+            host_vars = {
+                **self._all_vars,
+                CONNECTION_VAR: CONNECTION_LOCAL,
+                **self._host_file_vars.get(name, {}),
+            }
+            host, problem = _make_host(name, host_vars, [], self.source)
+            if problem is not None:
+                self._implicit_problem[name] = problem
+            implicit[name] = host
+        return next(iter(implicit.values()))
+
+
+def _compile_regex(expr: str, pattern: str) -> re.Pattern[str]:
+    """Compile a "~regex" term (matched at the start of names, as Ansible's re.match).
+
+    Raises PatternError for an empty or invalid regex: an empty one would
+    select every host.
+    """
+    body = expr[len(PATTERN_REGEX_PREFIX) :]
+    if not body:
+        raise PatternError(
+            f"empty regular expression '~' in pattern {pattern!r}: write e.g. "
+            "'~web[0-9]+' (regex terms are '~' followed by a Python regex), or 'all'"
+        )
+    try:
+        return re.compile(body)
+    except re.error as exc:
+        raise PatternError(
+            f"invalid regular expression {expr!r} in pattern {pattern!r}: "
+            f"{exc}; regex terms are '~' followed by a Python regex"
+        ) from None
+
+
+def _unique(hosts: list[Host]) -> list[Host]:
+    """Drop repeated hosts, keeping the first; never fails."""
+    seen: set[str] = set()
+    kept: list[Host] = []
+    for host in hosts:
+        if host.name not in seen:
+            seen.add(host.name)
+            kept.append(host)
+    return kept
+
+
+def _directory_sources(directory: str) -> list[str]:
+    """The inventory files of a directory, recursively, in Ansible's order.
+
+    Raises InventoryError if the directory cannot be listed.
+    """
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise InventoryError(
+            f"cannot read inventory directory {directory}: {exc.strerror}"
+        ) from None
+    found: list[str] = []
+    for entry in entries:
+        if (
+            entry.startswith(".")
+            or entry in INVENTORY_IGNORE_NAMES
+            or entry.endswith(INVENTORY_IGNORE_SUFFIXES)
+        ):
+            continue
+        full = os.path.join(directory, entry)
+        if os.path.isdir(full):
+            found.extend(_directory_sources(full))
+        else:
+            found.append(full)
+    return found
+
+
+def _parse_file(source: str, builder: _Builder, allow_empty: bool) -> None:
+    """Parse one inventory file into builder, choosing the format by extension.
+
+    Raises InventoryError as Inventory.load() does; an empty file only when
+    not allow_empty (a directory may hold empty files, as Ansible allows).
+    """
+    text = _read_text(source)
+    if not text.strip():
+        if allow_empty:
+            return
+        raise InventoryError(f"inventory {source} is empty")
+    suffix = os.path.splitext(source)[1].lower()
+    if suffix in JSON_SUFFIXES:
+        _parse_yaml_data(_load_json(text, source), source, builder)
+    elif suffix in YAML_SUFFIXES:
+        _parse_yaml_data(_load_yaml(text, source), source, builder)
+    elif suffix in INI_SUFFIXES:
+        _parse_ini(text, source, builder)
+    else:
+        data = _sniff_yaml(text, source)
+        if data is None:
+            _parse_ini(text, source, builder)
+        else:
+            _parse_yaml_data(data, source, builder)
 
 
 def _read_text(source: str) -> str:

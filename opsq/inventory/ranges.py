@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from opsq.errors import InventoryError
@@ -11,6 +12,8 @@ from opsq.inventory.hosts import _DIGITS_RE, _parse_port
 MAX_RANGE_HOSTS = 65536
 
 _LETTER_RE = re.compile(r"^[a-zA-Z]$")
+# Ansible's parse_address(): an IPv6 address takes a port only inside brackets.
+_BRACKETED_HOST_PORT_RE = re.compile(r"^\[(.+)\]:([0-9]+)$")
 
 
 def expand_host_range(name: str) -> list[str]:
@@ -85,17 +88,21 @@ def _range_values(body: str, name: str) -> list[str]:
 
 
 def _split_host_port(token: str, where: str) -> tuple[str, int | None]:
-    """Split the INI/YAML "host:port" shorthand; ranges keep their colons.
+    """Split the INI/YAML "host:port" shorthand as Ansible does.
 
-    Raises InventoryError if the part after the colon is not a valid port
+    ``name:port`` and ``[address]:port``; ranges keep their colons, and a name
+    with several colons outside brackets is an IPv6 address without a port.
+    Raises InventoryError if the part after a single colon is not a valid port
     or nothing precedes it.
     """
-    colon = token.rfind(":")
-    if colon == -1:
-        return token, None
-    head, tail = token[:colon], token[colon + 1 :]
-    if head.count("[") != head.count("]"):
-        return token, None  # the colon belongs to a range such as web[1:3]
+    bracketed = _BRACKETED_HOST_PORT_RE.match(token)
+    if bracketed:
+        inner, tail = bracketed.groups()
+        return inner, _parse_port(tail, f"{where}: host {token!r}")
+    colons = _top_level_colons(token)
+    if len(colons) != 1:
+        return token, None  # a plain name, a range, or an IPv6 address
+    head, tail = token[: colons[0]], token[colons[0] + 1 :]
     if not head:
         raise InventoryError(f"{where}: host {token!r} has a port but no name")
     if not _DIGITS_RE.match(tail):
@@ -106,6 +113,36 @@ def _split_host_port(token: str, where: str) -> tuple[str, int | None]:
     return head, _parse_port(tail, f"{where}: host {token!r}")
 
 
+def _top_level_colons(token: str) -> list[int]:
+    """Positions of the colons outside [...] ranges; never fails."""
+    depth = 0
+    found: list[int] = []
+    for index, char in enumerate(token):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(0, depth - 1)
+        elif char == ":" and depth == 0:
+            found.append(index)
+    return found
+
+
+def _check_address_name(name: str, entry: str, where: str) -> None:
+    """Refuse a host name with a colon unless it is an IPv6 address.
+
+    Raises InventoryError with the bracketed form to use for a port.
+    """
+    if ":" not in name:
+        return
+    try:
+        ipaddress.IPv6Address(name)
+    except ValueError:
+        raise InventoryError(
+            f"{where}: invalid host {entry!r}: a name with ':' must be an IPv6 "
+            "address (with a port, write [2001:db8::1]:2222)"
+        ) from None
+
+
 def _expand_host_pattern(token: str, where: str) -> tuple[list[str], int | None]:
     """Return the host names and optional port one inventory host entry names.
 
@@ -113,6 +150,10 @@ def _expand_host_pattern(token: str, where: str) -> tuple[list[str], int | None]
     """
     head, port = _split_host_port(token, where)
     try:
-        return expand_host_range(head), port
+        names = expand_host_range(head)
     except InventoryError as exc:
         raise InventoryError(f"{where}: {exc}") from None
+    if ":" in head:
+        for name in names:
+            _check_address_name(name, token, where)
+    return names, port

@@ -17,11 +17,19 @@ import yaml
 
 from opsq.errors import InventoryError
 from opsq.inventory.builder import _GROUP_NAME_RE, _Builder
-from opsq.inventory.hosts import ALL_GROUP, _kind
+from opsq.inventory.hosts import ALL_GROUP, VAULT_KEY, _kind
 from opsq.inventory.ranges import _expand_host_pattern
 
 # Deeper variable nesting than this is almost surely a recursive YAML alias.
 MAX_VAR_DEPTH = 100
+#: The most values a YAML document may hold once its aliases are expanded: a few
+#: hundred bytes of nested aliases ("billion laughs") would otherwise expand to
+#: billions.  A 10,000-host inventory with 20 variables each holds ~400,000.
+MAX_YAML_NODES = 2_000_000
+#: Ansible's tags: an encrypted value (kept as ansible-inventory prints it) and a
+#: string not to be templated (a plain string for opsq, which templates nothing).
+YAML_VAULT_TAG = "!vault"
+YAML_UNSAFE_TAG = "!unsafe"
 
 YAML_SUFFIXES = frozenset({".yml", ".yaml"})
 JSON_SUFFIXES = frozenset({".json"})
@@ -60,18 +68,84 @@ def _construct_sequence(loader: _YamlLoader, node: yaml.SequenceNode) -> Iterato
     data.extend(loader.construct_sequence(node))
 
 
+def _construct_vault(loader: _YamlLoader, node: yaml.Node) -> dict[str, str]:
+    return {VAULT_KEY: loader.construct_scalar(node)}
+
+
+def _construct_unsafe(loader: _YamlLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_mapping(node, deep=True)
+
+
 _YamlLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _YamlLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+_YamlLoader.add_constructor(YAML_VAULT_TAG, _construct_vault)
+_YamlLoader.add_constructor(YAML_UNSAFE_TAG, _construct_unsafe)
+
+
+def _bounded_load(text: str, source: str) -> Any:
+    """Parse YAML text safely, refusing aliases that expand beyond MAX_YAML_NODES.
+
+    Raises yaml.YAMLError on a syntax error, InventoryError for an alias bomb or a
+    recursive alias.  The check walks the node graph once, counting each shared
+    node by its expanded size, so it costs what the file's size does.
+    """
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, source) > MAX_YAML_NODES:
+            raise InventoryError(
+                f"{source}: YAML aliases expand to more than {MAX_YAML_NODES:,} values "
+                "(nested aliases that multiply, a 'billion laughs' document?); write "
+                "the values out instead"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], source: str) -> int:
+    """How many nodes node stands for once aliases are expanded (memoised by node).
+
+    Raises InventoryError for an alias that contains itself or nesting too deep to walk.
+    """
+    key = id(node)
+    if key in sizes:
+        if sizes[key] < 0:
+            raise InventoryError(f"{source}: a YAML alias contains itself (recursive anchor)")
+        return sizes[key]
+    sizes[key] = -1
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    try:
+        for child in children:
+            total += _expanded_size(child, sizes, source)
+            if total > MAX_YAML_NODES:
+                break  # enough to refuse; the rest need not be walked
+    except RecursionError:
+        raise InventoryError(f"{source}: YAML nested too deeply to read") from None
+    sizes[key] = total
+    return total
 
 
 def _load_yaml(text: str, source: str) -> Any:
     """Parse YAML text safely.
 
     Raises InventoryError naming the file, the line of the YAML mark and the
-    problem on a syntax error.
+    problem on a syntax error, or for aliases that expand beyond MAX_YAML_NODES.
     """
     try:
-        return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass
+        return _bounded_load(text, source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -92,14 +166,15 @@ def _load_json(text: str, source: str) -> Any:
         raise InventoryError(f"{source}:{exc.lineno}: JSON syntax error: {exc.msg}") from None
 
 
-def _sniff_yaml(text: str) -> Any | None:
+def _sniff_yaml(text: str, source: str) -> Any | None:
     """Return the parsed YAML if text looks like a YAML inventory, else None.
 
-    Never fails: anything that is not clearly YAML is left to the INI parser.
+    Raises InventoryError only for an alias bomb (as _load_yaml()); anything else
+    that is not clearly YAML is left to the INI parser.
     """
     try:
-        data = yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass
-    except yaml.YAMLError:
+        data = _bounded_load(text, source)
+    except (yaml.YAMLError, RecursionError):
         return None
     if not isinstance(data, dict) or not data:
         return None
@@ -113,8 +188,8 @@ def _sniff_yaml(text: str) -> Any | None:
     return data if shaped and any(isinstance(value, dict) for value in values) else None
 
 
-def _parse_yaml_data(data: Any, source: str) -> _Builder:
-    """Walk a parsed YAML/JSON inventory into a builder.
+def _parse_yaml_data(data: Any, source: str, builder: _Builder | None = None) -> _Builder:
+    """Walk a parsed YAML/JSON inventory into builder (a new one by default).
 
     Raises InventoryError if the document is empty or not a mapping of groups,
     or (via _parse_yaml_group) if a group is malformed.
@@ -137,7 +212,8 @@ def _parse_yaml_data(data: Any, source: str) -> _Builder:
             f"{source}: this is dynamic-inventory output ('_meta'), which is not "
             "supported; export with 'ansible-inventory -i FILE --list --yaml'"
         )
-    builder = _Builder(source)
+    builder = builder if builder is not None else _Builder(source)
+    builder.source = source
     for name, body in data.items():
         _parse_yaml_group(builder, name, body, line, ())
     return builder
@@ -180,6 +256,8 @@ def _parse_yaml_group(
     for key, value in body.items():
         if value is None:
             continue
+        if isinstance(value, str):
+            value = {value: None}  # as Ansible: "hosts: web1" names one host
         value_where = _at(source, getattr(value, "line", line))
         if not isinstance(value, dict):
             example = {
@@ -192,7 +270,9 @@ def _parse_yaml_group(
                 f"{example}, got {_kind(value)}"
             )
         if key == "vars":
-            builder.group(name).vars.update(_checked_vars(value, value_where, f"group {name!r}"))
+            checked = _checked_vars(value, value_where, f"group {name!r}")
+            for var, var_value in checked.items():
+                builder.set_group_var(name, var, var_value, value_where)
         elif key == "hosts":
             _parse_yaml_hosts(builder, name, value, value_where)
         else:
@@ -208,9 +288,12 @@ def _parse_yaml_hosts(builder: _Builder, group: str, hosts: Mapping[Any, Any], w
     are not a mapping, or an invalid port or range.
     """
     for entry, host_vars in hosts.items():
-        if isinstance(entry, bool) or not isinstance(entry, (str, int)):
-            raise InventoryError(f"{where}: invalid host name {entry!r} in group {group!r}")
-        entry = str(entry)
+        if not isinstance(entry, str):
+            # Ansible cannot parse the file then: quote the name ("'123':").
+            raise InventoryError(
+                f"{where}: invalid host name {entry!r} in group {group!r}: host names "
+                f"are strings; quote it ('{entry}':)"
+            )
         vars_line = getattr(host_vars, "line", None)
         host_where = where if vars_line is None else _at(builder.source, vars_line)
         if host_vars is None:
@@ -234,6 +317,8 @@ def _checked_vars(mapping: Mapping[Any, Any], where: str, owner: str) -> dict[st
     """
     result: dict[str, Any] = {}
     for key, value in mapping.items():
+        if isinstance(key, (int, float)) and not isinstance(key, bool):
+            key = str(key)  # as Ansible, which only warns about such a name
         if not isinstance(key, str) or not key:
             raise InventoryError(f"{where}: variable names of {owner} must be strings, got {key!r}")
         result[key] = _jsonable(value, f"{where}: variable {key!r} of {owner}", 0)

@@ -29,7 +29,7 @@ from celery.signals import worker_ready, worker_shutdown
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import IntegrityError
 
-from opsq import db, jobs, state
+from opsq import db, files, jobs, state, transfer
 from opsq.app import app
 from opsq.errors import BackendUnavailable, OpsqError
 from opsq.inventory import Host
@@ -294,9 +294,13 @@ def _run_one(claimed: ClaimedHost, job: JobOptions) -> Outcome:
     began = time.monotonic()
     try:
         target = Host.from_dict(claimed.target)
-        options = RunOptions.resolve(target, get_settings(), job.command_timeout,
+        settings = get_settings()
+        options = RunOptions.resolve(target, settings, job.command_timeout,
                                      job.connect_timeout)
-        outcome = run_on(target, job.command, options, connection_pool())
+        if job.kind == "command" and not job.params.get("become"):
+            outcome = run_on(target, job.command, options, connection_pool())
+        else:
+            outcome = transfer.perform(target, job, options, connection_pool(), settings)
     except Exception as exc:  # a bug in opsq: record it on the host, keep the job alive
         logger.exception("host %s: unexpected error", claimed.host)
         outcome = Outcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
@@ -305,8 +309,11 @@ def _run_one(claimed: ClaimedHost, job: JobOptions) -> Outcome:
 
 
 def _flush(job_id: str, token: str, results: list[tuple[str, Outcome]], last: bool) -> bool:
+    fetched = [o.content for _, o in results if o.content is not None]
+
     def write() -> bool:
         with db.get_engine().begin() as conn:
+            files.store(conn, fetched)
             return state.store(conn, job_id, token, results, release=last)
 
     # The commands ran: wait out a database outage rather than lose their results.

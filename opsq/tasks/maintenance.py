@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from opsq import db, state
+from opsq import db, files, state
 from opsq.app import app
 from opsq.settings import get_settings
 
@@ -154,7 +154,9 @@ def prune(days: int | None = None) -> dict[str, Any]:
             break
     with db.get_engine().begin() as conn:
         chords = conn.execute(_PRUNE_CHORDS, {"days": days}).rowcount
+        files_deleted = files.prune(conn)
     app.backend.cleanup()  # celery_taskmeta rows past result_expires
-    logger.info("pruned %d jobs and %d chord counters older than %d days",
-                jobs_deleted, chords, days)
-    return {"days": days, "jobs_deleted": jobs_deleted, "chords_deleted": chords}
+    logger.info("pruned %d jobs, %d chord counters and %d files older than %d days",
+                jobs_deleted, chords, files_deleted, days)
+    return {"days": days, "jobs_deleted": jobs_deleted, "chords_deleted": chords,
+            "files_deleted": files_deleted}

@@ -1,0 +1,145 @@
+"""Jobs beyond a command: the specs of put, get and script jobs, checked before anything is
+queued, and the fetched files written out on the operator's side.
+
+A put or script job carries a file: it is stored once (``opsq.files``) with the job, and
+its sha256 goes in the job's parameters; the hosts' programs live in ``opsq.transfer``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import text
+
+from opsq.errors import OpsqError
+from opsq.files import digest
+from opsq.settings import get_settings
+
+#: Kinds of job (``jobs.kind``).
+COMMAND, PUT, GET, SCRIPT = "command", "put", "get", "script"
+#: A file mode as chmod takes it in octal.
+_MODE = re.compile(r"^0?[0-7]{3}$")
+#: A POSIX user or group name (as useradd accepts it), optionally USER:GROUP.
+_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}"
+_OWNER = re.compile(rf"^{_NAME}(:{_NAME})?$")
+_USER = re.compile(rf"^{_NAME}$")
+
+
+class ActionError(OpsqError):
+    """A put, get or script job cannot be built as asked."""
+
+
+def _remote_path(path: str) -> str:
+    if not path.startswith("/") or "\x00" in path or "\n" in path:
+        raise ActionError(f"the remote path must be absolute (start with /): {path!r}")
+    if path.endswith("/") or PurePosixPath(path).name in ("", ".", ".."):
+        raise ActionError(f"the remote path must name a file, not a directory: {path!r}")
+    return path
+
+
+def _read_local(path: str, what: str) -> tuple[bytes, str]:
+    """The file's bytes and absolute path; refused above OPSQ_MAX_FILE before reading."""
+    p = Path(path).expanduser()
+    limit = get_settings().max_file
+    try:
+        size = p.stat().st_size
+        if not p.is_file():
+            raise ActionError(f"the {what} {path} is not a regular file")
+        if size > limit:
+            raise ActionError(f"the {what} {path} has {size} bytes, more than OPSQ_MAX_FILE "
+                              f"({limit} bytes)")
+        return p.read_bytes(), str(p.resolve())
+    except OSError as exc:
+        raise ActionError(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def become_params(become: bool, become_user: str | None) -> dict[str, Any]:
+    """The job parameters of ``--become [--become-user USER]``."""
+    if become_user is not None and not become:
+        raise ActionError("--become-user needs --become")
+    if not become:
+        return {}
+    if become_user is not None and not _USER.match(become_user):
+        raise ActionError(f"not a user name: {become_user!r}")
+    return {"become": True, **({"become_user": become_user} if become_user else {})}
+
+
+def put_spec(spec: Any, local: str, remote: str, *, mode: str | None = None,
+             owner: str | None = None, backup: bool = False) -> Any:
+    """``spec`` (a JobSpec for the hosts) made a put of ``local`` to ``remote``."""
+    content, source = _read_local(local, "file")
+    if mode is not None and not _MODE.match(mode):
+        raise ActionError(f"--mode must be an octal file mode such as 0644, not {mode!r}")
+    if owner is not None and not _OWNER.match(owner):
+        raise ActionError(f"--owner must be USER or USER:GROUP, not {owner!r}")
+    remote = _remote_path(remote)
+    params = {**spec.params, "remote": remote, "sha256": digest(content), "size": len(content),
+              "source": source, **({"mode": mode} if mode else {}),
+              **({"owner": owner} if owner else {}), **({"backup": True} if backup else {})}
+    return replace(spec, kind=PUT, params=params, payload=content,
+                   command=f"put {Path(source).name} -> {remote}")
+
+
+def get_spec(spec: Any, remote: str) -> Any:
+    """``spec`` made a fetch of ``remote`` from each host."""
+    remote = _remote_path(remote)
+    return replace(spec, kind=GET, params={**spec.params, "remote": remote},
+                   command=f"get {remote}")
+
+
+def script_spec(spec: Any, path: str, args: list[str]) -> Any:
+    """``spec`` made a run of the local script ``path`` with ``args`` on each host."""
+    content, source = _read_local(path, "script")
+    if not content.startswith(b"#!"):
+        raise ActionError(f"the script {path} has no #! line: the hosts would not know what "
+                          "runs it")
+    if any("\x00" in a for a in args):
+        raise ActionError("a script argument contains a NUL byte")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(source).name)
+    params = {**spec.params, "name": name, "args": list(args), "sha256": digest(content),
+              "size": len(content), "source": source}
+    shown = " ".join([name, *args])
+    return replace(spec, kind=SCRIPT, params=params, payload=content,
+                   command=f"script {shown}")
+
+
+# -- fetched files ---------------------------------------------------------------------------
+
+_FETCHED = text("""
+    SELECT h.host, h.sha256, f.content FROM host_results h
+    JOIN files f ON f.sha256 = h.sha256
+    WHERE h.job_id = :job AND h.status = 'ok'
+    ORDER BY h.host
+""")
+
+
+def _safe_part(name: str) -> str:
+    # A host name becomes a directory: never a path of its own.
+    cleaned = name.replace("/", "_").replace("\x00", "_")
+    return "_" + cleaned if cleaned in ("", ".", "..") else cleaned
+
+
+def save_fetched(job_id: str, dest: str) -> list[Path]:
+    """Write what a get job fetched to ``DEST/<host>/<remote path>``; the paths written.
+
+    Raises OpsqError for a job that is not a get job."""
+    from opsq import db, jobs
+
+    kind, params = jobs.job_action(job_id)
+    if kind != GET:
+        raise ActionError(f"job {job_id} fetched no files (it is a {kind} job)")
+    remote = params["remote"].lstrip("/")
+    written = []
+    with db.get_engine().connect() as conn:
+        for row in conn.execute(_FETCHED, {"job": job_id}):
+            target = Path(dest) / _safe_part(row.host) / remote
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.opsq-tmp")
+            tmp.write_bytes(bytes(row.content))
+            os.replace(tmp, target)
+            written.append(target)
+    return written

@@ -1,0 +1,158 @@
+"""One program on one host with bytes in and bounded bytes out: the primitive that file
+transfers, scripts and ``become`` are built on.
+
+Fabric's runner (``opsq.ssh``) serves plain commands, whose output is text. Copying a
+file needs its bytes on the program's stdin, fetching one needs stdout as bytes, and a
+sudo password must reach sudo without a process argument or a file on either side: all
+three are a program with a stdin stream. ``exec_ssh`` runs it on a paramiko channel of a
+pooled connection, ``exec_local`` as a child process of the worker; both stop at a
+deadline and keep at most a given number of bytes of each stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+from fabric import Connection
+
+#: Bytes moved per read or write.
+CHUNK_SIZE = 64 * 1024
+#: Seconds one wait on the channel lasts before the deadline is looked at again.
+POLL_INTERVAL = 0.5
+#: The shell a local program runs in.
+LOCAL_SHELL = "/bin/sh"
+
+
+@dataclass
+class Capture:
+    """One stream's bounded capture: the first ``limit`` bytes, and the total count."""
+
+    limit: int
+    kept: bytearray = field(default_factory=bytearray)
+    total: int = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.limit - len(self.kept)
+        if room > 0:
+            self.kept += data[:room]
+
+    @property
+    def overflowed(self) -> bool:
+        return self.total > self.limit
+
+
+@dataclass
+class Exec:
+    """What the program did: its exit code (None when it was killed at the deadline)."""
+
+    exit_code: int | None
+    stdout: Capture
+    stderr: Capture
+    timed_out: bool = False
+
+
+def exec_ssh(conn: Connection, command: str, stdin: bytes, timeout: float,
+             out_limit: int, err_limit: int) -> Exec:
+    """Run ``command`` through the connection's SSH transport, feeding it ``stdin``.
+
+    Raises paramiko.SSHException/OSError when the transport fails (the caller decides
+    whether the program may have started). The channel is closed at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    out, err = Capture(out_limit), Capture(err_limit)
+    conn.open()
+    chan = conn.client.get_transport().open_session(timeout=timeout)
+    try:
+        chan.settimeout(timeout)
+        chan.exec_command(command)
+        view = memoryview(stdin)
+        for start in range(0, len(view), CHUNK_SIZE):
+            chan.settimeout(max(deadline - time.monotonic(), 0.001))
+            chan.sendall(view[start:start + CHUNK_SIZE])
+        chan.shutdown_write()
+        chan.settimeout(0.0)
+        with selectors.DefaultSelector() as sel:
+            sel.register(chan, selectors.EVENT_READ)
+            while True:
+                drained = _drain(chan, out, err)
+                if chan.exit_status_ready() and drained:
+                    return Exec(chan.recv_exit_status(), out, err)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return Exec(None, out, err, timed_out=True)
+                sel.select(min(remaining, POLL_INTERVAL))
+    except TimeoutError:
+        return Exec(None, out, err, timed_out=True)
+    finally:
+        chan.close()
+
+
+def _drain(chan, out: Capture, err: Capture) -> bool:
+    """Read what the channel holds; True when nothing was left to read."""
+    idle = True
+    while chan.recv_ready():
+        out.add(chan.recv(CHUNK_SIZE))
+        idle = False
+    while chan.recv_stderr_ready():
+        err.add(chan.recv_stderr(CHUNK_SIZE))
+        idle = False
+    return idle
+
+
+def exec_local(command: str, stdin: bytes, timeout: float, out_limit: int,
+               err_limit: int) -> Exec:
+    """Run ``command`` in a shell on the worker, in its own process group (killed whole
+    at the deadline). Raises OSError when the shell cannot start."""
+    proc = subprocess.Popen([LOCAL_SHELL, "-c", command], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    feeder = threading.Thread(target=_feed, args=(proc, stdin), daemon=True)
+    feeder.start()
+    out, err = Capture(out_limit), Capture(err_limit)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)  # type: ignore[arg-type]
+        sel.register(proc.stderr, selectors.EVENT_READ, err)  # type: ignore[arg-type]
+        while sel.get_map() and not timed_out:
+            remaining = deadline - time.monotonic()
+            timed_out = remaining <= 0
+            for key, _ in sel.select(max(remaining, 0)):
+                data = os.read(key.fd, CHUNK_SIZE)
+                if data:
+                    key.data.add(data)
+                else:
+                    sel.unregister(key.fileobj)
+    try:
+        proc.wait(max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    if timed_out:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    feeder.join()
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+    if timed_out:
+        return Exec(None, out, err, timed_out=True)
+    code = proc.returncode
+    return Exec(code if code >= 0 else 128 - code, out, err)
+
+
+def _feed(proc: subprocess.Popen, data: bytes) -> None:
+    # A program that exits without reading all of its input is not an error here.
+    with contextlib.suppress(BrokenPipeError, OSError):
+        view = memoryview(data)
+        for start in range(0, len(view), CHUNK_SIZE):
+            proc.stdin.write(view[start:start + CHUNK_SIZE])  # type: ignore[union-attr]
+    with contextlib.suppress(BrokenPipeError, OSError):
+        proc.stdin.close()  # type: ignore[union-attr]

@@ -1,0 +1,392 @@
+"""What a job does on a host besides a command: put a file, get a file, run a script,
+and any of them (or a command) through sudo (``become``).
+
+Each action is a short POSIX shell program run with ``opsq.remote``: the file's bytes
+travel on the program's stdin, a fetched file comes back on its stdout, and a sudo
+password is the first line of stdin (sudo reads it a byte at a time, so the rest stays
+for the program). Nothing secret is ever in an argument list, on either machine.
+
+A put is idempotent and atomic: the host's file is compared first (sha256, mode, owner)
+and left alone when equal; otherwise the bytes go to a temporary file beside the target,
+are checked against the sha256, and renamed over it, so no reader ever sees part of a
+file, and an interrupted transfer leaves the old file in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opsq import files
+from opsq.errors import OpsqError
+from opsq.remote import Exec, exec_local, exec_ssh
+from opsq.state import HostStatus, JobOptions, Outcome
+
+#: A program of the host side: (script, stdin bytes, timeout s, stdout limit) -> Exec.
+Run = Callable[[str, bytes, float, int], Exec]
+
+#: Bytes of stderr kept from an action's helper programs.
+ERROR_LIMIT = 64 * 1024
+#: Seconds the host side gets to clean up after a script's deadline (the script itself is
+#: stopped by ``timeout`` on the host, so its temporary directory can be removed).
+SCRIPT_CLEANUP_GRACE = 5.0
+#: Exit code of coreutils ``timeout`` when it stopped the program.
+TIMEOUT_EXIT = 124
+#: What a program run through sudo writes first on stderr: its absence means sudo
+#: itself refused (wrong password, no sudo rule), not the program.
+BECOME_MARK = "opsq-become-ok"
+#: The only become method opsq implements.
+SUDO = "sudo"
+
+
+@dataclass(frozen=True)
+class Become:
+    """Run as ``user`` through sudo; ``password`` is read on the worker, never stored."""
+
+    user: str = "root"
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One job's work on each host, as stored in the job row (``kind`` and ``params``)."""
+
+    kind: str
+    params: dict[str, Any]
+    #: The bytes a put or script carries (looked up by sha256 from the job's file).
+    payload: bytes = b""
+
+
+def _q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def sudo(script: str, become: Become) -> str:
+    """``script`` run by sh as ``become.user`` through sudo, marking stderr first."""
+    inner = f"printf '%s\\n' {BECOME_MARK} >&2; eval \"$1\""
+    return (f"sudo -S -p '' -H -u {_q(become.user)} -- /bin/sh -c {_q(inner)} "
+            f"sh {_q(script)}")
+
+
+def _unmark(result: Exec, become: Become | None) -> str | None:
+    """Strip the become mark from stderr; the reason sudo refused, if it did."""
+    if become is None:
+        return None
+    text = bytes(result.stderr.kept)
+    mark = BECOME_MARK.encode() + b"\n"
+    at = text.find(mark)
+    if at < 0:
+        said = text.decode("utf-8", "replace").strip() or f"exit code {result.exit_code}"
+        return f"sudo as {become.user} refused: {said}"
+    result.stderr.kept = bytearray(text[at + len(mark):])
+    return None
+
+
+class HostSide:
+    """The host side of one action: runs helper programs, as ``become`` when set."""
+
+    def __init__(self, run: Run, become: Become | None, password_needed: bool) -> None:
+        self._run = run
+        self.become = become
+        self._password = become.password if become and password_needed else None
+
+    def run(self, script: str, stdin: bytes, timeout: float, limit: int) -> tuple[Exec, str | None]:
+        """Run ``script``; (what it did, why sudo refused it or None)."""
+        if self.become is None:
+            return self._run(script, stdin, timeout, limit), None
+        prefix = (self._password + "\n").encode() if self._password is not None else b""
+        result = self._run(sudo(script, self.become), prefix + stdin, timeout, limit)
+        return result, _unmark(result, self.become)
+
+
+def probe_become(run: Run, become: Become, timeout: float) -> tuple[bool, str | None]:
+    """(whether sudo wants the password, why becoming is impossible or None).
+
+    Asked once per host before the action, so a wrong password is one refused sudo,
+    never several attempts fed from the file the action carries."""
+    user = _q(become.user)
+    script = (f"if sudo -n -u {user} true 2>/dev/null; then echo nopass; exit 0; fi; "
+              f"sudo -S -p '' -u {user} true && echo pass")
+    stdin = b"" if become.password is None else (become.password + "\n").encode()
+    result = run(script, stdin, timeout, 64)
+    answer = bytes(result.stdout.kept).decode("utf-8", "replace").strip()
+    if result.timed_out:
+        return False, f"sudo as {become.user} did not answer within {timeout:g} s"
+    if answer == "nopass":
+        return False, None
+    if answer == "pass":
+        return True, None
+    said = bytes(result.stderr.kept).decode("utf-8", "replace").strip()
+    if become.password is None:
+        return False, (f"sudo as {become.user} needs a password: set ansible_become_pass in "
+                       f"the inventory or OPSQ_BECOME_PASSWORD_FILE on the worker ({said})")
+    return False, f"sudo as {become.user} refused the password: {said}"
+
+
+# -- the actions -------------------------------------------------------------------------
+
+
+def _failed(result: Exec, why: str | None, what: str) -> Outcome | None:
+    """An Outcome for a helper program that did not succeed, or None."""
+    if why:
+        return Outcome(status=HostStatus.ERROR, error=why)
+    if result.timed_out:
+        return Outcome(status=HostStatus.TIMEOUT, error=f"{what}: still running at the deadline")
+    if result.exit_code != 0:
+        said = bytes(result.stderr.kept).decode("utf-8", "replace").strip()
+        return Outcome(status=HostStatus.FAILED, exit_code=result.exit_code,
+                       stderr=said, error=f"{what}: {said or f'exit code {result.exit_code}'}")
+    return None
+
+
+_PUT_STATE = """t={t}
+if [ -d "$t" ]; then echo "$t is a directory" >&2; exit 3; fi
+if [ -e "$t" ]; then
+  printf '%s %s %s\\n' "$(sha256sum < "$t" | cut -d' ' -f1)" "$(stat -c %a "$t")" \
+    "$(stat -c %U:%G "$t")"
+else
+  d=$(dirname "$t")
+  [ -d "$d" ] || {{ echo "directory $d does not exist" >&2; exit 3; }}
+  echo absent
+fi"""
+
+_PUT_WRITE = """set -e
+t={t}; d=$(dirname "$t")
+tmp=$(mktemp "$d/.opsq-put.XXXXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+[ "$(sha256sum < "$tmp" | cut -d' ' -f1)" = {sha} ] || {{
+  echo "the file arrived damaged (sha256 differs); the target is unchanged" >&2; exit 3; }}
+if [ -n {mode} ]; then chmod {mode} "$tmp"
+elif [ -e "$t" ]; then chmod "$(stat -c %a "$t")" "$tmp"
+else chmod "$(printf '%o' $(( 0666 & ~$(umask) )))" "$tmp"; fi
+if [ -n {owner} ]; then chown {owner} "$tmp"
+elif [ -e "$t" ]; then chown --reference="$t" "$tmp" 2>/dev/null || true; fi
+if [ {backup} = 1 ] && [ -e "$t" ]; then cp -p "$t" "$t.opsq-$(date +%Y%m%d%H%M%S)"; fi
+mv -f "$tmp" "$t"
+trap - EXIT"""
+
+
+def _owner_matches(wanted: str, actual: str) -> bool:
+    if not wanted:
+        return True
+    user, _, group = wanted.partition(":")
+    have_user, _, have_group = actual.partition(":")
+    return user == have_user and (not group or group == have_group)
+
+
+def put(host: HostSide, action: Action, timeout: float) -> Outcome:
+    """Upload the payload to ``params['remote']``: ``unchanged`` when equal already."""
+    p = action.params
+    deadline = time.monotonic() + timeout
+    sha, mode, owner = p["sha256"], p.get("mode") or "", p.get("owner") or ""
+    check, why = host.run(_PUT_STATE.format(t=_q(p["remote"])), b"", timeout, 4096)
+    if failed := _failed(check, why, f"cannot look at {p['remote']}"):
+        return failed
+    fields = bytes(check.stdout.kept).decode("utf-8", "replace").split()
+    if (len(fields) == 3 and fields[0] == sha
+            and (not mode or int(fields[1], 8) == int(mode, 8))
+            and _owner_matches(owner, fields[2])):
+        return Outcome(status=HostStatus.OK, exit_code=0, changed=False, sha256=sha,
+                       stdout=f"{p['remote']} unchanged (sha256 {sha})\n")
+    script = _PUT_WRITE.format(t=_q(p["remote"]), sha=_q(sha), mode=_q(mode),
+                               owner=_q(owner), backup=1 if p.get("backup") else 0)
+    wrote, why = host.run(script, action.payload, max(deadline - time.monotonic(), 0.001),
+                          4096)
+    if failed := _failed(wrote, why, f"cannot write {p['remote']}"):
+        return failed
+    return Outcome(status=HostStatus.OK, exit_code=0, changed=True, sha256=sha,
+                   stdout=f"{p['remote']} changed (sha256 {sha}, {len(action.payload)} bytes)\n")
+
+
+_GET = """t={t}
+[ -f "$t" ] || {{ echo "$t is not a regular file (or does not exist)" >&2; exit 3; }}
+exec cat -- "$t\""""
+
+
+def get(host: HostSide, action: Action, timeout: float, limit: int) -> Outcome:
+    """Fetch ``params['remote']`` (at most ``limit`` bytes: a larger file fails the host)."""
+    remote = action.params["remote"]
+    result, why = host.run(_GET.format(t=_q(remote)), b"", timeout, limit)
+    if failed := _failed(result, why, f"cannot fetch {remote}"):
+        return failed
+    if result.stdout.overflowed:
+        return Outcome(status=HostStatus.FAILED, error=(
+            f"{remote} is larger than the fetch limit of {limit} bytes (OPSQ_FETCH_LIMIT); "
+            "nothing was kept"))
+    content = bytes(result.stdout.kept)
+    sha = files.digest(content)
+    return Outcome(status=HostStatus.OK, exit_code=0, sha256=sha, content=content,
+                   stdout=f"{remote}: {len(content)} bytes, sha256 {sha}\n")
+
+
+_SCRIPT = """d=$(mktemp -d "${{TMPDIR:-/tmp}}/opsq-script.XXXXXXXX") || exit 125
+trap 'rm -rf "$d"' EXIT HUP INT TERM
+cat > "$d/"{name} || exit 125
+chmod 700 "$d/"{name}
+timeout -k 2 {seconds} "$d/"{name} {args} </dev/null
+"""
+
+
+def script(host: HostSide, action: Action, timeout: float, output_limit: int) -> Outcome:
+    """Copy the script to a private temporary directory, run it with its arguments and
+    remove the directory, also when the script runs past its deadline."""
+    p = action.params
+    text = _SCRIPT.format(name=_q(p["name"]), seconds=f"{timeout:g}",
+                          args=" ".join(_q(a) for a in p.get("args", [])))
+    result, why = host.run(text, action.payload, timeout + SCRIPT_CLEANUP_GRACE,
+                           output_limit)
+    if why:
+        return Outcome(status=HostStatus.ERROR, error=why)
+    outcome = _as_command(result, output_limit, timeout)
+    if result.exit_code == TIMEOUT_EXIT:
+        outcome.status, outcome.exit_code = HostStatus.TIMEOUT, None
+        outcome.error = f"script still running after {timeout:g} s; killed"
+    return outcome
+
+
+def command(host: HostSide, action: Action, timeout: float, output_limit: int) -> Outcome:
+    """The job's command (through sudo: plain commands without become use opsq.ssh)."""
+    result, why = host.run(action.params["command"], b"", timeout, output_limit)
+    if why:
+        return Outcome(status=HostStatus.ERROR, error=why)
+    return _as_command(result, output_limit, timeout)
+
+
+def _as_command(result: Exec, limit: int, timeout: float) -> Outcome:
+    from opsq.ssh import decode
+
+    outcome = Outcome(
+        status=HostStatus.OK, exit_code=result.exit_code,
+        stdout=decode(bytes(result.stdout.kept)), stderr=decode(bytes(result.stderr.kept)),
+        stdout_bytes=result.stdout.total, stderr_bytes=result.stderr.total,
+        truncated=result.stdout.overflowed or result.stderr.overflowed)
+    if result.timed_out:
+        outcome.status, outcome.exit_code = HostStatus.TIMEOUT, None
+        outcome.error = f"command still running after {timeout:g} s; killed"
+    elif result.exit_code != 0:
+        outcome.status = HostStatus.FAILED
+    return outcome
+
+
+# -- on the worker -----------------------------------------------------------------------
+
+
+def _inventory_vars(path: str | None, host: str) -> dict[str, Any]:
+    """The host's variables in the job's inventory, read now (secrets are never stored)."""
+    if not path:
+        return {}
+    from opsq.jobs import load_inventory
+
+    try:
+        inv = load_inventory(path)
+    except OpsqError as exc:
+        raise OpsqError(f"cannot read the inventory {path} for the become settings: {exc}"
+                        ) from None
+    found = inv.hosts.get(host)
+    return dict(found.vars) if found is not None else {}
+
+
+def become_for(host: str, job: JobOptions, password_file: str | None) -> Become:
+    """How ``host`` becomes another user for ``job``: the user from the job, else the
+    inventory's ``ansible_become_user``, else root; the password from the inventory's
+    ``ansible_become_pass``, else ``password_file``. Raises OpsqError."""
+    hostvars = _inventory_vars(job.inventory, host)
+    method = hostvars.get("ansible_become_method") or SUDO
+    if method != SUDO:
+        raise OpsqError(f"become method {method!r} is not supported (only sudo)")
+    user = job.params.get("become_user") or hostvars.get("ansible_become_user") or "root"
+    password = hostvars.get("ansible_become_pass") or hostvars.get("ansible_become_password")
+    if password is None and password_file:
+        try:
+            with open(os.path.expanduser(password_file), encoding="utf-8") as f:
+                password = f.read().rstrip("\n")
+        except OSError as exc:
+            raise OpsqError(f"cannot read OPSQ_BECOME_PASSWORD_FILE: {exc}") from None
+    return Become(str(user), None if password is None else str(password))
+
+
+def run_action(run: Run, job: JobOptions, payload: bytes, become: Become | None,
+               timeout: float, output_limit: int, fetch_limit: int) -> Outcome:
+    """Do the job's action through ``run`` (one host's programs)."""
+    action = Action(job.kind, job.params if job.kind != "command"
+                    else {**job.params, "command": job.command}, payload)
+    deadline = time.monotonic() + timeout
+    needs_password = False
+    if become is not None:
+        needs_password, why = probe_become(run, become, timeout)
+        if why:
+            return Outcome(status=HostStatus.ERROR, error=why)
+    side = HostSide(run, become, needs_password)
+    left = max(deadline - time.monotonic(), 0.001)
+    if job.kind == "put":
+        return put(side, action, left)
+    if job.kind == "get":
+        return get(side, action, left, fetch_limit)
+    if job.kind == "script":
+        return script(side, action, left, output_limit)
+    return command(side, action, left, output_limit)
+
+
+def local_runner() -> Run:
+    def run(script_: str, stdin: bytes, timeout: float, limit: int) -> Exec:
+        return exec_local(script_, stdin, timeout, limit, max(limit, ERROR_LIMIT))
+    return run
+
+
+def ssh_runner(conn: Any) -> Run:
+    def run(script_: str, stdin: bytes, timeout: float, limit: int) -> Exec:
+        return exec_ssh(conn, script_, stdin, timeout, limit, max(limit, ERROR_LIMIT))
+    return run
+
+
+def perform(target: Any, job: JobOptions, options: Any, pool: Any, settings: Any) -> Outcome:
+    """The job's action on one inventory host (``opsq.ssh`` connection handling: pooled,
+    retried, classified); never raises for a host's failure."""
+    from opsq.ssh import NotStarted, on_connection
+
+    try:
+        become = (become_for(target.name, job, settings.become_password_file)
+                  if job.params.get("become") else None)
+        payload = files.load(job.params["sha256"]) if job.kind in ("put", "script") else b""
+    except OpsqError as exc:
+        return Outcome(status=HostStatus.ERROR, error=str(exc))
+
+    def act(run: Run) -> Outcome:
+        return run_action(run, job, payload, become, options.command_timeout,
+                          options.output_limit, settings.fetch_limit)
+
+    if target.connection == "local":
+        try:
+            return act(local_runner())
+        except OSError as exc:
+            return Outcome(status=HostStatus.ERROR, error=f"cannot start a shell: {exc}")
+
+    def work(conn: Any) -> Outcome:
+        run = ssh_runner(conn)
+        started = False
+
+        def tracked(*args: Any) -> Exec:
+            nonlocal started
+            try:
+                return run(*args)
+            except Exception as exc:
+                if not started and _transport_error(exc):
+                    raise NotStarted() from exc
+                raise
+            finally:
+                started = True
+
+        return act(tracked)
+
+    return on_connection(target, options, pool, work)
+
+
+def _transport_error(exc: BaseException) -> bool:
+    import paramiko
+
+    return isinstance(exc, paramiko.SSHException | EOFError | OSError)
