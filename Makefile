@@ -16,6 +16,9 @@ ifneq ($(wildcard $(FLEET_DIR)/inventory.yml),)
 export OPSQ_INVENTORY ?= $(abspath $(FLEET_DIR)/inventory.yml)
 export OPSQ_KNOWN_HOSTS ?= $(abspath $(FLEET_DIR)/known_hosts)
 endif
+ifneq ($(wildcard $(FLEET_DIR)/become-password),)
+export OPSQ_BECOME_PASSWORD_FILE ?= $(abspath $(FLEET_DIR)/become-password)
+endif
 
 .PHONY: help
 help:  ## list the targets
@@ -85,9 +88,27 @@ screenshot: venv  ## Flower's task list with a fresh job, as var/flower-tasks.pn
 # unexpanded, and the environment carries them past the shell.
 export OPSQ_MAKE_CMD := $(value CMD)
 export OPSQ_MAKE_TARGET := $(value TARGET)
-run: venv  ## run CMD on TARGET: make run CMD='uptime' TARGET='fleet:!host03'
-	@test -n "$$OPSQ_MAKE_CMD" -a -n "$$OPSQ_MAKE_TARGET" || { echo "usage: make run CMD='uptime' TARGET='pattern' [WAIT=1]"; exit 2; }
-	@$(BIN)/opsq run "$$OPSQ_MAKE_CMD" -t "$$OPSQ_MAKE_TARGET" $(if $(WAIT),--wait)
+export OPSQ_MAKE_SRC := $(value SRC)
+export OPSQ_MAKE_DEST := $(value DEST)
+# Options every fleet target takes: WAIT=1, BECOME=1 (sudo, as root or BECOME_USER).
+JOB_FLAGS = $(if $(WAIT),--wait) $(if $(BECOME),--become) \
+	$(if $(BECOME_USER),--become-user "$(BECOME_USER)")
+run: venv  ## run CMD on TARGET: make run CMD='uptime' TARGET='fleet:!host03' [WAIT=1] [BECOME=1]
+	@test -n "$$OPSQ_MAKE_CMD" -a -n "$$OPSQ_MAKE_TARGET" || { echo "usage: make run CMD='uptime' TARGET='pattern' [WAIT=1] [BECOME=1]"; exit 2; }
+	@$(BIN)/opsq run "$$OPSQ_MAKE_CMD" -t "$$OPSQ_MAKE_TARGET" $(JOB_FLAGS)
+
+.PHONY: put get script
+put: venv  ## copy SRC to DEST on TARGET: make put SRC=app.conf DEST=/etc/app.conf TARGET=web [MODE=0644] [OWNER=root] [BECOME=1]
+	@test -n "$$OPSQ_MAKE_SRC" -a -n "$$OPSQ_MAKE_DEST" -a -n "$$OPSQ_MAKE_TARGET" || { echo "usage: make put SRC=local DEST=/remote/path TARGET='pattern' [MODE=0644] [OWNER=user[:group]] [BECOME=1] [WAIT=1]"; exit 2; }
+	@$(BIN)/opsq put "$$OPSQ_MAKE_SRC" "$$OPSQ_MAKE_DEST" -t "$$OPSQ_MAKE_TARGET" $(JOB_FLAGS) \
+		$(if $(MODE),--mode "$(MODE)") $(if $(OWNER),--owner "$(OWNER)")
+get: venv  ## fetch SRC from TARGET into DEST/<host>/: make get SRC=/var/log/syslog DEST=fetched TARGET=web
+	@test -n "$$OPSQ_MAKE_SRC" -a -n "$$OPSQ_MAKE_DEST" -a -n "$$OPSQ_MAKE_TARGET" || { echo "usage: make get SRC=/remote/path DEST=local-dir TARGET='pattern' [BECOME=1]"; exit 2; }
+	@$(BIN)/opsq get "$$OPSQ_MAKE_SRC" "$$OPSQ_MAKE_DEST" -t "$$OPSQ_MAKE_TARGET" --wait \
+		$(if $(BECOME),--become) $(if $(BECOME_USER),--become-user "$(BECOME_USER)")
+script: venv  ## run the local script SRC on TARGET: make script SRC=check.sh TARGET=web [WAIT=1] [BECOME=1]
+	@test -n "$$OPSQ_MAKE_SRC" -a -n "$$OPSQ_MAKE_TARGET" || { echo "usage: make script SRC=local-script TARGET='pattern' [WAIT=1] [BECOME=1]"; exit 2; }
+	@$(BIN)/opsq script "$$OPSQ_MAKE_SRC" -t "$$OPSQ_MAKE_TARGET" $(JOB_FLAGS)
 
 .PHONY: result
 result: venv  ## show a job's results: make result JOB=<id>

@@ -38,6 +38,8 @@ os.environ.update({
     "OPSQ_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}",
     "OPSQ_INVENTORY": str(FLEET_DIR / "inventory.yml"),
     "OPSQ_KNOWN_HOSTS": str(FLEET_DIR / "known_hosts"),
+    # The fleet user's sudo password, as the fleet writes it (for --become).
+    "OPSQ_BECOME_PASSWORD_FILE": str(FLEET_DIR / "become-password"),
     "OPSQ_CONNECT_TIMEOUT": "3",
     "OPSQ_COMMAND_TIMEOUT": "60",
     "OPSQ_CONNECT_RETRIES": "1",

@@ -34,12 +34,17 @@ def run_on_worker(command: str, pattern: str, worker_name: str, **spec) -> dict:
 
 def submit_via(worker_name: str, command: str, pattern: str, **spec) -> str:
     """Submit a job whose tasks only ``worker_name`` consumes (its own queue)."""
+    return submit_spec_via(worker_name, jobs.JobSpec(command=command, pattern=pattern, **spec))
+
+
+def submit_spec_via(worker_name: str, spec: jobs.JobSpec) -> str:
+    """Submit ``spec`` so that only ``worker_name`` runs its tasks (its own queue)."""
     queue = f"q.{worker_name}"
     app.control.add_consumer(queue, destination=[n for n in nodes() if worker_name in n],
                              reply=True)
-    job_id = jobs.create(jobs.JobSpec(command=command, pattern=pattern, **spec))
+    job_id = jobs.create(spec)
     job = jobs.summary(job_id)
-    sig = jobs.job_signature(job_id, list(job.hosts), command)
+    sig = jobs.job_signature(job_id, list(job.hosts), spec.command)
     for t in sig.tasks:
         t.set(queue=queue)
     sig.apply_async()
