@@ -57,15 +57,17 @@ def _read_local(path: str, what: str) -> tuple[bytes, str]:
         raise ActionError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
 
-def become_params(become: bool, become_user: str | None) -> dict[str, Any]:
-    """The job parameters of ``--become [--become-user USER]``."""
-    if become_user is not None and not become:
-        raise ActionError("--become-user needs --become")
+def become_params(become: bool, become_user: str | None, prompt: bool = False
+                  ) -> dict[str, Any]:
+    """The job parameters of ``--become [--become-user USER] [--ask-become-pass]``."""
+    if (become_user is not None or prompt) and not become:
+        raise ActionError("--become-user and --ask-become-pass need --become")
     if not become:
         return {}
     if become_user is not None and not _USER.match(become_user):
         raise ActionError(f"not a user name: {become_user!r}")
-    return {"become": True, **({"become_user": become_user} if become_user else {})}
+    return {"become": True, **({"become_user": become_user} if become_user else {}),
+            **({"become_prompt": True} if prompt else {})}
 
 
 def put_spec(spec: Any, local: str, remote: str, *, mode: str | None = None,

@@ -96,6 +96,9 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Through sudo (password: inventory ansible_become_pass or the "
                           "worker's OPSQ_BECOME_PASSWORD_FILE)."),
         click.option("--become-user", metavar="USER", help="With --become: as USER (root)."),
+        click.option("-K", "--ask-become-pass", is_flag=True,
+                     help="With --become: ask for the sudo password (handed to the workers "
+                          "through RabbitMQ for this job only)."),
         click.option("--wait", "wait_", is_flag=True, help="Show progress, then the results."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]):
@@ -107,12 +110,24 @@ def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
     """Build the job from the shared options, submit it, print its id (or wait for it)."""
     from opsq import actions, jobs
 
+    params = actions.become_params(opts["become"], opts["become_user"],
+                                   opts["ask_become_pass"])
     base = jobs.JobSpec(
         command="", pattern=opts["pattern"], inventory=opts["inventory"],
         command_timeout=opts["timeout"], connect_timeout=opts["connect_timeout"],
-        rerun_safe=opts["rerun_safe"],
-        params=actions.become_params(opts["become"], opts["become_user"]))
-    result = jobs.submit(spec_for(base))
+        rerun_safe=opts["rerun_safe"], params=params)
+    spec = spec_for(base)  # a bad file or path is refused before the prompt
+    hand_over = None
+    if opts["ask_become_pass"]:
+        from opsq import prompted
+        from opsq.app import app
+
+        password = click.prompt("sudo password", hide_input=True, err=True)
+
+        def hand_over(job_id: str) -> None:
+            prompted.hand_over(app, job_id, password)
+
+    result = jobs.submit(spec, before_publish=hand_over)
     if not opts["wait_"]:
         click.echo(json.dumps({"job_id": result.id}) if opts["as_json"] else result.id)
         return None

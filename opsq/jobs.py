@@ -254,7 +254,8 @@ def job_status(job_id: str) -> JobStatus | None:
     return None if status is None else JobStatus(status)
 
 
-def submit(spec: JobSpec) -> AsyncResult:
+def submit(spec: JobSpec, before_publish: Callable[[str], None] | None = None
+           ) -> AsyncResult:
     """Record the job and publish its tasks; returns at once with the job's AsyncResult.
 
     Raises PatternError/InventoryError (nothing written), BackendUnavailable: PostgreSQL
@@ -263,6 +264,8 @@ def submit(spec: JobSpec) -> AsyncResult:
     """
     job_id, hosts = _record(spec)
     try:
+        if before_publish is not None:
+            before_publish(job_id)
         _publish_and_mark(job_id, hosts, spec.command)
     except BackendUnavailable as exc:
         # Some tasks may have gone out before the broker refused one: their hosts run

@@ -110,6 +110,7 @@ class JobOptions:
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     #: The inventory the job was resolved from (a worker reads become passwords there).
     inventory: str | None = None
+    job_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def claim(
     if row is None:
         return Claim(job=None)
     job = JobOptions(row.command, row.command_timeout, row.connect_timeout, row.rerun_safe,
-                     row.kind, row.params or {}, row.inventory)
+                     row.kind, row.params or {}, row.inventory, job_id)
     params = {"job": job_id, "hosts": list(hosts), "token": token, "worker": worker,
               "task": task_id, "ttl": ttl}
     conn.execute(_LEASE, params)

@@ -293,14 +293,20 @@ def _inventory_vars(path: str | None, host: str) -> dict[str, Any]:
 
 def become_for(host: str, job: JobOptions, password_file: str | None) -> Become:
     """How ``host`` becomes another user for ``job``: the user from the job, else the
-    inventory's ``ansible_become_user``, else root; the password from the inventory's
-    ``ansible_become_pass``, else ``password_file``. Raises OpsqError."""
+    inventory's ``ansible_become_user``, else root; the password typed at the job's
+    prompt, else the inventory's ``ansible_become_pass``, else ``password_file``.
+    Raises OpsqError."""
     hostvars = _inventory_vars(job.inventory, host)
     method = hostvars.get("ansible_become_method") or SUDO
     if method != SUDO:
         raise OpsqError(f"become method {method!r} is not supported (only sudo)")
     user = job.params.get("become_user") or hostvars.get("ansible_become_user") or "root"
     password = hostvars.get("ansible_become_pass") or hostvars.get("ansible_become_password")
+    if job.params.get("become_prompt"):
+        from opsq import prompted
+        from opsq.app import app
+
+        password = prompted.read(app, job.job_id)
     if password is None and password_file:
         try:
             with open(os.path.expanduser(password_file), encoding="utf-8") as f:

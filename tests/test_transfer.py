@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import os
 import pwd
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -374,3 +377,40 @@ def test_a_put_killed_mid_transfer_never_leaves_a_truncated_file(tmp_path, remot
     kept = hashlib.sha256(target.read_bytes()).hexdigest()
     assert kept in (hashlib.sha256(b"the old version\n").hexdigest(),
                     hashlib.sha256(data).hexdigest())
+
+
+def _opsq_with_input(*args: str, typed: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "opsq.cli", *args], input=typed,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_become_with_a_password_typed_at_the_prompt(fleet):
+    from opsq import prompted
+    from opsq.app import app
+
+    # The worker's password file is right: a wrong typed password shows which one is used.
+    out = _opsq_with_input("run", "id -u", "-t", "host01", "--become", "-K", "--wait",
+                           "--json", typed="not-it\n")
+    assert out.returncode == 1, out.stderr
+    host = json.loads(out.stdout)["results"][0]
+    assert host["status"] == "error" and "refused the password" in host["error"]
+
+    out = _opsq_with_input("run", "id -u", "-t", "host01", "--become", "-K", "--wait",
+                           "--json", typed=_fleet_password(fleet) + "\n")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["results"][0]["stdout"].strip() == "0"
+    # the job's callback deleted the password from the broker
+    job_id = summary["job_id"]
+    wait_until(lambda: _secret_queue_gone(app, prompted.queue_for(job_id).name), 15,
+               "the password queue deleted")
+    assert _fleet_password(fleet) not in out.stdout + out.stderr
+
+
+def _secret_queue_gone(app, name: str) -> bool:
+    with app.connection_for_read() as conn:
+        try:
+            conn.default_channel.queue_declare(name, passive=True)
+        except Exception as exc:
+            return "NOT_FOUND" in str(exc) or "404" in str(exc)
+    return False

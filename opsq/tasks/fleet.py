@@ -324,7 +324,12 @@ def _flush(job_id: str, token: str, results: list[tuple[str, Outcome]], last: bo
           **WAIT_FOR_SERVICES)
 def finish_job(self: Task, results: list[Any], job_id: str) -> dict[str, Any]:
     """The chord callback, sent once the job is closed: its result is the job summary,
-    under the job id (``AsyncResult(job_id).get()``, Flower)."""
+    under the job id (``AsyncResult(job_id).get()``, Flower). A password typed at the
+    job's prompt is dropped from the broker here."""
+    if jobs.job_action(job_id)[1].get("become_prompt"):
+        from opsq import prompted
+
+        prompted.forget(app, job_id)
     return jobs.summary(job_id).as_dict()
 
 

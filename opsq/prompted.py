@@ -1,0 +1,95 @@
+"""A sudo password typed at the ``opsq`` prompt, handed to the job's workers through
+RabbitMQ, never through PostgreSQL, a task's arguments or a file.
+
+The CLI puts the password as the only message of a queue of the job's own
+(``opsq.secret.<job id>``): transient (kept in RabbitMQ's memory, not written to its
+disk), on a queue RabbitMQ deletes by itself once nobody has read it for
+``SECRET_QUEUE_EXPIRES``. A worker reads it without taking it (``basic_get``, then
+``reject`` with requeue), so every worker running the job's hosts finds it; the job's
+callback deletes the queue when the job ends. Anyone who may read the broker's vhost could
+read it while the job runs: the same people who could already send tasks to the workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
+
+from opsq.errors import BackendUnavailable, OpsqError
+
+#: Prefix of the queue that holds a job's prompted password.
+SECRET_QUEUE_PREFIX = "opsq.secret."
+#: Seconds after its last read RabbitMQ deletes a job's password queue by itself (a job
+#: whose callback never runs still does not keep the password for longer).
+SECRET_QUEUE_EXPIRES = 3600
+#: Prompted passwords a worker process keeps in memory (one per recent job).
+CACHE_SIZE = 64
+
+_cache: OrderedDict[str, str] = OrderedDict()
+_lock = threading.Lock()
+
+
+def queue_for(job_id: str) -> Queue:
+    name = SECRET_QUEUE_PREFIX + job_id
+    return Queue(name, Exchange(""), routing_key=name, durable=False, auto_delete=False,
+                 queue_arguments={"x-expires": SECRET_QUEUE_EXPIRES * 1000})
+
+
+def hand_over(app, job_id: str, password: str) -> None:
+    """Put ``password`` where the job's workers find it (before the job is published)."""
+    queue = queue_for(job_id)
+    try:
+        _publish(app, queue, password)
+    except (OperationalError, OSError) as exc:
+        raise BackendUnavailable(f"cannot hand the password to RabbitMQ: {exc}") from None
+
+
+def _publish(app, queue: Queue, password: str) -> None:
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        queue(channel).declare()
+        channel.basic_publish(
+            channel.prepare_message(password.encode(),
+                                    content_type="application/octet-stream",
+                                    content_encoding="binary",
+                                    properties={"delivery_mode": 1}),
+            exchange="", routing_key=queue.name)
+
+
+def read(app, job_id: str) -> str:
+    """The job's prompted password. Raises OpsqError when it is gone (expired)."""
+    with _lock:
+        if job_id in _cache:
+            _cache.move_to_end(job_id)
+            return _cache[job_id]
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        try:
+            message = channel.basic_get(queue_for(job_id).name, no_ack=False)
+        except Exception as exc:  # the queue is gone: expired, or the job already ended
+            if "NOT_FOUND" in str(exc) or "404" in str(exc):
+                message = None
+            else:
+                raise
+        if message is None:
+            raise OpsqError("the password typed at the prompt is no longer held by the "
+                            "broker (the job waited longer than "
+                            f"{SECRET_QUEUE_EXPIRES} s, or it ended)")
+        password = bytes(message.body).decode()
+        channel.basic_reject(message.delivery_tag, requeue=True)
+    with _lock:
+        _cache[job_id] = password
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return password
+
+
+def forget(app, job_id: str) -> None:
+    """Delete the job's password queue (and this process's copy)."""
+    with _lock:
+        _cache.pop(job_id, None)
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(queue_for(job_id).name)
