@@ -219,6 +219,22 @@ def start_worker():
 
 
 @pytest.fixture
+def start_flower(tmp_path, worker):
+    """Start ``opsq flower`` (with a login) for one test: start_flower(extra_env)."""
+    from flowertools import Flower
+
+    started: list = []
+
+    def start(extra_env: dict[str, str] | None = None):
+        started.append(Flower(tmp_path, extra_env))
+        return started[-1]
+
+    yield start
+    for f in started:
+        f.stop()
+
+
+@pytest.fixture
 def own_vhost(services):
     """A broker URL on a vhost of its own, for processes that must not share the queues
     with the session's worker."""

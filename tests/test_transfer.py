@@ -331,8 +331,9 @@ def _cmdlines() -> str:
     return "\n".join(found)
 
 
-def test_the_password_appears_nowhere(fleet, worker):
+def test_the_password_appears_nowhere(fleet, worker, start_flower):
     password = _fleet_password(fleet)
+    flower = start_flower()
     job = jobs.submit(jobs.JobSpec(command="sleep 2; id -u", pattern="host01",
                                    params={"become": True}))
     wait_for_status(job.id, "host01", "running")
@@ -350,6 +351,10 @@ def test_the_password_appears_nowhere(fleet, worker):
                                   f"{table} t")).scalar_one()
             assert password not in dump, table
     assert password not in worker.log.read_text(errors="replace")
+    # Flower saw the job's tasks (their arguments included), not the password
+    tasks = wait_until(lambda: (lambda body: job.id in body and body)(
+        flower.request("GET", "/api/tasks")[1]), 20, "Flower to list the job's tasks")
+    assert password not in tasks
 
 
 def test_a_put_killed_mid_transfer_never_leaves_a_truncated_file(tmp_path, remote_dir,
