@@ -60,7 +60,8 @@ def make_app() -> Celery:
             Queue(PLAIN_QUEUE, Exchange(PLAIN_QUEUE), routing_key=PLAIN_QUEUE),
         ),
         task_routes={"opsq.run_hosts": {"queue": FLEET_QUEUE},
-                     "opsq.run_on_host": {"queue": FLEET_QUEUE}},
+                     "opsq.run_on_host": {"queue": FLEET_QUEUE},
+                     "opsq.notify": {"queue": CONTROL_QUEUE}},
         # A crash re-delivers instead of losing work; the per-host task detects the
         # second delivery of a command that had already started (see tasks.fleet).
         task_acks_late=True,

@@ -78,6 +78,12 @@ def _inventory_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="Ansible INI/YAML inventory (default: OPSQ_INVENTORY).")(fn)
 
 
+def _notify_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--notify", multiple=True, metavar="URL",
+                        help="POST the job's summary to URL when it ends (http/https; "
+                             "repeatable).")(fn)
+
+
 def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options every fleet job takes: where, deadlines, become, and how to wait."""
     for opt in reversed([
@@ -99,8 +105,23 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-K", "--ask-become-pass", is_flag=True,
                      help="With --become: ask for the sudo password (handed to the workers "
                           "through RabbitMQ for this job only)."),
+        click.option("--batch-size", metavar="N|P%",
+                     help="Rolling: this many hosts (or percent of them) at a time."),
+        click.option("--pause", type=float, metavar="SECONDS",
+                     help="Rolling: wait this long between batches."),
+        click.option("--max-fail", metavar="N|P%",
+                     help="Rolling: start no further batch once more hosts than this "
+                          "have failed."),
+        click.option("--retries", type=int, default=0, metavar="N",
+                     help="Run a host whose command failed again, up to N times."),
+        click.option("--retry-delay", type=float, metavar="SECONDS",
+                     help="Wait between two runs of a host."),
+        click.option("--retry-on", type=click.Choice(["failure", "unreachable"]),
+                     help="Retry any failure (needs --rerun-safe) or only hosts where the "
+                          "command never started."),
         click.option("--wait", "wait_", is_flag=True, help="Show progress, then the results."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+        _notify_option,
     ]):
         fn = opt(fn)
     return fn
@@ -115,7 +136,9 @@ def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
     base = jobs.JobSpec(
         command="", pattern=opts["pattern"], inventory=opts["inventory"],
         command_timeout=opts["timeout"], connect_timeout=opts["connect_timeout"],
-        rerun_safe=opts["rerun_safe"], params=params)
+        rerun_safe=opts["rerun_safe"], params=params, notify=list(opts["notify"]),
+        batch_size=opts["batch_size"], batch_pause=opts["pause"], max_fail=opts["max_fail"],
+        retries=opts["retries"], retry_delay=opts["retry_delay"], retry_on=opts["retry_on"])
     spec = spec_for(base)  # a bad file or path is refused before the prompt
     hand_over = None
     if opts["ask_become_pass"]:
@@ -291,7 +314,9 @@ def status(job_id: str, as_json: bool) -> None:
         click.echo(json.dumps(s.as_dict(), indent=2))
         return
     counts = _count_line(s.counts)
-    click.echo(f"{s.job_id}  {s.status.value}  {s.done}/{s.total} hosts done ({counts})")
+    batch = f"  batch {s.batch}/{s.batches}" if s.batches else ""
+    click.echo(f"{s.job_id}  {s.status.value}  {s.done}/{s.total} hosts done ({counts})"
+               f"{batch}")
     if s.error:
         click.echo(f"error: {s.error}")
 
@@ -335,6 +360,20 @@ def result(job_id: str, wait_: bool, timeout: float | None, as_json: bool, full:
                    f"{summary.job_id}' waits for it", err=True)
         sys.exit(EXIT_INPUT)
     sys.exit(EXIT_OK if summary.succeeded else EXIT_HOST_FAILED)
+
+
+@main.command("cancel")
+@click.argument("job_id")
+@_errors
+def cancel_cmd(job_id: str) -> None:
+    """Stop a job: hosts not started are cancelled, running ones stopped on their host."""
+    from opsq import jobs
+
+    s = jobs.cancel(job_id)
+    running = s.total - s.done
+    click.echo(f"{s.job_id}  {s.status.value}  {s.counts.get('cancelled', 0)} host(s) "
+               f"cancelled before starting" + (f"; stopping {running} running host(s)"
+                                                if running else ""))
 
 
 @main.command("jobs")
@@ -441,11 +480,13 @@ def _timing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--args", "args_json", metavar="JSON", help="--task positional args (array).")
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="--task keyword args (object).")
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
+@_notify_option
 @_errors
 def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: str | None,
                  at: str | None, tz: str | None, pattern: str | None, inventory: str | None,
                  timeout: float | None, connect_timeout: float | None, task: str | None,
-                 args_json: str | None, kwargs_json: str | None, disabled: bool) -> None:
+                 args_json: str | None, kwargs_json: str | None, disabled: bool,
+                 notify: tuple[str, ...]) -> None:
     """Add schedule NAME: '-t PATTERN -- COMMAND' or '--task NAME'.
 
     \b
@@ -460,6 +501,8 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
     if task:
         if command or pattern:
             raise click.UsageError("give either --task or '-t PATTERN -- COMMAND', not both")
+        if notify:
+            raise click.UsageError("--notify goes with '-t PATTERN -- COMMAND'")
         row = schedules.add(name, when, task, schedules.parse_json(args_json, "args", list),
                             schedules.parse_json(kwargs_json, "kwargs", dict), not disabled)
     else:
@@ -469,7 +512,8 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
             raise click.UsageError("--args/--kwargs go with --task")
         # add() checks these (fleet_kwargs) and drops the options not given
         kwargs = {"command": " ".join(command), "pattern": pattern, "inventory": inventory,
-                  "timeout": timeout, "connect_timeout": connect_timeout}
+                  "timeout": timeout, "connect_timeout": connect_timeout,
+                  "notify": list(notify)}
         row = schedules.add(name, when, schedules.SUBMIT_TASK, [], kwargs, not disabled)
     click.echo(f"schedule {row.name} added; next run {_when(row.next_run_at)}")
 
@@ -539,10 +583,12 @@ def schedule_show(name: str, limit: int) -> None:
 @click.option("-t", "--target", "pattern", metavar="PATTERN")
 @click.option("--command", metavar="COMMAND")
 @click.option("--timeout", type=float, metavar="SECONDS")
+@_notify_option
+@click.option("--no-notify", is_flag=True, help="Drop the schedule's --notify URLs.")
 @_errors
 def schedule_edit(name: str, cron: str | None, every: str | None, at: str | None,
                   tz: str | None, pattern: str | None, command: str | None,
-                  timeout: float | None) -> None:
+                  timeout: float | None, notify: tuple[str, ...], no_notify: bool) -> None:
     """Change a schedule's timing or command; beat picks it up within a second."""
     from opsq import schedules
 
@@ -551,6 +597,10 @@ def schedule_edit(name: str, cron: str | None, every: str | None, at: str | None
         raise click.UsageError("--tz goes with --cron or --at")
     update = {k: v for k, v in (("pattern", pattern), ("command", command),
                                 ("timeout", timeout)) if v is not None}
+    if notify and no_notify:
+        raise click.UsageError("give either --notify or --no-notify")
+    if notify or no_notify:
+        update["notify"] = list(notify)  # the new list replaces the old one
     if when is None and not update:
         raise click.UsageError("nothing to change")
     r = schedules.edit(name, when=when, kwargs_update=update)

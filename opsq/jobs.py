@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import OperationalError
 
-from opsq import db, files, limits, state
+from opsq import db, files, limits, rolling, state, webhooks
 from opsq.app import app
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.inventory import Host, Inventory
@@ -82,6 +82,17 @@ class JobSpec:
     kind: str = "command"
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     payload: bytes | None = field(default=None, repr=False, hash=False)
+    #: Rolling execution (opsq.rolling): hosts per batch (N or "P%"), seconds between
+    #: batches, failures after which no further batch starts (N or "P%"); retries of a
+    #: failed host, seconds between them, and on what ('failure' or 'unreachable').
+    batch_size: str | int | None = None
+    batch_pause: float | None = None
+    max_fail: str | int | None = None
+    retries: int = 0
+    retry_delay: float | None = None
+    retry_on: str | None = None
+    #: URLs the job's summary is POSTed to when it ends (opsq.webhooks).
+    notify: list[str] = field(default_factory=list, hash=False)
 
 
 def load_inventory(path: str | None = None) -> Inventory:
@@ -125,8 +136,13 @@ def _record(spec: JobSpec, job_id: str | None = None) -> tuple[str, list[str]]:
     if not spec.command.strip():
         raise OpsqError("the command is empty")
     check_timeouts(spec.command_timeout, spec.connect_timeout)
+    notify = webhooks.check_urls(spec.notify)
     inv = load_inventory(spec.inventory)
     hosts = inv.resolve(spec.pattern)
+    roll = rolling.resolve(len(hosts), batch=spec.batch_size, pause=spec.batch_pause,
+                           max_fail=spec.max_fail, retries=spec.retries,
+                           retry_delay=spec.retry_delay, retry_on=spec.retry_on,
+                           rerun_safe=spec.rerun_safe)
     job_id = job_id or str(uuid.uuid4())
     with db.session_scope() as session:
         if spec.payload is not None:
@@ -137,11 +153,20 @@ def _record(spec: JobSpec, job_id: str | None = None) -> tuple[str, list[str]]:
             status=JobStatus.QUEUED.value, submitted_by=spec.submitted_by or _whoami(),
             command_timeout=spec.command_timeout, connect_timeout=spec.connect_timeout,
             rerun_safe=spec.rerun_safe, schedule_id=spec.schedule_id, schedule=spec.schedule,
-            kind=spec.kind, params=spec.params,
+            kind=spec.kind, params=spec.params, notify=notify,
+            batch_size=roll.batch_size, batch_pause=roll.batch_pause,
+            current_batch=1 if roll.batch_size else None, max_fail=roll.max_fail,
+            retries=roll.retries, retry_delay=roll.retry_delay, retry_on=roll.retry_on,
         ))
         state.add_hosts(session.connection(), job_id,
-                        [(h.name, json.dumps(h.run_record())) for h in hosts])
-    return job_id, [h.name for h in hosts]
+                        [(h.name, json.dumps(h.run_record())) for h in hosts],
+                        batch_size=roll.batch_size)
+    return job_id, first_batch([h.name for h in hosts], roll.batch_size)
+
+
+def first_batch(hosts: list[str], batch_size: int | None) -> list[str]:
+    """The hosts a job starts with: all of them, or a rolling job's first batch."""
+    return hosts[:batch_size] if batch_size else hosts
 
 
 def record_failed_submission(spec: JobSpec, job_id: str, reason: str) -> None:
@@ -206,7 +231,7 @@ def fan_out(job_id: str) -> None:
     """
     with db.session_scope() as session:
         job = _job(session, job_id)
-        hosts, command = list(job.hosts), job.command
+        hosts, command = first_batch(list(job.hosts), job.batch_size), job.command
     _publish_and_mark(job_id, hosts, command)
 
 
@@ -220,6 +245,22 @@ def publish(job_id: str, hosts: list[str], command: str, again: str = "") -> Non
     """Publish the job's chord. Raises BackendUnavailable when RabbitMQ refuses it."""
     try:
         job_signature(job_id, hosts, command, again).apply_async()
+    except (BrokerOperationalError, OSError) as exc:
+        raise broker_unavailable(exc) from exc
+
+
+def send_hosts(job_id: str, hosts: list[str], command: str, tag: str,
+               countdown: float = 0) -> None:
+    """Send some of a running job's hosts (a later batch, a retry) as tasks of the job's
+    chord, after ``countdown`` seconds. ``tag`` makes their task ids (one per sending).
+    Raises BackendUnavailable; the sweep resends due hosts nobody took anyway."""
+    shown = mask_secrets(command)[:ARGSREPR_COMMAND_LIMIT]
+    try:
+        for i, part in enumerate(chunks(hosts, get_settings().chunk_size)):
+            app.send_task(RUN_HOSTS, (job_id, part), chord=callback_signature(job_id),
+                          task_id=_derived_id(job_id, f"{tag}/chunk/{i}"),
+                          countdown=countdown or None, argsrepr=repr((part, shown)),
+                          kwargsrepr=repr({"job": job_id}))
     except (BrokerOperationalError, OSError) as exc:
         raise broker_unavailable(exc) from exc
 
@@ -276,6 +317,31 @@ def submit(spec: JobSpec, before_publish: Callable[[str], None] | None = None
     return AsyncResult(job_id, app=app)
 
 
+def cancel(job_id: str) -> JobSummary:
+    """Stop a queued or running job: hosts not started end ``cancelled`` now, running ones
+    are stopped on their hosts by their workers within about a second (``CancelWatcher``)
+    and end ``cancelled``; the job then ends ``cancelled``. Returns the summary as of now.
+
+    Raises JobNotFound, or OpsqError for a job already finished (nothing is changed)."""
+    try:
+        with db.session_scope() as session:
+            status = _job(session, job_id).status
+            request = state.cancel(session.connection(), job_id)
+    except OperationalError as exc:
+        raise db.unavailable(exc) from exc
+    if not request.accepted:
+        raise OpsqError(f"job {job_id} is already {status}: there is nothing to cancel")
+    if request.closed:
+        # Nothing was running: no host task will close the job and send its callback.
+        try:
+            callback_signature(job_id).delay([])
+            with db.session_scope() as session:
+                state.mark_announced(session.connection(), job_id)
+        except (BrokerOperationalError, OSError):
+            pass  # the sweep sends it once RabbitMQ is back (jobs.callback_sent_at)
+    return summary(job_id)
+
+
 def _whoami() -> str:
     try:
         return getpass.getuser()
@@ -319,6 +385,8 @@ class HostRun:
     #: put: whether the host's file was written; put/get: the file's sha256.
     changed: bool | None = None
     sha256: str | None = None
+    #: The batch of a rolling job the host ran in.
+    batch: int | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -352,6 +420,9 @@ class JobSummary:
     error: str | None
     #: 'command', 'put', 'get' or 'script' (opsq.actions).
     kind: str = "command"
+    #: A rolling job: the batch in progress (or the last one) and how many there are.
+    batch: int | None = None
+    batches: int | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -394,7 +465,8 @@ def summary(job_id: str) -> JobSummary:
                 if r.status != HostStatus.OK.value and HostStatus(r.status).finished},
             submitted_by=job.submitted_by, submitted_at=job.submitted_at,
             finished_at=job.finished_at, duration=job.duration, error=job.error,
-            kind=job.kind,
+            kind=job.kind, batch=job.current_batch,
+            batches=-(-job.host_count // job.batch_size) if job.batch_size else None,
         )
 
 
@@ -418,11 +490,25 @@ def host_runs(job_id: str, preview: bool = False) -> list[HostRun]:
                    HostResult.stdout_bytes, HostResult.stderr_bytes, HostResult.started_at,
                    HostResult.finished_at, HostResult.duration, HostResult.attempt,
                    HostResult.worker, HostResult.error, HostResult.changed,
-                   HostResult.sha256)
+                   HostResult.sha256, HostResult.batch)
             .where(HostResult.job_id == job_id).order_by(HostResult.id)
             .execution_options(yield_per=HOST_ROWS_PAGE)
         )
         return [HostRun(**{**r._asdict(), "status": HostStatus(r.status)}) for r in rows]
+
+
+_ATTEMPTS = text("""
+    SELECT host, attempt, status, exit_code, stdout, stderr, error, duration, finished_at
+    FROM host_attempts WHERE job_id = :job ORDER BY host, attempt
+""")
+
+
+def attempts(job_id: str) -> list[dict[str, Any]]:
+    """The earlier runs of the job's retried hosts (the host rows hold the last runs)."""
+    with db.session_scope() as session:
+        _job(session, job_id)
+        return [{**r._asdict(), "finished_at": r.finished_at.isoformat()}
+                for r in session.execute(_ATTEMPTS, {"job": job_id})]
 
 
 def host_results(job_id: str) -> list[dict[str, Any]]:

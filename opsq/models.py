@@ -68,6 +68,8 @@ class Job(Base):
     unreachable_count: Mapped[int] = mapped_column(Integer, default=0)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     interrupted_count: Mapped[int] = mapped_column(Integer, default=0)
+    skipped_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cancelled_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: Hosts with a final status: the job closes when it reaches host_count.
     done_count: Mapped[int] = mapped_column(Integer, default=0)
     #: When the fan-out was published (NULL: recorded, not yet sent; the sweeper sends it).
@@ -86,6 +88,22 @@ class Job(Base):
     #: The action's parameters (remote path, mode, owner, the carried file's sha256,
     #: script arguments, become user): never a secret.
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
+    #: Rolling execution: hosts per batch (None: all at once), seconds between batches,
+    #: and the failures after which no further batch starts (None: no limit).
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    #: The batch whose hosts may run now (the next starts when it is done).
+    current_batch: Mapped[int | None] = mapped_column(Integer)
+    batch_pause: Mapped[float | None] = mapped_column(Float)
+    max_fail: Mapped[int | None] = mapped_column(Integer)
+    #: Runs of a host after its first that failed (``retry_on``: 'failure' or
+    #: 'unreachable'), ``retry_delay`` seconds apart; every attempt is in host_attempts.
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retry_delay: Mapped[float | None] = mapped_column(Float)
+    retry_on: Mapped[str | None] = mapped_column(String(16))
+    #: URLs the job's summary is POSTed to when it ends (see notifications).
+    notify: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default="[]")
+    #: When ``opsq cancel`` asked for the job to stop.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class HostResult(Base):
@@ -129,6 +147,46 @@ class HostResult(Base):
     changed: Mapped[bool | None] = mapped_column(Boolean)
     #: put: the sha256 of the file written or found; get: of the file fetched (in files).
     sha256: Mapped[str | None] = mapped_column(String(64))
+    #: The batch (1, 2, ...) of a rolling job the host runs in; None when unbatched.
+    batch: Mapped[int | None] = mapped_column(Integer)
+    #: A pending host is not due before this (a later batch: infinity until its turn; a
+    #: retry: after its delay); the sweep resends only due hosts nobody took.
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class HostAttempt(Base):
+    """One earlier run of a host that was retried (the host row holds the last one)."""
+
+    __tablename__ = "host_attempts"
+    __table_args__ = (Index("host_attempts_job_host_idx", "job_id", "host"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    stdout: Mapped[str | None] = mapped_column(Text)
+    stderr: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True),
+                                                  server_default=func.now())
+
+
+class Notification(Base):
+    """One attempt to POST a finished job's summary to a URL."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class File(Base):

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from fabric import Connection
 
+from opsq.stopper import Stopper
+
 #: Bytes moved per read or write.
 CHUNK_SIZE = 64 * 1024
 #: Seconds one wait on the channel lasts before the deadline is looked at again.
@@ -59,8 +61,12 @@ class Exec:
     timed_out: bool = False
 
 
+def _watching(stopper: Stopper | None, kill) -> contextlib.AbstractContextManager:
+    return stopper.watching(kill) if stopper else contextlib.nullcontext()
+
+
 def exec_ssh(conn: Connection, command: str, stdin: bytes, timeout: float,
-             out_limit: int, err_limit: int) -> Exec:
+             out_limit: int, err_limit: int, stopper: Stopper | None = None) -> Exec:
     """Run ``command`` through the connection's SSH transport, feeding it ``stdin``.
 
     Raises paramiko.SSHException/OSError when the transport fails (the caller decides
@@ -70,6 +76,12 @@ def exec_ssh(conn: Connection, command: str, stdin: bytes, timeout: float,
     out, err = Capture(out_limit), Capture(err_limit)
     conn.open()
     chan = conn.client.get_transport().open_session(timeout=timeout)
+    with _watching(stopper, chan.close):
+        return _exec_on(chan, command, stdin, deadline, timeout, out, err)
+
+
+def _exec_on(chan, command: str, stdin: bytes, deadline: float, timeout: float,
+             out: Capture, err: Capture) -> Exec:
     try:
         chan.settimeout(timeout)
         chan.exec_command(command)
@@ -108,7 +120,7 @@ def _drain(chan, out: Capture, err: Capture) -> bool:
 
 
 def exec_local(command: str, stdin: bytes, timeout: float, out_limit: int,
-               err_limit: int) -> Exec:
+               err_limit: int, stopper: Stopper | None = None) -> Exec:
     """Run ``command`` in a shell on the worker, in its own process group (killed whole
     at the deadline). Raises OSError when the shell cannot start."""
     proc = subprocess.Popen([LOCAL_SHELL, "-c", command], stdin=subprocess.PIPE,
@@ -119,7 +131,7 @@ def exec_local(command: str, stdin: bytes, timeout: float, out_limit: int,
     out, err = Capture(out_limit), Capture(err_limit)
     deadline = time.monotonic() + timeout
     timed_out = False
-    with selectors.DefaultSelector() as sel:
+    with _watching(stopper, lambda: _killpg(proc)), selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ, out)  # type: ignore[arg-type]
         sel.register(proc.stderr, selectors.EVENT_READ, err)  # type: ignore[arg-type]
         while sel.get_map() and not timed_out:
@@ -136,8 +148,7 @@ def exec_local(command: str, stdin: bytes, timeout: float, out_limit: int,
     except subprocess.TimeoutExpired:
         timed_out = True
     if timed_out:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _killpg(proc)
         proc.wait()
     feeder.join()
     proc.stdout.close()  # type: ignore[union-attr]
@@ -146,6 +157,11 @@ def exec_local(command: str, stdin: bytes, timeout: float, out_limit: int,
         return Exec(None, out, err, timed_out=True)
     code = proc.returncode
     return Exec(code if code >= 0 else 128 - code, out, err)
+
+
+def _killpg(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _feed(proc: subprocess.Popen, data: bytes) -> None:

@@ -381,14 +381,16 @@ def task_call(task: str, args: list[Any], kwargs: dict[str, Any]
 
 def fleet_kwargs(command: str, pattern: str, inventory: str | None = None,
                  timeout: float | None = None, connect_timeout: float | None = None,
-                 rerun_safe: bool = False) -> dict[str, Any]:
+                 rerun_safe: bool = False, notify: list[str] | None = None
+                 ) -> dict[str, Any]:
     """The submit_job kwargs of a fleet command, checked so that it can run when fired.
 
     The inventory is made absolute (the worker resolving it runs in another directory)
-    and must exist; the pattern must resolve against it; the timeouts must be in range.
-    Raises ScheduleError, InventoryError, PatternError or InvalidNumber.
+    and must exist; the pattern must resolve against it; the timeouts must be in range;
+    the notification URLs must be http(s) URLs (``opsq.webhooks.check_urls``).
+    Raises ScheduleError, InventoryError, PatternError, InvalidNumber or WebhookError.
     """
-    from opsq import jobs
+    from opsq import jobs, webhooks
     from opsq.settings import get_settings
 
     if not isinstance(command, str) or not isinstance(pattern, str):
@@ -408,10 +410,14 @@ def fleet_kwargs(command: str, pattern: str, inventory: str | None = None,
     if connect_timeout is not None:
         connect_timeout = limits.seconds(connect_timeout, "the connect timeout",
                                          limits.MAX_CONNECT_TIMEOUT)
+    if notify is not None and not isinstance(notify, list):
+        raise ScheduleError("notify must be a list of URLs")
+    notify = webhooks.check_urls(notify)
     jobs.load_inventory(inventory).resolve(pattern)
     kwargs: dict[str, Any] = {"command": command, "pattern": pattern}
     for key, value in (("inventory", inventory), ("timeout", timeout),
-                       ("connect_timeout", connect_timeout), ("rerun_safe", rerun_safe or None)):
+                       ("connect_timeout", connect_timeout), ("rerun_safe", rerun_safe or None),
+                       ("notify", notify or None)):
         if value is not None:
             kwargs[key] = value
     return kwargs
@@ -526,6 +532,10 @@ def send(row: Schedule, task_id: str | None = None) -> str:
                       submitted_by=f"{SUBMITTED_BY_PREFIX}{row.name}")
     # Flower and celery_taskmeta show what argsrepr/kwargsrepr say, not the raw values.
     shown = {k: mask_secrets(v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    if "notify" in shown:  # webhook URLs often carry a token in their path
+        from opsq.webhooks import shown as shown_url
+
+        shown["notify"] = [shown_url(u) for u in shown["notify"]]
     result = app.send_task(row.task, args=list(row.args), kwargs=kwargs, task_id=task_id,
                            argsrepr=mask_secrets(repr(list(row.args))),
                            kwargsrepr=repr(shown))

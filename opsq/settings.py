@@ -56,6 +56,9 @@ DEFAULT_LEASE_TTL = 30.0
 DEFAULT_FETCH_LIMIT = 64 * 1024 * 1024
 #: Bytes of a file ``opsq put``/``opsq script`` carries at most (refused before queueing).
 DEFAULT_MAX_FILE = 100 * 1024 * 1024
+#: Seconds before the second attempt of a job-end notification; later pauses double
+#: (up to 10 minutes) until the URL has been tried for an hour (opsq.webhooks).
+DEFAULT_WEBHOOK_RETRY_BASE = 5.0
 
 
 class Settings(BaseSettings):
@@ -110,6 +113,9 @@ class Settings(BaseSettings):
     become_password_file: str | None = None
     fetch_limit: int = Field(DEFAULT_FETCH_LIMIT, ge=1)
     max_file: int = Field(DEFAULT_MAX_FILE, ge=1)
+    #: Key of the HMAC-SHA256 signature of job-end notifications (``None``: unsigned).
+    webhook_secret: str | None = None
+    webhook_retry_base: float = Field(DEFAULT_WEBHOOK_RETRY_BASE, gt=0)
 
     def inventory_path(self) -> Path:
         """The inventory path, made absolute against the project root when relative."""

@@ -14,13 +14,14 @@ import logging
 import os
 import random
 import selectors
+import shlex
 import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from opsq.errors import HostKeyError
 from opsq.inventory import Host
 from opsq.settings import Settings
 from opsq.state import HostStatus, Outcome
+from opsq.stopper import Stopper
 
 #: What one host's run produced (kept under its historical name).
 CommandOutcome = Outcome
@@ -57,6 +59,39 @@ STALL_FRACTION = 0.9
 HONOURED_SSH_CONFIG = ("HostName", "User", "IdentityFile")
 
 
+#: How a command runs on a host: the login shell runs it in a session (process group) of
+#: its own, with stdin from /dev/null and stdout/stderr kept apart, while a watchdog
+#: reads the channel's stdin. opsq never writes to it: it ends when opsq closes the
+#: channel (deadline, cancel) or the worker's connection drops (worker killed), and the
+#: watchdog then terminates the whole group, then kills what is left after a grace.
+#: When the command ends first, the watchdog is stopped and leaves its background
+#: children alone (``nohup server &`` keeps running).
+REMOTE_WRAPPER = """exec 3<&0
+if command -v setsid >/dev/null 2>&1; then
+  setsid -w "${SHELL:-/bin/sh}" -c "$1" </dev/null &
+else
+  "${SHELL:-/bin/sh}" -c "$1" </dev/null &
+fi
+p=$!
+( while IFS= read -r _; do :; done
+  kill -TERM -"$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
+  sleep %(grace)d; kill -KILL -"$p" 2>/dev/null ) <&3 >/dev/null 2>&1 &
+w=$!
+exec 3<&-
+wait "$p"; rc=$?
+kill "$w" 2>/dev/null
+exit "$rc"
+"""
+#: Seconds the remote side gives a stopped command between TERM and KILL.
+REMOTE_KILL_GRACE = 2
+
+
+def wrap_remote(command: str) -> str:
+    """``command`` run through REMOTE_WRAPPER by /bin/sh (whatever the login shell is)."""
+    wrapper = REMOTE_WRAPPER % {"grace": REMOTE_KILL_GRACE}
+    return f"/bin/sh -c {shlex.quote(wrapper)} opsq {shlex.quote(command)}"
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """Deadlines and limits for one host's run, already resolved (job > inventory > settings)."""
@@ -69,6 +104,8 @@ class RunOptions:
     retry_backoff: float = 0.5
     default_user: str | None = None
     default_key: str | None = None
+    #: Stops the run from another thread (``opsq cancel``); None: nothing can.
+    stopper: Stopper | None = field(default=None, compare=False)
 
     @classmethod
     def resolve(
@@ -152,12 +189,17 @@ class CappedRemote(_CappedOutput, Remote):
     """Fabric's remote runner with bounded output capture."""
 
 
+def _stoppable(options: RunOptions, kill: Callable[[], None]) -> Any:
+    """While the run goes on, ``opsq cancel`` (the options' stopper) calls ``kill``."""
+    return options.stopper.watching(kill) if options.stopper else contextlib.nullcontext()
+
+
 def _execute(runner: Any, command: str, options: RunOptions) -> Outcome:
     runner.output_limit = options.output_limit
     try:
-        result = runner.run(
-            command, hide=True, warn=True, in_stream=False, timeout=options.command_timeout
-        )
+        with _stoppable(options, runner.kill):
+            result = runner.run(wrap_remote(command), hide=True, warn=True, in_stream=False,
+                                timeout=options.command_timeout)
     except CommandTimedOut as exc:
         outcome = _outcome_from(exc.result, runner, options)
         outcome.status = HostStatus.TIMEOUT
@@ -477,7 +519,8 @@ def run_local(command: str, options: RunOptions) -> Outcome:
     out, err = _Capture(options.output_limit), _Capture(options.output_limit)
     deadline = time.monotonic() + options.command_timeout
     timed_out = False
-    with selectors.DefaultSelector() as sel:
+    with _stoppable(options, lambda: _kill_group_only(proc)), \
+            selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ, out)  # type: ignore[arg-type]
         sel.register(proc.stderr, selectors.EVENT_READ, err)  # type: ignore[arg-type]
         while sel.get_map() and not timed_out:
@@ -509,6 +552,11 @@ def run_local(command: str, options: RunOptions) -> Outcome:
     outcome.exit_code = code if code >= 0 else 128 - code  # killed by a signal: as sh says
     outcome.status = HostStatus.OK if code == 0 else HostStatus.FAILED
     return outcome
+
+
+def _kill_group_only(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -45,6 +45,8 @@ class HostStatus(str, Enum):
     UNREACHABLE = "unreachable"  # no SSH connection after the retries
     ERROR = "error"  # host key refused, authentication failed, or an opsq bug
     INTERRUPTED = "interrupted"  # the worker died mid-command; not re-run blindly
+    SKIPPED = "skipped"  # never started: the job stopped after too many failures
+    CANCELLED = "cancelled"  # the job was cancelled before or while the host ran
 
     @property
     def finished(self) -> bool:
@@ -59,10 +61,12 @@ class JobStatus(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ERROR = "error"  # could not be queued at all (broker down): see jobs.error
+    CANCELLED = "cancelled"  # ``opsq cancel``: hosts not done were stopped or never started
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.ERROR)
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.ERROR,
+                        JobStatus.CANCELLED)
 
 
 #: Final host statuses, each with its counter column in ``jobs`` (``ok_count``...).
@@ -111,6 +115,21 @@ class JobOptions:
     #: The inventory the job was resolved from (a worker reads become passwords there).
     inventory: str | None = None
     job_id: str = ""
+    #: A rolling job's batch size (its end may release the next batch), and the retry
+    #: policy (opsq.rolling).
+    batch_size: int | None = None
+    retries: int = 0
+    retry_delay: float | None = None
+    retry_on: str | None = None
+
+    def retries_left(self, outcome: Outcome, attempt: int) -> bool:
+        """Whether a host that ended so on its ``attempt``-th run is run again."""
+        if attempt > self.retries or outcome.status is HostStatus.OK:
+            return False
+        if self.retry_on == "unreachable":
+            return outcome.status is HostStatus.UNREACHABLE
+        return outcome.status in (HostStatus.FAILED, HostStatus.TIMEOUT,
+                                  HostStatus.UNREACHABLE)
 
 
 @dataclass(frozen=True)
@@ -142,20 +161,24 @@ class Claim:
 
 _ADD_HOSTS = text(
     """
-    INSERT INTO host_results (job_id, host, target, status)
-    SELECT :job, h.host, CAST(h.target AS jsonb), 'pending'
-    FROM unnest(CAST(:hosts AS text[]), CAST(:targets AS text[])) WITH ORDINALITY
-        AS h(host, target, n)
+    INSERT INTO host_results (job_id, host, target, status, batch, not_before)
+    SELECT :job, h.host, CAST(h.target AS jsonb), 'pending', h.batch,
+           CASE WHEN h.batch > 1 THEN 'infinity'::timestamptz END
+    FROM unnest(CAST(:hosts AS text[]), CAST(:targets AS text[]), CAST(:batches AS int[]))
+        WITH ORDINALITY AS h(host, target, batch, n)
     ORDER BY h.n
     """
 )
 
 
-def add_hosts(conn: Connection, job_id: str, hosts: Sequence[tuple[str, str]]) -> None:
+def add_hosts(conn: Connection, job_id: str, hosts: Sequence[tuple[str, str]],
+              batch_size: int | None = None) -> None:
     """A new job's hosts, ``pending``: (name, target as JSON), in inventory order (the
-    row ids keep it). One statement whatever their number."""
+    row ids keep it). One statement whatever their number. With ``batch_size``, host i
+    is in batch ``i // batch_size + 1``; batches after the first wait their turn."""
+    batches = [i // batch_size + 1 if batch_size else None for i in range(len(hosts))]
     conn.execute(_ADD_HOSTS, {"job": job_id, "hosts": [h for h, _ in hosts],
-                              "targets": [t for _, t in hosts]})
+                              "targets": [t for _, t in hosts], "batches": batches})
 
 
 # -- claim ------------------------------------------------------------------------------
@@ -172,7 +195,8 @@ _LOCK_HOSTS = """
 #: status.
 _JOB_OPTIONS = text(
     _LOCK_HOSTS + """
-    SELECT command, command_timeout, connect_timeout, rerun_safe, kind, params, inventory
+    SELECT command, command_timeout, connect_timeout, rerun_safe, kind, params, inventory,
+           cancel_requested_at, batch_size, retries, retry_delay, retry_on
     FROM jobs WHERE id = :job
     """
 )
@@ -243,7 +267,13 @@ def claim(
     if row is None:
         return Claim(job=None)
     job = JobOptions(row.command, row.command_timeout, row.connect_timeout, row.rerun_safe,
-                     row.kind, row.params or {}, row.inventory, job_id)
+                     row.kind, row.params or {}, row.inventory, job_id, row.batch_size,
+                     row.retries or 0, row.retry_delay, row.retry_on)
+    if row.cancel_requested_at is not None:
+        # Hosts a sweep put back to pending after the cancel: they never start.
+        cancelled = conn.execute(_CANCEL_PENDING, {"job": job_id,
+                                                   "reason": CANCELLED_BEFORE}).first()
+        return Claim(job=job, closed=bool(cancelled and cancelled.closed))
     params = {"job": job_id, "hosts": list(hosts), "token": token, "worker": worker,
               "task": task_id, "ttl": ttl}
     conn.execute(_LEASE, params)
@@ -333,7 +363,8 @@ _STORE = text(
     )
     UPDATE jobs j SET done_count = j.done_count + c.n, {_SET_COUNTERS},
         status = CASE WHEN {_CLOSES} THEN
-            CASE WHEN j.ok_count + c.ok >= j.host_count THEN 'succeeded' ELSE 'failed' END
+            CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                 WHEN j.ok_count + c.ok >= j.host_count THEN 'succeeded' ELSE 'failed' END
             ELSE j.status END,
         {_CLOSE_TIMES}
     FROM c
@@ -398,6 +429,7 @@ _ABANDON = text(
         error = :reason,
         status = CASE WHEN {_CLOSES} THEN
             CASE WHEN j.done_count = 0 THEN 'error'
+                 WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
                  WHEN j.ok_count >= j.host_count THEN 'succeeded' ELSE 'failed' END
             ELSE j.status END,
         {_CLOSE_TIMES}
@@ -427,6 +459,195 @@ def renew(conn: Connection, tokens: Sequence[str], ttl: float) -> None:
     """Push the expiry of the given leases ``ttl`` seconds from now."""
     if tokens:
         conn.execute(_RENEW, {"tokens": list(tokens), "ttl": ttl})
+
+
+# -- rolling batches ----------------------------------------------------------------------
+
+#: Host statuses that count as failures for ``--max-fail``.
+FAILURE_STATUSES = ("failed", "timeout", "unreachable", "error", "interrupted")
+_BATCH_STATE = text(
+    f"""
+    SELECT j.current_batch, j.max_fail, j.batch_pause, j.status,
+           {" + ".join(f"j.{s}_count" for s in FAILURE_STATUSES)} AS failures,
+           (SELECT count(*) FROM host_results h WHERE h.job_id = j.id
+              AND h.batch = j.current_batch AND h.status IN ('pending', 'running')) AS left,
+           EXISTS (SELECT 1 FROM host_results h WHERE h.job_id = j.id
+              AND h.batch > j.current_batch) AS more
+    FROM jobs j WHERE j.id = :job
+    """
+)
+_NEXT_BATCH = text(
+    """
+    WITH b AS (
+        UPDATE jobs SET current_batch = current_batch + 1
+        WHERE id = :job AND current_batch = :current
+        RETURNING current_batch
+    )
+    UPDATE host_results h SET not_before = now() + make_interval(secs => :pause)
+    FROM b WHERE h.job_id = :job AND h.batch = b.current_batch AND h.status = 'pending'
+    RETURNING h.host
+    """
+)
+_SKIP_REST = text(
+    f"""
+    SELECT pg_notify('{JOBS_CHANNEL}', :job);
+    WITH hit AS (
+        UPDATE host_results SET status = 'skipped', error = :reason, finished_at = now()
+        WHERE job_id = :job AND status = 'pending'
+        RETURNING 1
+    ), c AS (SELECT count(*) AS n FROM hit)
+    UPDATE jobs j SET done_count = j.done_count + c.n, skipped_count = j.skipped_count + c.n,
+        error = :reason,
+        status = CASE WHEN {_CLOSES} THEN 'failed' ELSE j.status END,
+        {_CLOSE_TIMES}
+    FROM c
+    WHERE j.id = :job
+    RETURNING j.done_count >= j.host_count AS closed
+    """
+)
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """What the end of a batch led to: the next batch's hosts to send after ``pause``
+    seconds, or the rest skipped (``closed``: that ended the job)."""
+
+    hosts: list[str] = field(default_factory=list)
+    number: int = 0
+    pause: float = 0.0
+    closed: bool = False
+
+
+def advance_batch(conn: Connection, job_id: str) -> BatchStep:
+    """After a write of a batched job (its job row locked by that write): when the
+    current batch is done, release the next one, or, past ``max_fail`` failures, skip
+    every host not started and end the job ``failed``. Exactly one writer releases each
+    batch."""
+    row = conn.execute(_BATCH_STATE, {"job": job_id}).first()
+    if row is None or row.current_batch is None or row.left or not row.more:
+        return BatchStep()
+    if JobStatus(row.status).finished:
+        return BatchStep()
+    if row.max_fail is not None and row.failures > row.max_fail:
+        reason = (f"stopped after {row.failures} failures (more than --max-fail "
+                  f"{row.max_fail}); the hosts of later batches were not started")
+        done = conn.execute(_SKIP_REST, {"job": job_id, "reason": reason}).first()
+        return BatchStep(closed=bool(done and done.closed))
+    pause = float(row.batch_pause or 0)
+    hosts = [r.host for r in conn.execute(
+        _NEXT_BATCH, {"job": job_id, "current": row.current_batch, "pause": pause})]
+    return BatchStep(hosts=hosts, number=row.current_batch + 1, pause=pause)
+
+
+# -- retries ------------------------------------------------------------------------------
+
+_REQUEUE = text(
+    _LOCK_HOSTS + """
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:hosts AS text[]), CAST(:statuses AS text[]),
+            CAST(:codes AS int[]), CAST(:outs AS text[]), CAST(:errs AS text[]),
+            CAST(:errors AS text[]), CAST(:durations AS float8[]))
+        AS v(host, status, exit_code, stdout, stderr, error, duration)
+    ), back AS (
+        UPDATE host_results h SET status = 'pending', lease_token = NULL,
+            not_before = now() + make_interval(secs => :delay),
+            exit_code = v.exit_code, stdout = v.stdout, stderr = v.stderr, error = v.error
+        FROM v
+        WHERE h.job_id = :job AND h.host = v.host AND h.status = 'running'
+          AND h.lease_token = :token
+        RETURNING h.host, h.attempt
+    )
+    INSERT INTO host_attempts (job_id, host, attempt, status, exit_code, stdout, stderr,
+                               error, duration)
+    SELECT :job, v.host, back.attempt, v.status, v.exit_code, v.stdout, v.stderr, v.error,
+           v.duration
+    FROM v JOIN back ON back.host = v.host
+    RETURNING host
+    """
+)
+
+
+def requeue(conn: Connection, job_id: str, token: str, results: Iterable[tuple[str, Outcome]],
+            delay: float) -> list[str]:
+    """``running -> pending`` for hosts to run again after ``delay`` seconds: each run is
+    kept in ``host_attempts``; the host row shows the last one until the next ends. Only
+    hosts still held under ``token``; returns them."""
+    results = list(results)
+    if not results:
+        return []
+    outcomes = [o for _, o in results]
+    return list(conn.execute(_REQUEUE, {
+        "job": job_id, "token": token, "delay": delay, "hosts": [h for h, _ in results],
+        "statuses": [o.status.value for o in outcomes],
+        "codes": [o.exit_code for o in outcomes],
+        "outs": [_clean(o.stdout) for o in outcomes],
+        "errs": [_clean(o.stderr) for o in outcomes],
+        "errors": [_clean(o.error) for o in outcomes],
+        "durations": [o.duration for o in outcomes],
+    }).scalars())
+
+
+# -- cancel -----------------------------------------------------------------------------
+
+_REQUEST_CANCEL = text(
+    """
+    SELECT 1 FROM host_results WHERE job_id = :job ORDER BY id FOR UPDATE;
+    UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now())
+    WHERE id = :job AND status IN ('queued', 'running')
+    RETURNING id
+    """
+)
+_CANCEL_PENDING = text(
+    f"""
+    SELECT pg_notify('{JOBS_CHANNEL}', :job);
+    WITH hit AS (
+        UPDATE host_results SET status = 'cancelled', error = :reason, finished_at = now()
+        WHERE job_id = :job AND status = 'pending'
+        RETURNING 1
+    ), c AS (SELECT count(*) AS n FROM hit)
+    UPDATE jobs j SET done_count = j.done_count + c.n,
+        cancelled_count = j.cancelled_count + c.n,
+        status = CASE WHEN {_CLOSES} THEN 'cancelled' ELSE j.status END,
+        {_CLOSE_TIMES}
+    FROM c
+    WHERE j.id = :job
+    RETURNING j.done_count >= j.host_count AS closed
+    """
+)
+_CANCELLING = text(
+    """
+    SELECT l.token FROM leases l JOIN jobs j ON j.id = l.job_id
+    WHERE l.token = ANY(:tokens) AND j.cancel_requested_at IS NOT NULL
+    """
+)
+CANCELLED_BEFORE = "cancelled before it started (opsq cancel)"
+CANCELLED_WHILE = "cancelled while running (opsq cancel): its command was stopped on the host"
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """What ``cancel`` did: whether the job could still be cancelled, and whether this
+    closed it (nothing was running)."""
+
+    accepted: bool
+    closed: bool = False
+
+
+def cancel(conn: Connection, job_id: str) -> CancelRequest:
+    """Ask a queued or running job to stop: hosts not started end ``cancelled`` at once;
+    workers stop the running ones (``cancelling``) and store them ``cancelled``; the job
+    then ends ``cancelled``. A finished job is left as it is (``accepted`` False)."""
+    if conn.execute(_REQUEST_CANCEL, {"job": job_id}).first() is None:
+        return CancelRequest(accepted=False)
+    row = conn.execute(_CANCEL_PENDING, {"job": job_id, "reason": CANCELLED_BEFORE}).first()
+    return CancelRequest(accepted=True, closed=bool(row and row.closed))
+
+
+def cancelling(conn: Connection, tokens: Sequence[str]) -> list[str]:
+    """Of the given leases, those whose job was asked to stop."""
+    if not tokens:
+        return []
+    return [r.token for r in conn.execute(_CANCELLING, {"tokens": list(tokens)})]
 
 
 # -- sweeping ---------------------------------------------------------------------------
@@ -459,7 +680,7 @@ _DROP_DEAD_LEASES = text(
 )
 _UNPUBLISHED = text(
     """
-    SELECT id, hosts, command FROM jobs
+    SELECT id, hosts, command, batch_size FROM jobs
     WHERE status IN ('queued', 'running') AND published_at IS NULL
       AND submitted_at < now() - make_interval(secs => :grace)
     ORDER BY submitted_at
@@ -474,14 +695,21 @@ _STALLED = text(
     WHERE j.status IN ('queued', 'running')
       AND j.published_at < now() - make_interval(secs => :stall)
       AND EXISTS (SELECT 1 FROM host_results h
-                  WHERE h.job_id = j.id AND h.status = 'pending')
+                  WHERE h.job_id = j.id AND h.status = 'pending'
+                    AND (h.not_before IS NULL
+                         OR h.not_before < now() - make_interval(secs => :stall)))
     ORDER BY j.published_at
     LIMIT :batch
     FOR UPDATE OF j SKIP LOCKED
     """
 )
+#: A job's pending hosts that are due (a later batch or a retry waits its turn).
 _PENDING = text(
-    "SELECT host FROM host_results WHERE job_id = :job AND status = 'pending' ORDER BY id"
+    """
+    SELECT host FROM host_results WHERE job_id = :job AND status = 'pending'
+      AND (not_before IS NULL OR not_before < now() - make_interval(secs => :stall))
+    ORDER BY id
+    """
 )
 _UNANNOUNCED = text(
     """
@@ -538,7 +766,8 @@ def stalled_jobs(conn: Connection, *, stall: float, batch: int) -> list[tuple[st
     ago or more that still have hosts nobody took: their tasks may be lost (a retry that
     could not be published, a purged queue), or only stuck behind a long queue. Sending
     them again is safe either way: a host is taken once."""
-    return [(r.id, r.command, list(conn.execute(_PENDING, {"job": r.id}).scalars()))
+    return [(r.id, r.command,
+             list(conn.execute(_PENDING, {"job": r.id, "stall": stall}).scalars()))
             for r in conn.execute(_STALLED, {"stall": stall, "batch": batch}).all()]
 
 

@@ -338,15 +338,16 @@ def run_action(run: Run, job: JobOptions, payload: bytes, become: Become | None,
     return command(side, action, left, output_limit)
 
 
-def local_runner() -> Run:
+def local_runner(stopper: Any = None) -> Run:
     def run(script_: str, stdin: bytes, timeout: float, limit: int) -> Exec:
-        return exec_local(script_, stdin, timeout, limit, max(limit, ERROR_LIMIT))
+        return exec_local(script_, stdin, timeout, limit, max(limit, ERROR_LIMIT), stopper)
     return run
 
 
-def ssh_runner(conn: Any) -> Run:
+def ssh_runner(conn: Any, stopper: Any = None) -> Run:
     def run(script_: str, stdin: bytes, timeout: float, limit: int) -> Exec:
-        return exec_ssh(conn, script_, stdin, timeout, limit, max(limit, ERROR_LIMIT))
+        return exec_ssh(conn, script_, stdin, timeout, limit, max(limit, ERROR_LIMIT),
+                        stopper)
     return run
 
 
@@ -368,12 +369,12 @@ def perform(target: Any, job: JobOptions, options: Any, pool: Any, settings: Any
 
     if target.connection == "local":
         try:
-            return act(local_runner())
+            return act(local_runner(options.stopper))
         except OSError as exc:
             return Outcome(status=HostStatus.ERROR, error=f"cannot start a shell: {exc}")
 
     def work(conn: Any) -> Outcome:
-        run = ssh_runner(conn)
+        run = ssh_runner(conn, options.stopper)
         started = False
 
         def tracked(*args: Any) -> Exec:

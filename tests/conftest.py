@@ -47,6 +47,8 @@ os.environ.update({
     # A lost worker is noticed this many seconds after its last lease renewal.
     "OPSQ_LEASE_TTL": "3",
     "OPSQ_ENV_FILE": "/nonexistent",
+    "OPSQ_WEBHOOK_SECRET": "test-webhook-secret",
+    "OPSQ_WEBHOOK_RETRY_BASE": "0.5",
 })
 
 

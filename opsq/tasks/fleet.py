@@ -27,15 +27,17 @@ from celery import Task
 from celery.exceptions import Ignore
 from celery.signals import worker_ready, worker_shutdown
 from celery.utils.time import get_exponential_backoff_interval
+from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy.exc import IntegrityError
 
-from opsq import db, files, jobs, state, transfer
+from opsq import db, files, jobs, state, transfer, webhooks
 from opsq.app import app
-from opsq.errors import BackendUnavailable, OpsqError
+from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.inventory import Host
 from opsq.settings import get_settings
 from opsq.ssh import ConnectionPool, RunOptions, run_on
 from opsq.state import Claim, ClaimedHost, HostStatus, JobOptions, Outcome
+from opsq.stopper import Stopper
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ DEFER_RETRIES = 10_000
 #: wait only added latency (measured: 100 SSH hosts 0.44 s at 0.05, 0.31 s at 0.005;
 #: 1,000 local hosts 0.85 s and 0.78 s).
 FLUSH_INTERVAL = 0.005
+#: Seconds between two looks for a cancelled job while this process runs hosts.
+CANCEL_POLL = 1.0
 #: Results written in one statement at most.
 FLUSH_MAX = 500
 #: Local hosts (``ansible_connection=local``) run at once per worker CPU. Their commands
@@ -95,17 +99,22 @@ class LeaseKeeper(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="opsq-lease-keeper", daemon=True)
         self.ttl = get_settings().lease_ttl
-        self._tokens: set[str] = set()
+        self._tokens: dict[str, Stopper] = {}
         self._tokens_lock = threading.Lock()
         self._stopping = threading.Event()
 
-    def hold(self, token: str) -> None:
+    def hold(self, token: str) -> Stopper:
+        """Keep ``token``'s lease alive until released; its runs stop with the Stopper."""
         with self._tokens_lock:
-            self._tokens.add(token)
+            return self._tokens.setdefault(token, Stopper())
 
     def release(self, token: str) -> None:
         with self._tokens_lock:
-            self._tokens.discard(token)
+            self._tokens.pop(token, None)
+
+    def held(self) -> dict[str, Stopper]:
+        with self._tokens_lock:
+            return dict(self._tokens)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -119,6 +128,35 @@ class LeaseKeeper(threading.Thread):
                     state.renew(conn, tokens, self.ttl)
             except Exception as exc:
                 logger.warning("could not renew %d lease(s): %s", len(tokens), exc)
+
+
+class CancelWatcher(threading.Thread):
+    """Stops this process's runs of a job ``opsq cancel`` was asked to stop: every
+    CANCEL_POLL seconds while it holds leases, one indexed query."""
+
+    def __init__(self, keeper: LeaseKeeper) -> None:
+        super().__init__(name="opsq-cancel-watcher", daemon=True)
+        self.keeper = keeper
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        while not self._stopping.wait(CANCEL_POLL):
+            held = self.keeper.held()
+            if not held:
+                continue
+            try:
+                with db.get_engine().begin() as conn:
+                    doomed = state.cancelling(conn, list(held))
+            except Exception as exc:
+                logger.warning("could not look for cancelled jobs: %s", exc)
+                continue
+            for token in doomed:
+                if not held[token].stopped.is_set():
+                    logger.info("stopping the runs of lease %s: its job was cancelled", token)
+                    held[token].stop()
 
 
 class Sweeper(threading.Thread):
@@ -145,15 +183,18 @@ class Sweeper(threading.Thread):
 
 _keeper: LeaseKeeper | None = None
 _sweeper: Sweeper | None = None
+_watcher: CancelWatcher | None = None
 
 
 def lease_keeper() -> LeaseKeeper:
     """This process's lease keeper, started on first use."""
-    global _keeper
+    global _keeper, _watcher
     with _lock:
         if _keeper is None or not _keeper.is_alive():
             _keeper = LeaseKeeper()
             _keeper.start()
+            _watcher = CancelWatcher(_keeper)
+            _watcher.start()
         return _keeper
 
 
@@ -169,7 +210,7 @@ def _start_threads(**_: Any) -> None:
 
 @worker_shutdown.connect
 def _shutdown(**_: Any) -> None:
-    for thread in (_keeper, _sweeper):
+    for thread in (_keeper, _sweeper, _watcher):
         if thread is not None:
             thread.stop()
     if _pool is not None:
@@ -221,9 +262,9 @@ def _execute(task: Task, job_id: str, hosts: list[str], claimed_as: str | None
         return {"job_id": job_id, "closed": False}
     closed = claim.closed
     keeper = lease_keeper()
-    keeper.hold(token)
+    stopper = keeper.hold(token)
     try:
-        closed = _run_claimed(job_id, token, claim.job, claim.run) or closed
+        closed = _run_claimed(job_id, token, claim.job, claim.run, stopper) or closed
     finally:
         keeper.release(token)
     if claim.interrupted:
@@ -262,15 +303,18 @@ def _claim(task: Task, job_id: str, hosts: list[str], token: str, ttl: float,
                 full_jitter=True)) from exc
 
 
-def _run_claimed(job_id: str, token: str, job: JobOptions, hosts: list[ClaimedHost]) -> bool:
+def _run_claimed(job_id: str, token: str, job: JobOptions, hosts: list[ClaimedHost],
+                 stopper: Stopper) -> bool:
     """Run the hosts on the shared threads, writing results in batches as they finish;
     True when one of the writes closed the job. The last write drops the lease."""
     finished: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
     for h in hosts:
-        future = host_executor(h.target.get("connection") == "local").submit(_run_one, h, job)
+        future = host_executor(h.target.get("connection") == "local").submit(_run_one, h, job,
+                                                                             stopper)
         future.add_done_callback(lambda f, name=h.host: finished.put((name, f)))
     left = len(hosts)
     closed = False
+    attempts = {h.host: h.attempt for h in hosts}
     while True:
         batch: list[tuple[str, Outcome]] = []
         if left:
@@ -285,18 +329,20 @@ def _run_claimed(job_id: str, token: str, job: JobOptions, hosts: list[ClaimedHo
                     break
                 batch.append((name, future.result()))
             left -= len(batch)
-        closed = _flush(job_id, token, batch, last=not left) or closed
+        closed = _flush(job_id, token, job, batch, attempts, last=not left) or closed
         if not left:
             return closed
 
 
-def _run_one(claimed: ClaimedHost, job: JobOptions) -> Outcome:
+def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper) -> Outcome:
+    if stopper.stopped.is_set():  # cancelled while it waited for a thread
+        return Outcome(status=HostStatus.CANCELLED, error=state.CANCELLED_BEFORE)
     began = time.monotonic()
     try:
         target = Host.from_dict(claimed.target)
         settings = get_settings()
-        options = RunOptions.resolve(target, settings, job.command_timeout,
-                                     job.connect_timeout)
+        options = replace(RunOptions.resolve(target, settings, job.command_timeout,
+                                             job.connect_timeout), stopper=stopper)
         if job.kind == "command" and not job.params.get("become"):
             outcome = run_on(target, job.command, options, connection_pool())
         else:
@@ -305,19 +351,42 @@ def _run_one(claimed: ClaimedHost, job: JobOptions) -> Outcome:
         logger.exception("host %s: unexpected error", claimed.host)
         outcome = Outcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
     outcome.duration = time.monotonic() - began
+    if stopper.stopped.is_set() and not outcome.succeeded:
+        outcome.status, outcome.exit_code = HostStatus.CANCELLED, None
+        outcome.error = state.CANCELLED_WHILE
     return outcome
 
 
-def _flush(job_id: str, token: str, results: list[tuple[str, Outcome]], last: bool) -> bool:
+def _flush(job_id: str, token: str, job: JobOptions, results: list[tuple[str, Outcome]],
+           attempts: dict[str, int], last: bool) -> bool:
+    """Write a batch of outcomes (hosts with retries left go back to pending instead);
+    at the end of a rolling job's batch, send the next. True when this closed the job."""
     fetched = [o.content for _, o in results if o.content is not None]
+    again = [(h, o) for h, o in results if job.retries_left(o, attempts.get(h, 1))]
+    retried = {h for h, _ in again}
+    final = [(h, o) for h, o in results if h not in retried]
 
-    def write() -> bool:
+    def write() -> tuple[bool, list[str], state.BatchStep]:
         with db.get_engine().begin() as conn:
             files.store(conn, fetched)
-            return state.store(conn, job_id, token, results, release=last)
+            requeued = state.requeue(conn, job_id, token, again, job.retry_delay or 0)
+            closed = state.store(conn, job_id, token, final, release=last)
+            step = state.BatchStep()
+            if job.batch_size and final and not closed:
+                step = state.advance_batch(conn, job_id)
+            return closed or step.closed, requeued, step
 
     # The commands ran: wait out a database outage rather than lose their results.
-    return db.retrying(write, f"storing {len(results)} result(s) of job {job_id}")
+    closed, requeued, step = db.retrying(
+        write, f"storing {len(results)} result(s) of job {job_id}")
+    for hosts, tag, countdown in ((requeued, f"retry/{token}", job.retry_delay or 0),
+                                  (step.hosts, f"batch/{step.number}", step.pause)):
+        if hosts:
+            try:
+                jobs.send_hosts(job_id, hosts, job.command, tag, countdown)
+            except BackendUnavailable as exc:  # the sweep sends due hosts nobody took
+                logger.warning("job %s: could not send hosts %s (%s)", job_id, hosts, exc)
+    return closed
 
 
 @app.task(name=jobs.FINISH_JOB, bind=True, autoretry_for=(BackendUnavailable,),
@@ -330,7 +399,45 @@ def finish_job(self: Task, results: list[Any], job_id: str) -> dict[str, Any]:
         from opsq import prompted
 
         prompted.forget(app, job_id)
-    return jobs.summary(job_id).as_dict()
+    summary = jobs.summary(job_id).as_dict()
+    _queue_notifications(job_id)
+    return summary
+
+
+def _queue_notifications(job_id: str) -> None:
+    """One ``opsq.notify`` task per URL of the job, with ids derived from the job's: a
+    callback that runs again queues tasks that find their URL already handled. A broker
+    that refuses them loses them (logged): the job's summary must still be stored."""
+    try:
+        for index in range(len(webhooks.urls(job_id))):
+            send_notification.apply_async((job_id, index),
+                                          task_id=webhooks.task_id(job_id, index))
+    except (BrokerOperationalError, OSError) as exc:
+        logger.error("job %s: its notifications could not be queued: %s", job_id, exc)
+
+
+@app.task(name="opsq.notify", bind=True, ignore_result=True,
+          autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
+def send_notification(self: Task, job_id: str, index: int) -> None:
+    """POST the ended job's summary to its URL number ``index``, once; a failed attempt
+    is retried through the broker, backing off, for an hour (``opsq.webhooks``). The
+    receiver's answer never changes the job. The task carries no URL: webhook URLs often
+    hold a token, and task arguments show in Flower."""
+    try:
+        payload = webhooks.body(jobs.summary(job_id).as_dict())
+    except JobNotFound:  # pruned meanwhile: nothing left to tell
+        return
+    sent = webhooks.attempt(job_id, index, payload, first=not self.request.retries)
+    if sent is None or sent.delivered:
+        return
+    where = f"job {job_id}: notification {index + 1} ({webhooks.shown(sent.url)})"
+    delay = webhooks.retry_delay(sent.number)
+    if delay is None:
+        logger.error("%s: given up after %d attempts; the last: %s", where, sent.number,
+                     sent.error)
+        return
+    raise self.retry(countdown=delay, max_retries=None,
+                     exc=webhooks.WebhookError(f"{where}: attempt {sent.number}: {sent.error}"))
 
 
 @app.task(name="opsq.submit_job", bind=True, autoretry_for=(BackendUnavailable,),
@@ -347,6 +454,7 @@ def submit_job(
     submitted_by: str | None = None,
     schedule_id: int | None = None,
     schedule: str | None = None,
+    notify: list[str] | None = None,
 ) -> None:
     """Resolve, record and fan out a job from a worker; this task's id is the job id, so
     ``AsyncResult(id).get()`` returns the job summary as with ``opsq.jobs.submit``.
@@ -363,7 +471,7 @@ def submit_job(
         command=command, pattern=pattern, inventory=inventory, command_timeout=timeout,
         connect_timeout=connect_timeout, rerun_safe=rerun_safe,
         submitted_by=submitted_by or f"celery:{self.request.hostname}",
-        schedule_id=schedule_id, schedule=schedule,
+        schedule_id=schedule_id, schedule=schedule, notify=list(notify or []),
     )
     job_id = self.request.id
     try:

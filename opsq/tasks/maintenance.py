@@ -106,7 +106,8 @@ def sweep(grace: float | None = None) -> SweepReport:
     with _sweeping() as conn:
         for job in state.unpublished_jobs(conn, grace=grace, batch=SWEEP_BATCH):
             logger.warning("job %s was recorded but never published; publishing it", job.id)
-            jobs.publish(job.id, list(job.hosts), job.command)
+            jobs.publish(job.id, jobs.first_batch(list(job.hosts), job.batch_size),
+                         job.command)
             state.mark_published(conn, job.id)
             report.published.append(job.id)
     with _sweeping() as conn:
