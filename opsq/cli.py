@@ -22,6 +22,8 @@ from opsq.limits import MAX_CONNECT_TIMEOUT, MAX_WAIT
 EXIT_OK, EXIT_HOST_FAILED, EXIT_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
 #: Characters of a host's first output line shown in the result table.
 TABLE_OUTPUT_WIDTH = 60
+#: Characters of the progress bar ``--wait`` draws on a terminal.
+PROGRESS_BAR_WIDTH = 30
 #: Most jobs ``opsq jobs -n`` lists (SQL is there for more).
 MAX_LISTED = 10_000
 
@@ -120,6 +122,9 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Retry any failure (needs --rerun-safe) or only hosts where the "
                           "command never started."),
         click.option("--wait", "wait_", is_flag=True, help="Show progress, then the results."),
+        click.option("--stream", is_flag=True,
+                     help="With --wait: print each host's output as it arrives, each line "
+                          "prefixed by its host."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
         _notify_option,
     ]):
@@ -168,7 +173,8 @@ def run(command: str, **opts: Any) -> None:
     from dataclasses import replace
 
     if (job_id := _submit(lambda spec: replace(spec, command=command), opts)) is not None:
-        _show_finished(job_id, opts["as_json"], progress=not opts["as_json"])
+        _show_finished(job_id, opts["as_json"], progress=not opts["as_json"],
+                       stream=opts["stream"])
 
 
 @main.command()
@@ -222,22 +228,34 @@ def script(path: str, args: tuple[str, ...], **opts: Any) -> None:
 
     if (job_id := _submit(lambda spec: actions.script_spec(spec, path, list(args)),
                           opts)) is not None:
-        _show_finished(job_id, opts["as_json"], progress=not opts["as_json"])
+        _show_finished(job_id, opts["as_json"], progress=not opts["as_json"],
+                       stream=opts["stream"])
 
 
 def _show_finished(job_id: str, as_json: bool, progress: bool, timeout: float | None = None,
-                   save_to: str | None = None) -> None:
+                   save_to: str | None = None, stream: bool = False) -> None:
     from opsq import jobs
+
+    if stream and not as_json:
+        jobs.follow_output(job_id, _print_line, follow=True)
 
     tty = sys.stderr.isatty()
 
-    def show(done: int, total: int) -> None:
-        end = "\r" if tty and done < total else "\n"
-        if tty or done == total:
-            click.echo(f"  {done}/{total} hosts done", err=True, nl=False)
-            click.echo(end, err=True, nl=False)
+    def show(done: int, total: int, counts: dict[str, int]) -> None:
+        # On a terminal: one line redrawn in place, a bar and the counts by status;
+        # piped: a plain line at the end only.
+        if not tty and done < total:
+            return
+        width = PROGRESS_BAR_WIDTH
+        filled = width * done // total if total else width
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] " if tty else ""
+        line = f"  {bar}{done}/{total} hosts done"
+        if counts:
+            line += " (" + _count_line(counts) + ")"
+        click.echo(("\r\x1b[K" if tty else "") + line, err=True,
+                   nl=not tty or done == total)
 
-    summary = jobs.wait(job_id, timeout=timeout, on_progress=show if progress else None)
+    summary = jobs.wait(job_id, timeout=timeout, on_counts=show if progress else None)
     _print_result(summary, as_json)
     if save_to is not None:
         _save(job_id, save_to)
@@ -360,6 +378,26 @@ def result(job_id: str, wait_: bool, timeout: float | None, as_json: bool, full:
                    f"{summary.job_id}' waits for it", err=True)
         sys.exit(EXIT_INPUT)
     sys.exit(EXIT_OK if summary.succeeded else EXIT_HOST_FAILED)
+
+
+def _print_line(host: str, stream: str, line: str) -> None:
+    """One line a host printed, prefixed by the host (``|`` stdout, ``!`` stderr); control
+    characters escaped on a terminal."""
+    text = printable(line) if sys.stdout.isatty() else line
+    click.echo(f"{host} {'|' if stream == 'stdout' else '!'} {text}")
+
+
+@main.command("logs")
+@click.argument("job_id")
+@click.argument("host", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+@_errors
+def logs(job_id: str, host: str | None, follow: bool) -> None:
+    """The output of a job's hosts (or of HOST), each line prefixed by its host: what is
+    there now, or with -f as it arrives until the job ends."""
+    from opsq import jobs
+
+    jobs.follow_output(job_id, _print_line, host=host, follow=follow)
 
 
 @main.command("cancel")

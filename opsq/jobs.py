@@ -511,6 +511,71 @@ def attempts(job_id: str) -> list[dict[str, Any]]:
                 for r in session.execute(_ATTEMPTS, {"job": job_id})]
 
 
+_OUTPUT_SINCE = text("""
+    SELECT h.host, h.status, substr(COALESCE(h.stdout, ''), o.out_at + 1) AS out,
+           substr(COALESCE(h.stderr, ''), o.err_at + 1) AS err,
+           length(COALESCE(h.stdout, '')) AS out_len, length(COALESCE(h.stderr, '')) AS err_len
+    FROM unnest(CAST(:hosts AS text[]), CAST(:out_at AS int[]), CAST(:err_at AS int[]))
+        AS o(host, out_at, err_at)
+    JOIN host_results h ON h.job_id = :job AND h.host = o.host
+    ORDER BY h.id
+""")
+
+
+def follow_output(job_id: str, emit: Callable[[str, str, str], None],
+                  host: str | None = None, follow: bool = False) -> None:
+    """Call ``emit(host, stream, line)`` for each line the job's hosts printed (stream:
+    'stdout' or 'stderr'), in the order they reach PostgreSQL. With ``follow``, keep going
+    until the job has ended and all its output is out (woken by the job's notifications).
+    A line still being written is held until its end, or until its host is done."""
+    with db.session_scope() as session:
+        _job(session, job_id)
+        names = [r for (r,) in session.execute(
+            select(HostResult.host).where(HostResult.job_id == job_id)
+            .order_by(HostResult.id))]
+    if host is not None:
+        if host not in names:
+            raise OpsqError(f"job {job_id} has no host {host!r}")
+        names = [host]
+    at = {(n, s): 0 for n in names for s in ("stdout", "stderr")}
+    held = {k: "" for k in at}
+    with Listener() as listener:
+        while True:
+            finished = _emit_new(job_id, names, at, held, emit)
+            status = job_status(job_id)
+            if not follow or (status is not None and status.finished and finished):
+                for (name, stream), rest in held.items():
+                    if rest:
+                        emit(name, stream, rest)
+                return
+            listener.wait(WAIT_MAX_SLEEP)
+
+
+def _emit_new(job_id: str, names: list[str], at: dict, held: dict,
+              emit: Callable[[str, str, str], None]) -> bool:
+    """Emit the complete lines printed since ``at``; True when every host has ended."""
+    with db.session_scope() as session:
+        rows = session.execute(_OUTPUT_SINCE, {
+            "job": job_id, "hosts": names,
+            "out_at": [at[(n, "stdout")] for n in names],
+            "err_at": [at[(n, "stderr")] for n in names]}).all()
+    done = True
+    for r in rows:
+        ended = HostStatus(r.status).finished
+        done = done and ended
+        for stream, new, length in (("stdout", r.out, r.out_len), ("stderr", r.err, r.err_len)):
+            key = (r.host, stream)
+            if length < at[key]:  # a retry started the host's output afresh
+                at[key], held[key], new = 0, "", ""
+            at[key] += len(new)
+            *lines, held[key] = (held[key] + new).split("\n")
+            if ended and held[key]:
+                lines, held[key] = [*lines, held[key]], ""
+            for line in lines:
+                emit(r.host, stream, line)
+    return done
+
+
 def host_results(job_id: str) -> list[dict[str, Any]]:
     """Every host's full result (output included) as JSON-able dicts, in inventory order."""
     return [r.as_dict() for r in host_runs(job_id)]
@@ -535,21 +600,28 @@ def recent(limit: int = 20) -> list[dict[str, Any]]:
 #: comes (one lost to a database restart only delays it).
 WAIT_MAX_SLEEP = 1.0
 
-_PROGRESS = text("SELECT status, done_count, host_count FROM jobs WHERE id = :job")
+_PROGRESS = text(
+    "SELECT status, done_count, host_count, current_batch, "
+    + ", ".join(f"{s.value}_count" for s in state.FINAL_HOST_STATUSES)
+    + " FROM jobs WHERE id = :job")
 
 
 def wait(
     job_id: str,
     timeout: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_counts: Callable[[int, int, dict[str, int]], None] | None = None,
 ) -> JobSummary:
     """Block until the job is finished; returns its summary. Raises TimeoutError.
+
+    ``on_progress(done, total)`` is called when the number of hosts done changes,
+    ``on_counts(done, total, counts by status)`` when any count changes.
 
     Wakes on the job's notifications (``LISTEN``), not by polling; rides out a database
     restart (it looks again once PostgreSQL is back).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    last = None
+    last = last_counts = None
     with Listener() as listener:
         while True:
             row, reachable = _progress(job_id)
@@ -559,7 +631,12 @@ def wait(
                 progress = (row.done_count, row.host_count)
                 if on_progress and progress != last:
                     on_progress(*progress)
-                last = progress
+                counts = {s.value: getattr(row, f"{s.value}_count")
+                          for s in state.FINAL_HOST_STATUSES
+                          if getattr(row, f"{s.value}_count")}
+                if on_counts and (progress, counts) != last_counts:
+                    on_counts(*progress, counts)
+                last, last_counts = progress, (progress, counts)
                 if JobStatus(row.status).finished:
                     return summary(job_id)
             remaining = None if deadline is None else deadline - time.monotonic()

@@ -106,6 +106,8 @@ class RunOptions:
     default_key: str | None = None
     #: Stops the run from another thread (``opsq cancel``); None: nothing can.
     stopper: Stopper | None = field(default=None, compare=False)
+    #: Receives the output as it arrives (opsq.live.LiveOutput); None: only at the end.
+    live: Any = field(default=None, compare=False)
 
     @classmethod
     def resolve(
@@ -170,6 +172,8 @@ class _CappedOutput:
         return self._killed_by_timer or super().timed_out  # type: ignore[misc]
 
     def _handle_output(self, buffer_: list[str], hide: bool, output: Any, reader: Callable) -> None:
+        name = "stdout" if buffer_ is getattr(self, "stdout", None) else "stderr"
+        live = getattr(self, "live", None)
         kept = bytearray()
         total = 0
         while True:
@@ -180,8 +184,9 @@ class _CappedOutput:
             room = self.output_limit - len(kept)
             if room > 0:
                 kept += data[:room]
+            if live is not None:
+                live.add(name, data)
         buffer_.append(decode(bytes(kept)))
-        name = "stdout" if buffer_ is getattr(self, "stdout", None) else "stderr"
         self.byte_counts = {**getattr(self, "byte_counts", {}), name: total}
 
 
@@ -196,6 +201,7 @@ def _stoppable(options: RunOptions, kill: Callable[[], None]) -> Any:
 
 def _execute(runner: Any, command: str, options: RunOptions) -> Outcome:
     runner.output_limit = options.output_limit
+    runner.live = options.live
     try:
         with _stoppable(options, runner.kill):
             result = runner.run(wrap_remote(command), hide=True, warn=True, in_stream=False,
@@ -530,6 +536,8 @@ def run_local(command: str, options: RunOptions) -> Outcome:
                 data = os.read(key.fd, READ_CHUNK_SIZE)
                 if data:
                     key.data.add(data)
+                    if options.live is not None:
+                        options.live.add("stdout" if key.data is out else "stderr", data)
                 else:
                     sel.unregister(key.fileobj)
     try:

@@ -350,7 +350,9 @@ _STORE = text(
              error, duration, changed, sha256)
     ), stored AS (
         UPDATE host_results h SET status = v.status, exit_code = v.exit_code,
-            stdout = v.stdout, stderr = v.stderr, stdout_bytes = v.stdout_bytes,
+            stdout = CASE WHEN v.status = 'interrupted' THEN h.stdout ELSE v.stdout END,
+            stderr = CASE WHEN v.status = 'interrupted' THEN h.stderr ELSE v.stderr END,
+            stdout_bytes = v.stdout_bytes,
             stderr_bytes = v.stderr_bytes, truncated = v.truncated, error = v.error,
             changed = v.changed, sha256 = v.sha256, finished_at = now(),
             duration = COALESCE(v.duration, EXTRACT(EPOCH FROM now() - h.started_at))
@@ -461,6 +463,37 @@ def renew(conn: Connection, tokens: Sequence[str], ttl: float) -> None:
         conn.execute(_RENEW, {"tokens": list(tokens), "ttl": ttl})
 
 
+# -- live output --------------------------------------------------------------------------
+
+_APPEND_OUTPUT = text(
+    f"""
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:jobs AS text[]), CAST(:hosts AS text[]),
+            CAST(:tokens AS text[]), CAST(:outs AS text[]), CAST(:errs AS text[]))
+        AS v(job_id, host, token, out, err)
+    ), appended AS (
+        UPDATE host_results h SET stdout = COALESCE(h.stdout, '') || v.out,
+            stderr = COALESCE(h.stderr, '') || v.err
+        FROM v
+        WHERE h.job_id = v.job_id AND h.host = v.host AND h.status = 'running'
+          AND h.lease_token = v.token
+        RETURNING h.job_id
+    )
+    SELECT pg_notify('{JOBS_CHANNEL}', job_id) FROM (SELECT DISTINCT job_id FROM appended) a
+    """
+)
+
+
+def append_output(conn: Connection, chunks: Sequence[tuple[str, str, str, str, str]]) -> None:
+    """Add what running hosts printed to their rows: (job, host, lease token, stdout,
+    stderr). Only hosts still running under that lease; a stored result replaces it all."""
+    if chunks:
+        conn.execute(_APPEND_OUTPUT, {
+            "jobs": [c[0] for c in chunks], "hosts": [c[1] for c in chunks],
+            "tokens": [c[2] for c in chunks], "outs": [_clean(c[3]) for c in chunks],
+            "errs": [_clean(c[4]) for c in chunks]})
+
+
 # -- rolling batches ----------------------------------------------------------------------
 
 #: Host statuses that count as failures for ``--max-fail``.
@@ -551,7 +584,7 @@ _REQUEUE = text(
     ), back AS (
         UPDATE host_results h SET status = 'pending', lease_token = NULL,
             not_before = now() + make_interval(secs => :delay),
-            exit_code = v.exit_code, stdout = v.stdout, stderr = v.stderr, error = v.error
+            exit_code = v.exit_code, stdout = NULL, stderr = NULL, error = v.error
         FROM v
         WHERE h.job_id = :job AND h.host = v.host AND h.status = 'running'
           AND h.lease_token = :token
@@ -570,8 +603,9 @@ _REQUEUE = text(
 def requeue(conn: Connection, job_id: str, token: str, results: Iterable[tuple[str, Outcome]],
             delay: float) -> list[str]:
     """``running -> pending`` for hosts to run again after ``delay`` seconds: each run is
-    kept in ``host_attempts``; the host row shows the last one until the next ends. Only
-    hosts still held under ``token``; returns them."""
+    kept in ``host_attempts``; the host row keeps its exit code and error until the next
+    run ends, and starts an empty output for it. Only hosts still held under ``token``;
+    returns them."""
     results = list(results)
     if not results:
         return []

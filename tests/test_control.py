@@ -246,3 +246,56 @@ def test_retry_on_unreachable_leaves_failed_commands_alone(fleet, tmp_path):
     assert hosts["host03"]["attempt"] == 1 and hosts["host03"]["status"] == "failed"
     assert hosts["ghost"]["attempt"] == 2 and hosts["ghost"]["status"] == "unreachable"
     assert summary["status"] == "failed"
+
+
+# -- live output -------------------------------------------------------------------------------
+
+
+def test_output_reaches_the_database_while_the_command_runs():
+    job = jobs.submit(jobs.JobSpec(command="echo first; sleep 5; echo second",
+                                   pattern="host04"))
+    wait_for_status(job.id, "host04", "running")
+    host = wait_until(lambda: (lambda r: "first" in (r["stdout"] or "") and r)(
+        rows(job.id)["host04"]), 4, "the first line stored while the command runs")
+    assert host["status"] == "running" and "second" not in host["stdout"]
+    job.get(timeout=60)
+    assert rows(job.id)["host04"]["stdout"] == "first\nsecond\n"
+
+
+def test_logs_follow_prints_lines_as_they_come_prefixed_by_host(opsq_cli):
+    job = jobs.submit(jobs.JobSpec(
+        command="for i in 1 2 3; do echo line$i; sleep 0.7; done; echo oops >&2",
+        pattern="host01:host02"))
+    out = opsq_cli("logs", job.id, "-f", timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for host in ("host01", "host02"):
+        assert [ln for ln in lines if ln.startswith(f"{host} |")] == [
+            f"{host} | line1", f"{host} | line2", f"{host} | line3"]
+        assert f"{host} ! oops" in lines
+    assert jobs.summary(job.id).finished  # -f returned once the job had ended
+    one = opsq_cli("logs", job.id, "host02")
+    assert one.stdout.splitlines() == ["host02 | line1", "host02 | line2", "host02 | line3",
+                                       "host02 ! oops"]
+
+
+def test_run_wait_stream_shows_output_then_the_table(opsq_cli):
+    out = opsq_cli("run", "echo to-out; echo to-err >&2", "-t", "host05", "--wait",
+                   "--stream")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("host05 | to-out\nhost05 ! to-err\n")
+    assert "HOST" in out.stdout  # the result table follows
+    assert "1/1 hosts done (1 ok)" in out.stderr
+
+
+def test_a_lost_worker_keeps_what_its_host_printed(start_worker):
+    name = f"printer{secrets.token_hex(2)}"
+    w = start_worker(name)
+    job_id = submit_via(name, "echo before-the-crash; sleep 60", "host06")
+    wait_until(lambda: "before-the-crash" in (rows(job_id)["host06"]["stdout"] or ""), 15,
+               "the output stored while running")
+    w.stop(signal.SIGKILL)
+    summary = jobs.wait(job_id, timeout=90)
+    host = rows(job_id)["host06"]
+    assert summary.finished and host["status"] == "interrupted"
+    assert host["stdout"] == "before-the-crash\n"

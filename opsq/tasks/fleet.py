@@ -34,6 +34,7 @@ from opsq import db, files, jobs, state, transfer, webhooks
 from opsq.app import app
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.inventory import Host
+from opsq.live import Flusher, LiveOutput
 from opsq.settings import get_settings
 from opsq.ssh import ConnectionPool, RunOptions, run_on
 from opsq.state import Claim, ClaimedHost, HostStatus, JobOptions, Outcome
@@ -184,6 +185,17 @@ class Sweeper(threading.Thread):
 _keeper: LeaseKeeper | None = None
 _sweeper: Sweeper | None = None
 _watcher: CancelWatcher | None = None
+_flusher: Flusher | None = None
+
+
+def output_flusher() -> Flusher:
+    """This process's writer of running hosts' output, started on first use."""
+    global _flusher
+    with _lock:
+        if _flusher is None or not _flusher.is_alive():
+            _flusher = Flusher()
+            _flusher.start()
+        return _flusher
 
 
 def lease_keeper() -> LeaseKeeper:
@@ -210,7 +222,7 @@ def _start_threads(**_: Any) -> None:
 
 @worker_shutdown.connect
 def _shutdown(**_: Any) -> None:
-    for thread in (_keeper, _sweeper, _watcher):
+    for thread in (_keeper, _sweeper, _watcher, _flusher):
         if thread is not None:
             thread.stop()
     if _pool is not None:
@@ -310,7 +322,7 @@ def _run_claimed(job_id: str, token: str, job: JobOptions, hosts: list[ClaimedHo
     finished: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
     for h in hosts:
         future = host_executor(h.target.get("connection") == "local").submit(_run_one, h, job,
-                                                                             stopper)
+                                                                             stopper, token)
         future.add_done_callback(lambda f, name=h.host: finished.put((name, f)))
     left = len(hosts)
     closed = False
@@ -334,15 +346,18 @@ def _run_claimed(job_id: str, token: str, job: JobOptions, hosts: list[ClaimedHo
             return closed
 
 
-def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper) -> Outcome:
+def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper, token: str) -> Outcome:
     if stopper.stopped.is_set():  # cancelled while it waited for a thread
         return Outcome(status=HostStatus.CANCELLED, error=state.CANCELLED_BEFORE)
     began = time.monotonic()
+    settings = get_settings()
+    live = LiveOutput(job.job_id, claimed.host, token, settings.output_limit)
+    flusher = output_flusher()
+    flusher.watch(live)
     try:
         target = Host.from_dict(claimed.target)
-        settings = get_settings()
         options = replace(RunOptions.resolve(target, settings, job.command_timeout,
-                                             job.connect_timeout), stopper=stopper)
+                                             job.connect_timeout), stopper=stopper, live=live)
         if job.kind == "command" and not job.params.get("become"):
             outcome = run_on(target, job.command, options, connection_pool())
         else:
@@ -350,6 +365,8 @@ def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper) -> Outcome
     except Exception as exc:  # a bug in opsq: record it on the host, keep the job alive
         logger.exception("host %s: unexpected error", claimed.host)
         outcome = Outcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        flusher.forget(live)
     outcome.duration = time.monotonic() - began
     if stopper.stopped.is_set() and not outcome.succeeded:
         outcome.status, outcome.exit_code = HostStatus.CANCELLED, None
