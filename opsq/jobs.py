@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import OperationalError
 
-from opsq import db, files, limits, rolling, state, webhooks
+from opsq import control, db, files, limits, rolling, state, webhooks
 from opsq.app import app
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.inventory import Host, Inventory
@@ -326,7 +326,7 @@ def cancel(job_id: str) -> JobSummary:
     try:
         with db.session_scope() as session:
             status = _job(session, job_id).status
-            request = state.cancel(session.connection(), job_id)
+            request = control.cancel(session.connection(), job_id)
     except OperationalError as exc:
         raise db.unavailable(exc) from exc
     if not request.accepted:

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 
-from opsq import db, state
+from opsq import control, db
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Flusher(threading.Thread):
                 continue
             try:
                 with db.get_engine().begin() as conn:
-                    state.append_output(conn, [
+                    control.append_output(conn, [
                         (lv.job_id, lv.host, lv.token, out, err) for lv, out, err in chunks])
             except Exception as exc:  # the final result still has it all
                 logger.warning("could not write the output of %d running host(s): %s",

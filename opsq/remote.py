@@ -66,7 +66,8 @@ def _watching(stopper: Stopper | None, kill) -> contextlib.AbstractContextManage
 
 
 def exec_ssh(conn: Connection, command: str, stdin: bytes, timeout: float,
-             out_limit: int, err_limit: int, stopper: Stopper | None = None) -> Exec:
+             out_limit: int, err_limit: int, stopper: Stopper | None = None,
+             keep_stdin: bool = False) -> Exec:
     """Run ``command`` through the connection's SSH transport, feeding it ``stdin``.
 
     Raises paramiko.SSHException/OSError when the transport fails (the caller decides
@@ -77,11 +78,11 @@ def exec_ssh(conn: Connection, command: str, stdin: bytes, timeout: float,
     conn.open()
     chan = conn.client.get_transport().open_session(timeout=timeout)
     with _watching(stopper, chan.close):
-        return _exec_on(chan, command, stdin, deadline, timeout, out, err)
+        return _exec_on(chan, command, stdin, deadline, timeout, out, err, keep_stdin)
 
 
 def _exec_on(chan, command: str, stdin: bytes, deadline: float, timeout: float,
-             out: Capture, err: Capture) -> Exec:
+             out: Capture, err: Capture, keep_stdin: bool) -> Exec:
     try:
         chan.settimeout(timeout)
         chan.exec_command(command)
@@ -89,7 +90,8 @@ def _exec_on(chan, command: str, stdin: bytes, deadline: float, timeout: float,
         for start in range(0, len(view), CHUNK_SIZE):
             chan.settimeout(max(deadline - time.monotonic(), 0.001))
             chan.sendall(view[start:start + CHUNK_SIZE])
-        chan.shutdown_write()
+        if not keep_stdin:  # kept open: a remote watchdog waits for it to close
+            chan.shutdown_write()
         chan.settimeout(0.0)
         with selectors.DefaultSelector() as sel:
             sel.register(chan, selectors.EVENT_READ)
@@ -120,13 +122,14 @@ def _drain(chan, out: Capture, err: Capture) -> bool:
 
 
 def exec_local(command: str, stdin: bytes, timeout: float, out_limit: int,
-               err_limit: int, stopper: Stopper | None = None) -> Exec:
+               err_limit: int, stopper: Stopper | None = None,
+               keep_stdin: bool = False) -> Exec:
     """Run ``command`` in a shell on the worker, in its own process group (killed whole
     at the deadline). Raises OSError when the shell cannot start."""
     proc = subprocess.Popen([LOCAL_SHELL, "-c", command], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-    feeder = threading.Thread(target=_feed, args=(proc, stdin), daemon=True)
+    feeder = threading.Thread(target=_feed, args=(proc, stdin, keep_stdin), daemon=True)
     feeder.start()
     out, err = Capture(out_limit), Capture(err_limit)
     deadline = time.monotonic() + timeout
@@ -151,6 +154,8 @@ def exec_local(command: str, stdin: bytes, timeout: float, out_limit: int,
         _killpg(proc)
         proc.wait()
     feeder.join()
+    with contextlib.suppress(OSError):
+        proc.stdin.close()  # type: ignore[union-attr]
     proc.stdout.close()  # type: ignore[union-attr]
     proc.stderr.close()  # type: ignore[union-attr]
     if timed_out:
@@ -164,11 +169,15 @@ def _killpg(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _feed(proc: subprocess.Popen, data: bytes) -> None:
+def _feed(proc: subprocess.Popen, data: bytes, keep_open: bool) -> None:
     # A program that exits without reading all of its input is not an error here.
     with contextlib.suppress(BrokenPipeError, OSError):
         view = memoryview(data)
         for start in range(0, len(view), CHUNK_SIZE):
             proc.stdin.write(view[start:start + CHUNK_SIZE])  # type: ignore[union-attr]
-    with contextlib.suppress(BrokenPipeError, OSError):
-        proc.stdin.close()  # type: ignore[union-attr]
+    if not keep_open:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            proc.stdin.close()  # type: ignore[union-attr]
+    else:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            proc.stdin.flush()  # type: ignore[union-attr]

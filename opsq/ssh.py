@@ -68,9 +68,9 @@ HONOURED_SSH_CONFIG = ("HostName", "User", "IdentityFile")
 #: children alone (``nohup server &`` keeps running).
 REMOTE_WRAPPER = """exec 3<&0
 if command -v setsid >/dev/null 2>&1; then
-  setsid -w "${SHELL:-/bin/sh}" -c "$1" </dev/null &
+  setsid -w %(shell)s -c "$1" </dev/null &
 else
-  "${SHELL:-/bin/sh}" -c "$1" </dev/null &
+  %(shell)s -c "$1" </dev/null &
 fi
 p=$!
 ( while IFS= read -r _; do :; done
@@ -86,9 +86,14 @@ exit "$rc"
 REMOTE_KILL_GRACE = 2
 
 
-def wrap_remote(command: str) -> str:
-    """``command`` run through REMOTE_WRAPPER by /bin/sh (whatever the login shell is)."""
-    wrapper = REMOTE_WRAPPER % {"grace": REMOTE_KILL_GRACE}
+#: The shell a command runs in: the login user's, as plain ssh does.
+LOGIN_SHELL = '"${SHELL:-/bin/sh}"'
+
+
+def wrap_remote(command: str, shell: str = LOGIN_SHELL) -> str:
+    """``command`` run through REMOTE_WRAPPER by /bin/sh (whatever the login shell is),
+    in ``shell``."""
+    wrapper = REMOTE_WRAPPER % {"grace": REMOTE_KILL_GRACE, "shell": shell}
     return f"/bin/sh -c {shlex.quote(wrapper)} opsq {shlex.quote(command)}"
 
 

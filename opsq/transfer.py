@@ -26,8 +26,9 @@ from opsq.errors import OpsqError
 from opsq.remote import Exec, exec_local, exec_ssh
 from opsq.state import HostStatus, JobOptions, Outcome
 
-#: A program of the host side: (script, stdin bytes, timeout s, stdout limit) -> Exec.
-Run = Callable[[str, bytes, float, int], Exec]
+#: A program of the host side: (script, stdin bytes, timeout s, stdout limit) -> Exec;
+#: ``keep_stdin=True`` leaves its stdin open once the bytes are sent.
+Run = Callable[..., Exec]
 
 #: Bytes of stderr kept from an action's helper programs.
 ERROR_LIMIT = 64 * 1024
@@ -94,12 +95,14 @@ class HostSide:
         self.become = become
         self._password = become.password if become and password_needed else None
 
-    def run(self, script: str, stdin: bytes, timeout: float, limit: int) -> tuple[Exec, str | None]:
+    def run(self, script: str, stdin: bytes, timeout: float, limit: int,
+            keep_stdin: bool = False) -> tuple[Exec, str | None]:
         """Run ``script``; (what it did, why sudo refused it or None)."""
         if self.become is None:
-            return self._run(script, stdin, timeout, limit), None
+            return self._run(script, stdin, timeout, limit, keep_stdin=keep_stdin), None
         prefix = (self._password + "\n").encode() if self._password is not None else b""
-        result = self._run(sudo(script, self.become), prefix + stdin, timeout, limit)
+        result = self._run(sudo(script, self.become), prefix + stdin, timeout, limit,
+                           keep_stdin=keep_stdin)
         return result, _unmark(result, self.become)
 
 
@@ -250,8 +253,13 @@ def script(host: HostSide, action: Action, timeout: float, output_limit: int) ->
 
 
 def command(host: HostSide, action: Action, timeout: float, output_limit: int) -> Outcome:
-    """The job's command (through sudo: plain commands without become use opsq.ssh)."""
-    result, why = host.run(action.params["command"], b"", timeout, output_limit)
+    """The job's command (through sudo: plain commands without become use opsq.ssh), in
+    the same watched process group as those, so its deadline and cancel stop it."""
+    from opsq.ssh import wrap_remote
+
+    # As Ansible's become: /bin/sh, since the target user's shell may be nologin.
+    result, why = host.run(wrap_remote(action.params["command"], "/bin/sh"), b"", timeout,
+                           output_limit, keep_stdin=True)
     if why:
         return Outcome(status=HostStatus.ERROR, error=why)
     return _as_command(result, output_limit, timeout)
@@ -339,15 +347,18 @@ def run_action(run: Run, job: JobOptions, payload: bytes, become: Become | None,
 
 
 def local_runner(stopper: Any = None) -> Run:
-    def run(script_: str, stdin: bytes, timeout: float, limit: int) -> Exec:
-        return exec_local(script_, stdin, timeout, limit, max(limit, ERROR_LIMIT), stopper)
+    def run(script_: str, stdin: bytes, timeout: float, limit: int,
+            keep_stdin: bool = False) -> Exec:
+        return exec_local(script_, stdin, timeout, limit, max(limit, ERROR_LIMIT), stopper,
+                          keep_stdin)
     return run
 
 
 def ssh_runner(conn: Any, stopper: Any = None) -> Run:
-    def run(script_: str, stdin: bytes, timeout: float, limit: int) -> Exec:
+    def run(script_: str, stdin: bytes, timeout: float, limit: int,
+            keep_stdin: bool = False) -> Exec:
         return exec_ssh(conn, script_, stdin, timeout, limit, max(limit, ERROR_LIMIT),
-                        stopper)
+                        stopper, keep_stdin)
     return run
 
 
@@ -377,10 +388,10 @@ def perform(target: Any, job: JobOptions, options: Any, pool: Any, settings: Any
         run = ssh_runner(conn, options.stopper)
         started = False
 
-        def tracked(*args: Any) -> Exec:
+        def tracked(*args: Any, **kwargs: Any) -> Exec:
             nonlocal started
             try:
-                return run(*args)
+                return run(*args, **kwargs)
             except Exception as exc:
                 if not started and _transport_error(exc):
                     raise NotStarted() from exc

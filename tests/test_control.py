@@ -299,3 +299,11 @@ def test_a_lost_worker_keeps_what_its_host_printed(start_worker):
     host = rows(job_id)["host06"]
     assert summary.finished and host["status"] == "interrupted"
     assert host["stdout"] == "before-the-crash\n"
+
+
+def test_a_command_run_through_sudo_is_stopped_at_its_deadline_too():
+    command, marker = _sleep_command()
+    summary = jobs.submit(jobs.JobSpec(command=command, pattern="host05", command_timeout=2,
+                                       params={"become": True})).get(timeout=60)
+    assert summary["hosts"]["host05"]["status"] == "timeout"
+    wait_until(lambda: not _processes(marker), REMOTE_STOP_WITHIN, "the sudo'd sleep gone")

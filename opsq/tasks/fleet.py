@@ -30,7 +30,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy.exc import IntegrityError
 
-from opsq import db, files, jobs, state, transfer, webhooks
+from opsq import control, db, files, jobs, state, transfer, webhooks
 from opsq.app import app
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.inventory import Host
@@ -150,7 +150,7 @@ class CancelWatcher(threading.Thread):
                 continue
             try:
                 with db.get_engine().begin() as conn:
-                    doomed = state.cancelling(conn, list(held))
+                    doomed = control.cancelling(conn, list(held))
             except Exception as exc:
                 logger.warning("could not look for cancelled jobs: %s", exc)
                 continue
@@ -383,14 +383,14 @@ def _flush(job_id: str, token: str, job: JobOptions, results: list[tuple[str, Ou
     retried = {h for h, _ in again}
     final = [(h, o) for h, o in results if h not in retried]
 
-    def write() -> tuple[bool, list[str], state.BatchStep]:
+    def write() -> tuple[bool, list[str], control.BatchStep]:
         with db.get_engine().begin() as conn:
             files.store(conn, fetched)
-            requeued = state.requeue(conn, job_id, token, again, job.retry_delay or 0)
+            requeued = control.requeue(conn, job_id, token, again, job.retry_delay or 0)
             closed = state.store(conn, job_id, token, final, release=last)
-            step = state.BatchStep()
+            step = control.BatchStep()
             if job.batch_size and final and not closed:
-                step = state.advance_batch(conn, job_id)
+                step = control.advance_batch(conn, job_id)
             return closed or step.closed, requeued, step
 
     # The commands ran: wait out a database outage rather than lose their results.

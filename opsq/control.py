@@ -1,0 +1,223 @@
+"""Steering a running job: its output while it runs, rolling batches and failure limits,
+retries, and cancel. Each is a transition of ``opsq.state``'s machine, written here in
+SQL as there: one statement (or one transaction) that keeps a job's counters and its host
+rows in agreement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, text
+
+from opsq.state import (
+    _CLOSE_TIMES,
+    _CLOSES,
+    _LOCK_HOSTS,
+    CANCEL_PENDING,
+    CANCELLED_BEFORE,
+    JOBS_CHANNEL,
+    JobStatus,
+    Outcome,
+    _clean,
+)
+
+# -- live output --------------------------------------------------------------------------
+
+_APPEND_OUTPUT = text(
+    f"""
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:jobs AS text[]), CAST(:hosts AS text[]),
+            CAST(:tokens AS text[]), CAST(:outs AS text[]), CAST(:errs AS text[]))
+        AS v(job_id, host, token, out, err)
+    ), appended AS (
+        UPDATE host_results h SET stdout = COALESCE(h.stdout, '') || v.out,
+            stderr = COALESCE(h.stderr, '') || v.err
+        FROM v
+        WHERE h.job_id = v.job_id AND h.host = v.host AND h.status = 'running'
+          AND h.lease_token = v.token
+        RETURNING h.job_id
+    )
+    SELECT pg_notify('{JOBS_CHANNEL}', job_id) FROM (SELECT DISTINCT job_id FROM appended) a
+    """
+)
+
+
+def append_output(conn: Connection, chunks: Sequence[tuple[str, str, str, str, str]]) -> None:
+    """Add what running hosts printed to their rows: (job, host, lease token, stdout,
+    stderr). Only hosts still running under that lease; a stored result replaces it all."""
+    if chunks:
+        conn.execute(_APPEND_OUTPUT, {
+            "jobs": [c[0] for c in chunks], "hosts": [c[1] for c in chunks],
+            "tokens": [c[2] for c in chunks], "outs": [_clean(c[3]) for c in chunks],
+            "errs": [_clean(c[4]) for c in chunks]})
+
+
+# -- rolling batches ----------------------------------------------------------------------
+
+#: Host statuses that count as failures for ``--max-fail``.
+FAILURE_STATUSES = ("failed", "timeout", "unreachable", "error", "interrupted")
+_BATCH_STATE = text(
+    f"""
+    SELECT j.current_batch, j.max_fail, j.batch_pause, j.status,
+           {" + ".join(f"j.{s}_count" for s in FAILURE_STATUSES)} AS failures,
+           (SELECT count(*) FROM host_results h WHERE h.job_id = j.id
+              AND h.batch = j.current_batch AND h.status IN ('pending', 'running')) AS left,
+           EXISTS (SELECT 1 FROM host_results h WHERE h.job_id = j.id
+              AND h.batch > j.current_batch) AS more
+    FROM jobs j WHERE j.id = :job
+    """
+)
+_NEXT_BATCH = text(
+    """
+    WITH b AS (
+        UPDATE jobs SET current_batch = current_batch + 1
+        WHERE id = :job AND current_batch = :current
+        RETURNING current_batch
+    )
+    UPDATE host_results h SET not_before = now() + make_interval(secs => :pause)
+    FROM b WHERE h.job_id = :job AND h.batch = b.current_batch AND h.status = 'pending'
+    RETURNING h.host
+    """
+)
+_SKIP_REST = text(
+    f"""
+    SELECT pg_notify('{JOBS_CHANNEL}', :job);
+    WITH hit AS (
+        UPDATE host_results SET status = 'skipped', error = :reason, finished_at = now()
+        WHERE job_id = :job AND status = 'pending'
+        RETURNING 1
+    ), c AS (SELECT count(*) AS n FROM hit)
+    UPDATE jobs j SET done_count = j.done_count + c.n, skipped_count = j.skipped_count + c.n,
+        error = :reason,
+        status = CASE WHEN {_CLOSES} THEN 'failed' ELSE j.status END,
+        {_CLOSE_TIMES}
+    FROM c
+    WHERE j.id = :job
+    RETURNING j.done_count >= j.host_count AS closed
+    """
+)
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """What the end of a batch led to: the next batch's hosts to send after ``pause``
+    seconds, or the rest skipped (``closed``: that ended the job)."""
+
+    hosts: list[str] = field(default_factory=list)
+    number: int = 0
+    pause: float = 0.0
+    closed: bool = False
+
+
+def advance_batch(conn: Connection, job_id: str) -> BatchStep:
+    """After a write of a batched job (its job row locked by that write): when the
+    current batch is done, release the next one, or, past ``max_fail`` failures, skip
+    every host not started and end the job ``failed``. Exactly one writer releases each
+    batch."""
+    row = conn.execute(_BATCH_STATE, {"job": job_id}).first()
+    if row is None or row.current_batch is None or row.left or not row.more:
+        return BatchStep()
+    if JobStatus(row.status).finished:
+        return BatchStep()
+    if row.max_fail is not None and row.failures > row.max_fail:
+        reason = (f"stopped after {row.failures} failures (more than --max-fail "
+                  f"{row.max_fail}); the hosts of later batches were not started")
+        done = conn.execute(_SKIP_REST, {"job": job_id, "reason": reason}).first()
+        return BatchStep(closed=bool(done and done.closed))
+    pause = float(row.batch_pause or 0)
+    hosts = [r.host for r in conn.execute(
+        _NEXT_BATCH, {"job": job_id, "current": row.current_batch, "pause": pause})]
+    return BatchStep(hosts=hosts, number=row.current_batch + 1, pause=pause)
+
+
+# -- retries ------------------------------------------------------------------------------
+
+_REQUEUE = text(
+    _LOCK_HOSTS + """
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:hosts AS text[]), CAST(:statuses AS text[]),
+            CAST(:codes AS int[]), CAST(:outs AS text[]), CAST(:errs AS text[]),
+            CAST(:errors AS text[]), CAST(:durations AS float8[]))
+        AS v(host, status, exit_code, stdout, stderr, error, duration)
+    ), back AS (
+        UPDATE host_results h SET status = 'pending', lease_token = NULL,
+            not_before = now() + make_interval(secs => :delay),
+            exit_code = v.exit_code, stdout = NULL, stderr = NULL, error = v.error
+        FROM v
+        WHERE h.job_id = :job AND h.host = v.host AND h.status = 'running'
+          AND h.lease_token = :token
+        RETURNING h.host, h.attempt
+    )
+    INSERT INTO host_attempts (job_id, host, attempt, status, exit_code, stdout, stderr,
+                               error, duration)
+    SELECT :job, v.host, back.attempt, v.status, v.exit_code, v.stdout, v.stderr, v.error,
+           v.duration
+    FROM v JOIN back ON back.host = v.host
+    RETURNING host
+    """
+)
+
+
+def requeue(conn: Connection, job_id: str, token: str, results: Iterable[tuple[str, Outcome]],
+            delay: float) -> list[str]:
+    """``running -> pending`` for hosts to run again after ``delay`` seconds: each run is
+    kept in ``host_attempts``; the host row keeps its exit code and error until the next
+    run ends, and starts an empty output for it. Only hosts still held under ``token``;
+    returns them."""
+    results = list(results)
+    if not results:
+        return []
+    outcomes = [o for _, o in results]
+    return list(conn.execute(_REQUEUE, {
+        "job": job_id, "token": token, "delay": delay, "hosts": [h for h, _ in results],
+        "statuses": [o.status.value for o in outcomes],
+        "codes": [o.exit_code for o in outcomes],
+        "outs": [_clean(o.stdout) for o in outcomes],
+        "errs": [_clean(o.stderr) for o in outcomes],
+        "errors": [_clean(o.error) for o in outcomes],
+        "durations": [o.duration for o in outcomes],
+    }).scalars())
+
+
+# -- cancel -----------------------------------------------------------------------------
+
+_REQUEST_CANCEL = text(
+    """
+    SELECT 1 FROM host_results WHERE job_id = :job ORDER BY id FOR UPDATE;
+    UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now())
+    WHERE id = :job AND status IN ('queued', 'running')
+    RETURNING id
+    """
+)
+_CANCELLING = text(
+    """
+    SELECT l.token FROM leases l JOIN jobs j ON j.id = l.job_id
+    WHERE l.token = ANY(:tokens) AND j.cancel_requested_at IS NOT NULL
+    """
+)
+@dataclass(frozen=True)
+class CancelRequest:
+    """What ``cancel`` did: whether the job could still be cancelled, and whether this
+    closed it (nothing was running)."""
+
+    accepted: bool
+    closed: bool = False
+
+
+def cancel(conn: Connection, job_id: str) -> CancelRequest:
+    """Ask a queued or running job to stop: hosts not started end ``cancelled`` at once;
+    workers stop the running ones (``cancelling``) and store them ``cancelled``; the job
+    then ends ``cancelled``. A finished job is left as it is (``accepted`` False)."""
+    if conn.execute(_REQUEST_CANCEL, {"job": job_id}).first() is None:
+        return CancelRequest(accepted=False)
+    row = conn.execute(CANCEL_PENDING, {"job": job_id, "reason": CANCELLED_BEFORE}).first()
+    return CancelRequest(accepted=True, closed=bool(row and row.closed))
+
+
+def cancelling(conn: Connection, tokens: Sequence[str]) -> list[str]:
+    """Of the given leases, those whose job was asked to stop."""
+    if not tokens:
+        return []
+    return [r.token for r in conn.execute(_CANCELLING, {"tokens": list(tokens)})]
