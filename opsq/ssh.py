@@ -59,27 +59,25 @@ STALL_FRACTION = 0.9
 HONOURED_SSH_CONFIG = ("HostName", "User", "IdentityFile")
 
 
-#: How a command runs on a host: the login shell runs it in a session (process group) of
-#: its own, with stdin from /dev/null and stdout/stderr kept apart, while a watchdog
-#: reads the channel's stdin. opsq never writes to it: it ends when opsq closes the
-#: channel (deadline, cancel) or the worker's connection drops (worker killed), and the
-#: watchdog then terminates the whole group, then kills what is left after a grace.
-#: When the command ends first, the watchdog is stopped and leaves its background
-#: children alone (``nohup server &`` keeps running).
+#: How a command runs on a host: in the login shell (as plain ssh runs it), with stdin from
+#: /dev/null and stdout/stderr kept apart, beside a watchdog that reads the channel's
+#: stdin. opsq never writes to it: it ends when opsq closes the channel (deadline,
+#: cancel) or the worker's connection drops (worker killed). The watchdog then
+#: terminates the process group sshd made for the session, which holds the command and
+#: all it started (TERM, then KILL after a grace). When the command ends first, the
+#: watchdog is killed and the command's background children are left alone
+#: (``nohup server &`` keeps running). The watchdog is a subshell (a fork, no exec), and
+#: waiting is left to ``wait``: a signal cannot be lost between two reads.
 REMOTE_WRAPPER = """exec 3<&0
-if command -v setsid >/dev/null 2>&1; then
-  setsid -w %(shell)s -c "$1" </dev/null &
-else
-  %(shell)s -c "$1" </dev/null &
-fi
+%(shell)s -c "$1" </dev/null 3<&- &
 p=$!
-( while IFS= read -r _; do :; done
-  kill -TERM -"$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
-  sleep %(grace)d; kill -KILL -"$p" 2>/dev/null ) <&3 >/dev/null 2>&1 &
+( trap '' TERM
+  while IFS= read -r _; do :; done
+  kill -TERM 0 2>/dev/null; sleep %(grace)d; kill -KILL 0 2>/dev/null ) <&3 >/dev/null 2>&1 &
 w=$!
-exec 3<&-
+exec 3<&- </dev/null
 wait "$p"; rc=$?
-kill "$w" 2>/dev/null
+kill -KILL "$w" 2>/dev/null
 exit "$rc"
 """
 #: Seconds the remote side gives a stopped command between TERM and KILL.
