@@ -27,7 +27,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,flower]'
+	$(BIN)/pip install -q -e '.[test,flower,web]'
 	touch $@
 
 .PHONY: venv
@@ -76,6 +76,10 @@ beat: db  ## run celery beat in the foreground (fires the schedules in PostgreSQ
 .PHONY: flower
 flower: venv  ## Flower on 127.0.0.1:5555; needs OPSQ_FLOWER_USER and OPSQ_FLOWER_PASSWORD
 	$(BIN)/opsq flower
+
+.PHONY: web
+web: db  ## web console + REST API on 127.0.0.1:8000 (create a user first: opsq users add)
+	$(BIN)/opsq web
 
 .PHONY: screenshot
 screenshot: venv  ## Flower's task list with a fresh job, as var/flower-tasks.png (needs make start)

@@ -737,6 +737,84 @@ def flower() -> None:
     exec_flower()
 
 
+@main.group()
+def users() -> None:
+    """Users of the web console and REST API (opsq web)."""
+
+
+def _operator_name() -> str:
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return "cli:unknown"
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return click.prompt("password", hide_input=True, confirmation_prompt=True, err=True)
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True,
+              help="viewer reads; operator also runs jobs and edits schedules; admin also "
+                   "manages users and reads the audit log.")
+@_errors
+def users_add(name: str, role: str) -> None:
+    """Add user NAME; the password is asked twice (or read from stdin when piped)."""
+    from opsq.web import users as u
+
+    u.check_name(name)  # a bad name is refused before the prompt
+    u.add(name, role, u.check_password(_read_password()), by=_operator_name())
+    click.echo(f"user {name} added ({role})")
+
+
+@users.command("token")
+@click.argument("name")
+@_errors
+def users_token(name: str) -> None:
+    """Print a new API token for NAME (shown once: only its hash is kept)."""
+    from opsq.web import users as u
+
+    click.echo(u.new_token(name, by=_operator_name()))
+
+
+@users.command("rm")
+@click.argument("name")
+@_errors
+def users_rm(name: str) -> None:
+    """Remove user NAME and their API tokens."""
+    from opsq.web import users as u
+
+    u.remove(name, by=_operator_name())
+    click.echo(f"user {name} removed")
+
+
+@users.command("list")
+@_errors
+def users_list() -> None:
+    """Every user with their role and how many API tokens they have."""
+    from opsq.web import users as u
+
+    for r in u.all_users():
+        state = " disabled" if r.disabled else ""
+        click.echo(f"{r.name:<24} {r.role:<9} tokens {r.tokens:<3} "
+                   f"created {r.created_at:%Y-%m-%d %H:%M}{state}")
+
+
+@main.command()
+@_errors
+def web() -> None:
+    """Serve the web console and REST API on OPSQ_WEB_ADDRESS:OPSQ_WEB_PORT (needs a user,
+    see opsq users add, unless OPSQ_WEB_NO_AUTH on loopback)."""
+    from opsq.web.app import serve
+
+    serve()
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 

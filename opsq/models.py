@@ -274,3 +274,59 @@ class ChordPart(Base):
     state: Mapped[str] = mapped_column(String(50))
     #: The task's result encoded with the backend's serializer (JSON).
     result: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class Role(str, Enum):
+    """What a web console user may do; each role can do everything the ones before it can."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+
+class User(Base):
+    """A login of the web console and REST API (``opsq users``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    #: argon2id hash (PHC string) of the password; never the password itself.
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+
+
+class ApiToken(Base):
+    """A bearer token of the REST API, stored as its SHA-256 only."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    #: Hex SHA-256 of the token: tokens are long and random, so a fast hash suffices.
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """One change made through the web console, the API or ``opsq users``, or a login."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(),
+                                         index=True)
+    #: The user's name (kept as text: the entry outlives a removed user).
+    user: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    #: The client's IP address (``None``: the command line).
+    address: Mapped[str | None] = mapped_column(String(64))

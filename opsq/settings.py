@@ -59,6 +59,8 @@ DEFAULT_MAX_FILE = 100 * 1024 * 1024
 #: Seconds before the second attempt of a job-end notification; later pauses double
 #: (up to 10 minutes) until the URL has been tried for an hour (opsq.webhooks).
 DEFAULT_WEBHOOK_RETRY_BASE = 5.0
+#: The web console's (``opsq web``) default port.
+DEFAULT_WEB_PORT = 8000
 
 
 class Settings(BaseSettings):
@@ -116,6 +118,16 @@ class Settings(BaseSettings):
     #: Key of the HMAC-SHA256 signature of job-end notifications (``None``: unsigned).
     webhook_secret: str | None = None
     webhook_retry_base: float = Field(DEFAULT_WEBHOOK_RETRY_BASE, gt=0)
+    #: The web console and REST API (``opsq web``): address, port, the key its session
+    #: cookies are signed with (unset: one is generated and kept in var/web-secret), and
+    #: whether it may run without logins (loopback only; every visitor is then an admin).
+    web_address: str = "127.0.0.1"
+    web_port: int = Field(DEFAULT_WEB_PORT, ge=1, le=65535)
+    web_secret: str | None = None
+    web_no_auth: bool = False
+    #: Flower's address as the console's users reach it, for links from a job to its
+    #: task (unset: no link).
+    web_flower_url: str | None = None
 
     def inventory_path(self) -> Path:
         """The inventory path, made absolute against the project root when relative."""
