@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
 import json
 import logging
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -171,14 +168,18 @@ def attempt(job_id: str, index: int, payload: bytes, first: bool) -> Attempt | N
         raise db.unavailable(exc) from exc
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    # A redirect would resend the summary (or drop it, as GET) to an address nobody
-    # configured: a 3xx is a failed attempt instead.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+def _opener() -> Any:
+    """An opener that follows no redirect. Built on first use: urllib.request costs the
+    CLI ~20 ms to import, and only workers send notifications."""
+    import urllib.request
 
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        # A redirect would resend the summary (or drop it, as GET) to an address nobody
+        # configured: a 3xx is a failed attempt instead.
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
 
-_opener = urllib.request.build_opener(_NoRedirects)
+    return urllib.request.build_opener(NoRedirects)
 
 
 def _post(job_id: str, url: str, number: int, payload: bytes) -> Attempt:
@@ -187,9 +188,13 @@ def _post(job_id: str, url: str, number: int, payload: bytes) -> Attempt:
                "X-Opsq-Delivery": str(uuid.uuid5(NOTIFY_NAMESPACE, f"{job_id}/{url}/{number}"))}
     if (secret := get_settings().webhook_secret):
         headers[SIGNATURE_HEADER] = signature(payload, secret)
+    import http.client
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, data=payload, headers=headers, method="POST")
     try:
-        with _opener.open(request, timeout=REQUEST_TIMEOUT) as response:
+        with _opener().open(request, timeout=REQUEST_TIMEOUT) as response:
             return Attempt(url, number, response.status, None)
     except urllib.error.HTTPError as exc:
         exc.close()

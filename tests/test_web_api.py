@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import wait_until
@@ -295,3 +296,21 @@ def test_refuses_to_start_without_a_user(tmp_path):
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
                         f'DROP DATABASE IF EXISTS "{empty.rsplit("/", 1)[1]}" WITH (FORCE)'],
                        check=False, capture_output=True)
+
+
+def test_job_events_stream_each_change_until_the_job_ends(web, accounts):
+    with web.client(accounts["viewer"].token) as viewer, \
+            web.client(accounts["operator"].token) as op:
+        job_id = op.post(f"{API}/jobs", json={"command": "sleep 1", "pattern": "fleet"}
+                         ).json()["job_id"]
+        began = time.monotonic()
+        with viewer.stream("GET", f"{API}/jobs/{job_id}/events", timeout=60) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = [json.loads(line[len("data: "):]) for line in r.iter_lines()
+                      if line.startswith("data: ")]
+        assert time.monotonic() - began < 30  # the stream ended with the job
+        assert events[-1]["status"] == "succeeded" and events[-1]["done"] == 6
+        assert [e["done"] for e in events] == sorted(e["done"] for e in events)
+        assert len(events) >= 2  # it reported progress before the end
+        assert viewer.get(f"{API}/jobs/not-a-job/events").status_code == 404

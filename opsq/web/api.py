@@ -7,14 +7,18 @@ changes nothing: the checks are opsq's own, the same as the command line's.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from opsq import jobs
 from opsq.models import JobStatus, Role
+from opsq.notify import Listener
 from opsq.web import audit, operations
 from opsq.web.auth import api_principal, client_address, require
 from opsq.web.operations import JobIn, ScheduleEdit, ScheduleIn, ShortText
@@ -92,6 +96,38 @@ def get_job(job_id: JobId, who: Caller) -> dict[str, Any]:
 def job_hosts(job_id: JobId, who: Caller, preview: bool = False) -> list[dict[str, Any]]:
     """Each host's result with its output (``preview``: the first 512 characters)."""
     return [r.as_dict() for r in jobs.host_runs(job_id, preview=preview)]
+
+
+#: Seconds between two keep-alive comments of an idle event stream.
+EVENTS_KEEPALIVE = 15.0
+
+
+@router.get("/jobs/{job_id}/events", tags=["jobs"],
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "server-sent events, one per change"}})
+def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
+    """Server-sent events: a ``progress`` event (status, hosts done, counts) each time the
+    job changes, woken by PostgreSQL's notifications (``LISTEN``), until it has ended."""
+    jobs.summary(job_id)  # 404 before the stream starts
+
+    def stream() -> Iterator[str]:
+        last = None
+        with Listener() as listener:
+            while True:
+                s = jobs.summary(job_id)
+                now = (s.status.value, s.done, tuple(sorted(s.counts.items())))
+                if now != last:
+                    data = {"status": s.status.value, "done": s.done, "total": s.total,
+                            "counts": s.counts}
+                    yield f"event: progress\ndata: {json.dumps(data)}\n\n"
+                    last = now
+                if s.finished:
+                    return
+                if not listener.wait(EVENTS_KEEPALIVE):
+                    yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store"})
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
