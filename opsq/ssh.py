@@ -64,16 +64,21 @@ HONOURED_SSH_CONFIG = ("HostName", "User", "IdentityFile")
 #: stdin. opsq never writes to it: it ends when opsq closes the channel (deadline,
 #: cancel) or the worker's connection drops (worker killed). The watchdog then
 #: terminates the process group sshd made for the session, which holds the command and
-#: all it started (TERM, then KILL after a grace). When the command ends first, the
-#: watchdog is killed and the command's background children are left alone
-#: (``nohup server &`` keeps running). The watchdog is a subshell (a fork, no exec), and
-#: waiting is left to ``wait``: a signal cannot be lost between two reads.
+#: all it started (TERM, then KILL after a grace). It signals its process group only
+#: when that group leads a session (read from /proc), as a session sshd or ``setsid``
+#: made does: never a group it merely shares with others, such as a caller's.
+#: When the command ends first, the watchdog is killed and the command's background
+#: children are left alone (``nohup server &`` keeps running). The watchdog is a subshell
+#: (a fork, no exec), and waiting is left to ``wait``: no signal can slip between reads.
 REMOTE_WRAPPER = """exec 3<&0
 %(shell)s -c "$1" </dev/null 3<&- &
 p=$!
 ( trap '' TERM
   while IFS= read -r _; do :; done
-  kill -TERM 0 2>/dev/null; sleep %(grace)d; kill -KILL 0 2>/dev/null ) <&3 >/dev/null 2>&1 &
+  read -r _ _ _ _ g s _ </proc/$$/stat
+  if [ -n "$g" ] && [ "$g" = "$s" ]; then
+    kill -TERM -"$g" 2>/dev/null; sleep %(grace)d; kill -KILL -"$g" 2>/dev/null
+  fi ) <&3 >/dev/null 2>&1 &
 w=$!
 exec 3<&- </dev/null
 wait "$p"; rc=$?
@@ -88,11 +93,15 @@ REMOTE_KILL_GRACE = 2
 LOGIN_SHELL = '"${SHELL:-/bin/sh}"'
 
 
-def wrap_remote(command: str, shell: str = LOGIN_SHELL) -> str:
+def wrap_remote(command: str, shell: str = LOGIN_SHELL, new_session: bool = False) -> str:
     """``command`` run through REMOTE_WRAPPER by /bin/sh (whatever the login shell is),
-    in ``shell``."""
+    in ``shell``. ``new_session``: start the wrapper in a session of its own (``setsid``),
+    where nothing else makes one for it (a command run through sudo)."""
     wrapper = REMOTE_WRAPPER % {"grace": REMOTE_KILL_GRACE, "shell": shell}
-    return f"/bin/sh -c {shlex.quote(wrapper)} opsq {shlex.quote(command)}"
+    run = f"/bin/sh -c {shlex.quote(wrapper)} opsq {shlex.quote(command)}"
+    if not new_session:
+        return run
+    return f"if command -v setsid >/dev/null; then exec setsid -w {run}; fi; exec {run}"
 
 
 @dataclass(frozen=True)
@@ -207,7 +216,7 @@ def _execute(runner: Any, command: str, options: RunOptions) -> Outcome:
     runner.live = options.live
     try:
         with _stoppable(options, runner.kill):
-            result = runner.run(wrap_remote(command), hide=True, warn=True, in_stream=False,
+            result = runner.run(command, hide=True, warn=True, in_stream=False,
                                 timeout=options.command_timeout)
     except CommandTimedOut as exc:
         outcome = _outcome_from(exc.result, runner, options)
@@ -588,7 +597,7 @@ def run_on(host: Host, command: str, options: RunOptions, pool: ConnectionPool) 
     def work(conn: Connection) -> Outcome:
         runner = CappedRemote(context=conn, inline_env=conn.inline_ssh_env)
         try:
-            return _execute(runner, command, options)
+            return _execute(runner, wrap_remote(command), options)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if not hasattr(runner, "channel"):
                 raise NotStarted() from exc

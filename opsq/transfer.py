@@ -258,8 +258,8 @@ def command(host: HostSide, action: Action, timeout: float, output_limit: int) -
     from opsq.ssh import wrap_remote
 
     # As Ansible's become: /bin/sh, since the target user's shell may be nologin.
-    result, why = host.run(wrap_remote(action.params["command"], "/bin/sh"), b"", timeout,
-                           output_limit, keep_stdin=True)
+    result, why = host.run(wrap_remote(action.params["command"], "/bin/sh", new_session=True),
+                           b"", timeout, output_limit, keep_stdin=True)
     if why:
         return Outcome(status=HostStatus.ERROR, error=why)
     return _as_command(result, output_limit, timeout)

@@ -82,3 +82,30 @@ def test_host_output_cannot_drive_the_terminal():
     assert printable("ok\x1b[2J\x1b]0;pwned\x07\rdone") == "ok\\x1b[2J\\x1b]0;pwned\\x07\\x0ddone"
     assert printable("café ✓") == "café ✓"  # printable text stays as it is
     assert printable_lines("a\tb\n\x1b[31mred\n") == "a\tb\n\\x1b[31mred\n"
+
+
+def test_the_remote_wrapper_never_signals_a_group_it_does_not_lead():
+    # Its watchdog stops the command's process group when its stdin ends. Run here, in
+    # this test's own process group, with stdin ended at once: it must leave the group
+    # (this test runner included) alone and let the command finish.
+    import subprocess
+
+    from opsq.ssh import wrap_remote
+
+    out = subprocess.run(["/bin/sh", "-c", wrap_remote("sleep 0.3; echo finished")],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+    assert (out.returncode, out.stdout) == (0, "finished\n")
+
+
+def test_the_remote_wrapper_stops_its_own_session_when_stdin_ends():
+    import subprocess
+    import time
+
+    from opsq.ssh import REMOTE_KILL_GRACE, wrap_remote
+
+    began = time.monotonic()
+    out = subprocess.run(["/bin/sh", "-c", wrap_remote("sleep 30; echo never")],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=20, start_new_session=True)  # as sshd starts a session
+    assert out.stdout == "" and out.returncode != 0
+    assert time.monotonic() - began < REMOTE_KILL_GRACE + 5
