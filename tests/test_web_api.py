@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 from helpers import wait_until
 from sqlalchemy import text
@@ -314,3 +317,52 @@ def test_job_events_stream_each_change_until_the_job_ends(web, accounts):
         assert [e["done"] for e in events] == sorted(e["done"] for e in events)
         assert len(events) >= 2  # it reported progress before the end
         assert viewer.get(f"{API}/jobs/not-a-job/events").status_code == 404
+
+
+def _session(web, account) -> tuple[httpx.Client, str]:
+    """A browser-like client logged in as ``account``, and a CSRF token of its session."""
+    c = httpx.Client(base_url=web.url, timeout=30)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
+    r = c.post("/login", data={"csrf": csrf, "name": account.name,
+                               "password": account.password})
+    assert r.status_code == 303, r.text
+    page = c.get("/schedules/new").text
+    return c, re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+FORM_FLEET = {"what": "fleet", "command": "true", "pattern": "fleet", "tz": "UTC"}
+BAD_FORMS = [
+    ({"name": "f1", "when_kind": "cron", "expression": "61 * * * *", **FORM_FLEET},
+     "invalid cron line"),
+    ({"name": "f2", "when_kind": "cron", "expression": "0 0 31 2 *", **FORM_FLEET},
+     "never fires"),
+    ({"name": "f3", "when_kind": "every", "expression": "0s", **FORM_FLEET}, "shorter than"),
+    ({"name": "f4", "when_kind": "every", "expression": "10m", **FORM_FLEET,
+      "pattern": "nosuchgroup"}, "nosuchgroup"),
+    ({"name": "f5", "when_kind": "every", "expression": "10m", **FORM_FLEET,
+      "timeout": "nan"}, "finite"),
+    ({"name": "x" * 200, "when_kind": "every", "expression": "10m", **FORM_FLEET},
+     "too long"),
+    ({"name": "f7", "when_kind": "every", "expression": "10m", "what": "task",
+      "task": "opsq.prune", "args": "[1,"}, "not valid JSON"),
+    ({"name": "f8", "when_kind": "every", "expression": "10m", "what": "task",
+      "task": "no.such.task"}, "unknown task"),
+    ({"name": "f9", "when_kind": "at", "expression": "2001-01-01T00:00", **FORM_FLEET},
+     "in the past"),
+    ({"name": "f10", "when_kind": "cron", "expression": "0 2 * * *", **FORM_FLEET,
+      "tz": "Mars/Base"}, "unknown time zone"),
+]
+
+
+@pytest.mark.parametrize("form,message", BAD_FORMS, ids=[m for _, m in BAD_FORMS])
+def test_the_schedule_form_refuses_bad_input_beside_the_form(web, accounts, form, message):
+    client, csrf = _session(web, accounts["operator"])
+    try:
+        before = _table_state()
+        r = client.post("/schedules/new", data={"csrf": csrf, "enabled": "on", **form})
+        assert r.status_code == 422
+        assert message in html.unescape(r.text)
+        assert 'name="expression"' in r.text  # the form again, with the message
+        assert _table_state()[-1] == before[-1] and _table_state()[0] == before[0]
+    finally:
+        client.close()
