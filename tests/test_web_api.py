@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -366,3 +367,40 @@ def test_the_schedule_form_refuses_bad_input_beside_the_form(web, accounts, form
         assert _table_state()[-1] == before[-1] and _table_state()[0] == before[0]
     finally:
         client.close()
+
+
+def test_admins_manage_users_in_the_console_and_others_cannot(web, accounts):
+    from opsq.web import users
+
+    name = f"console-made-{secrets.token_hex(3)}"
+    admin, csrf = _session(web, accounts["admin"])
+    try:
+        r = admin.post("/users", data={"csrf": csrf, "name": name, "role": "viewer",
+                                       "password": "a long enough password"})
+        assert r.status_code == 303, r.text
+        made = {u.name: u for u in users.all_users()}[name]
+        assert made.role == "viewer"
+        assert users.login(name, "a long enough password") is not None
+        again = admin.post("/users", data={"csrf": csrf, "name": name, "role": "viewer",
+                                           "password": "a long enough password"})
+        assert again.status_code == 422 and "already exists" in html.unescape(again.text)
+        token_page = admin.post(f"/users/{name}/token", data={"csrf": csrf})
+        token = re.search(r'<code class="mono">([^<]+)</code>', token_page.text).group(1)
+        assert users.by_token(token).name == name
+        forged = admin.post(f"/users/{name}/remove", data={"csrf": "forged"})
+        assert forged.status_code == 403 and users.by_name(name) is not None
+        assert admin.post(f"/users/{name}/remove", data={"csrf": csrf}).status_code == 303
+        assert users.by_name(name) is None
+    finally:
+        admin.close()
+    operator, csrf = _session(web, accounts["operator"])
+    try:
+        assert operator.get("/users").status_code == 403
+        r = operator.post("/users", data={"csrf": csrf, "name": "sneaky", "role": "admin",
+                                          "password": "a long enough password"})
+        assert r.status_code == 403 and users.by_name("sneaky") is None
+    finally:
+        operator.close()
+    actions = [a for a, t in rows("SELECT action, target FROM audit WHERE target = :t",
+                                  t=name)]
+    assert actions == ["user.add", "user.token", "user.remove"]

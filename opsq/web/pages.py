@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from opsq import jobs, schedules
 from opsq.errors import OpsqError
 from opsq.models import JobStatus, Role
-from opsq.web import audit, operations
+from opsq.web import audit, operations, users
 from opsq.web.auth import (
     CSRF_FIELD,
     check_csrf,
@@ -389,6 +389,55 @@ def hosts_page(request: Request, pattern: str = "") -> Response:
             error = str(exc)
     return _render(request, "hosts.html", who, inventory=view, pattern=pattern,
                    selected=selected, error=error)
+
+
+# -- users (admins) -------------------------------------------------------------------------
+
+
+def _users_page(request: Request, who: Principal, status: int = 200, error: str | None = None,
+                form: dict[str, str] | None = None, token: tuple[str, str] | None = None
+                ) -> Response:
+    return _render(request, "users.html", who, status, users=users.all_users(), error=error,
+                   form=form or {"role": "viewer"}, roles=[r.value for r in Role], token=token)
+
+
+@router.get("/users")
+def users_page(request: Request) -> Response:
+    return _users_page(request, _user(request, Role.ADMIN))
+
+
+@router.post("/users")
+async def add_user(request: Request) -> Response:
+    who = _user(request, Role.ADMIN)
+    form = await _form(request)
+    try:
+        users.add(_text(form.get("name", "").strip()), form.get("role", ""),
+                  _text(form.get("password", "")), by=who.name,
+                  address=client_address(request))
+    except OpsqError as exc:
+        return _users_page(request, who, 422, error=str(exc),
+                           form={k: v for k, v in form.items() if k in ("name", "role")})
+    return _see("/users")
+
+
+@router.post("/users/{name}/{action}")
+async def user_action(request: Request, name: str, action: str) -> Response:
+    """Remove a user, or make them an API token (shown once: only its hash is kept)."""
+    who = _user(request, Role.ADMIN)
+    await _form(request)
+    _text(name)
+    if action not in ("remove", "token"):
+        raise HTTPException(404, "no such action")
+    if action == "remove" and name == who.name:
+        return _users_page(request, who, 422, error="you cannot remove yourself")
+    try:
+        if action == "remove":
+            users.remove(name, by=who.name, address=client_address(request))
+            return _see("/users")
+        token = users.new_token(name, by=who.name, address=client_address(request))
+    except OpsqError as exc:
+        return _users_page(request, who, 422, error=str(exc))
+    return _users_page(request, who, token=(name, token))
 
 
 @router.get("/audit")
