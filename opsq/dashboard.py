@@ -39,7 +39,8 @@ WRITE_METHODS = ("post", "put", "delete", "patch")
 logger = logging.getLogger(__name__)
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` only listens on this machine (a login may then be waived)."""
     if address == "localhost":
         return True
     try:
@@ -57,7 +58,7 @@ def flower_command(settings: Settings | None = None) -> tuple[list[str], dict[st
             raise ConfigError("OPSQ_FLOWER_USER/OPSQ_FLOWER_PASSWORD may not contain ','")
         env["FLOWER_BASIC_AUTH"] = f"{s.flower_user}:{s.flower_password}"
     elif s.flower_no_auth:
-        if not _is_loopback(s.flower_address):
+        if not is_loopback(s.flower_address):
             raise ConfigError(
                 f"OPSQ_FLOWER_NO_AUTH is only allowed on a loopback address, not "
                 f"{s.flower_address!r}: set OPSQ_FLOWER_USER and OPSQ_FLOWER_PASSWORD")

@@ -11,6 +11,7 @@ deadline and keep at most a given number of bytes of each stream.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import selectors
@@ -49,6 +50,14 @@ class Capture:
     @property
     def overflowed(self) -> bool:
         return self.total > self.limit
+
+    def text(self) -> str:
+        return decode(bytes(self.kept))
+
+
+def decode(data: bytes) -> str:
+    """UTF-8 with replacement, once; a character cut at the limit becomes one U+FFFD."""
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=True)
 
 
 @dataclass

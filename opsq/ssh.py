@@ -8,7 +8,6 @@ settings. A command's own failure is a result (``opsq.state.Outcome``), never an
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import logging
 import os
@@ -33,6 +32,7 @@ from invoke.exceptions import CommandTimedOut
 
 from opsq.errors import HostKeyError
 from opsq.inventory import Host
+from opsq.remote import Capture, decode
 from opsq.settings import Settings
 from opsq.state import HostStatus, Outcome
 from opsq.stopper import Stopper
@@ -504,27 +504,6 @@ def classify_connect_error(
     return HostStatus.ERROR, f"{where}: {type(exc).__name__}: {exc}", False
 
 
-class _Capture:
-    """One stream's bounded capture: the first ``limit`` bytes, and the total count."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.kept, self.total = limit, bytearray(), 0
-
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.limit - len(self.kept)
-        if room > 0:
-            self.kept += data[:room]
-
-    def text(self) -> str:
-        return decode(bytes(self.kept))
-
-
-def decode(data: bytes) -> str:
-    """UTF-8 with replacement, once; a character cut at the limit becomes one U+FFFD."""
-    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=True)
-
-
 def run_local(command: str, options: RunOptions) -> Outcome:
     """Run ``command`` on the worker itself (``ansible_connection=local``) in its own
     process group, killed whole at the deadline; output capped as for SSH."""
@@ -534,7 +513,7 @@ def run_local(command: str, options: RunOptions) -> Outcome:
                                 start_new_session=True)
     except OSError as exc:
         return Outcome(status=HostStatus.ERROR, error=f"cannot start {LOCAL_SHELL}: {exc}")
-    out, err = _Capture(options.output_limit), _Capture(options.output_limit)
+    out, err = Capture(options.output_limit), Capture(options.output_limit)
     deadline = time.monotonic() + options.command_timeout
     timed_out = False
     with _stoppable(options, lambda: _kill_group_only(proc)), \

@@ -266,11 +266,9 @@ def command(host: HostSide, action: Action, timeout: float, output_limit: int) -
 
 
 def _as_command(result: Exec, limit: int, timeout: float) -> Outcome:
-    from opsq.ssh import decode
-
     outcome = Outcome(
         status=HostStatus.OK, exit_code=result.exit_code,
-        stdout=decode(bytes(result.stdout.kept)), stderr=decode(bytes(result.stderr.kept)),
+        stdout=result.stdout.text(), stderr=result.stderr.text(),
         stdout_bytes=result.stdout.total, stderr_bytes=result.stderr.total,
         truncated=result.stdout.overflowed or result.stderr.overflowed)
     if result.timed_out:

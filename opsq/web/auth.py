@@ -10,7 +10,6 @@ cancels jobs and edits schedules; an admin also manages users and reads the audi
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 import secrets
@@ -22,6 +21,7 @@ from pathlib import Path
 from fastapi import HTTPException, Request
 
 from opsq.daemons import private_dir
+from opsq.dashboard import is_loopback
 from opsq.errors import ConfigError
 from opsq.models import Role
 from opsq.settings import PROJECT_ROOT, Settings, get_settings
@@ -42,15 +42,6 @@ CSRF_FIELD = "csrf"
 ANONYMOUS = Principal("anonymous", Role.ADMIN)
 
 logger = logging.getLogger(__name__)
-
-
-def is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def check_startup(settings: Settings | None = None) -> bool:
