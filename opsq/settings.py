@@ -61,6 +61,10 @@ DEFAULT_MAX_FILE = 100 * 1024 * 1024
 DEFAULT_WEBHOOK_RETRY_BASE = 5.0
 #: The web console's (``opsq web``) default port.
 DEFAULT_WEB_PORT = 8000
+#: Bytes of a request body the console reads at most (a larger one is refused unread).
+DEFAULT_WEB_MAX_BODY = 1024 * 1024
+#: Live job streams (server-sent events) one user may hold open at once.
+DEFAULT_WEB_STREAMS_PER_USER = 20
 
 
 class Settings(BaseSettings):
@@ -118,6 +122,9 @@ class Settings(BaseSettings):
     #: Key of the HMAC-SHA256 signature of job-end notifications (``None``: unsigned).
     webhook_secret: str | None = None
     webhook_retry_base: float = Field(DEFAULT_WEBHOOK_RETRY_BASE, gt=0)
+    #: Networks (comma-separated CIDRs) webhooks may reach although they are not global
+    #: (loopback, private, link-local...); every other non-global address is refused.
+    webhook_allowed_networks: str = ""
     #: The web console and REST API (``opsq web``): address, port, the key its session
     #: cookies are signed with (unset: one is generated and kept in var/web-secret), and
     #: whether it may run without logins (loopback only; every visitor is then an admin).
@@ -125,6 +132,22 @@ class Settings(BaseSettings):
     web_port: int = Field(DEFAULT_WEB_PORT, ge=1, le=65535)
     web_secret: str | None = None
     web_no_auth: bool = False
+    #: The inventories the console and API may use, by name: ``name=path`` pairs,
+    #: comma-separated (unset: one named "default", OPSQ_INVENTORY). A console user picks
+    #: a name; no path typed into the console is ever opened.
+    web_inventories: str = ""
+    #: Let jobs and schedules submitted through the console or API run on hosts with a
+    #: local connection (on the worker itself). Off: they are refused.
+    web_local_hosts: bool = False
+    #: Mark session cookies Secure (sent over HTTPS only): set it behind a TLS proxy.
+    web_secure_cookies: bool = False
+    #: Addresses or networks (comma-separated) of reverse proxies whose X-Forwarded-For
+    #: names the client; from any other peer the header is ignored.
+    web_trusted_proxies: str = ""
+    #: Bytes of a request body read at most; a larger one gets 413 before it is parsed.
+    web_max_body: int = Field(DEFAULT_WEB_MAX_BODY, ge=1024)
+    #: Live job streams one user may hold open at once.
+    web_streams_per_user: int = Field(DEFAULT_WEB_STREAMS_PER_USER, ge=1)
     #: Flower's address as the console's users reach it, for links from a job to its
     #: task (unset: no link).
     web_flower_url: str | None = None
