@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import pwd
 import selectors
 import signal
 import subprocess
@@ -31,6 +32,10 @@ CHUNK_SIZE = 64 * 1024
 POLL_INTERVAL = 0.5
 #: The shell a local program runs in.
 LOCAL_SHELL = "/bin/sh"
+#: PATH of a local program: the system's directories, not the worker's own PATH.
+LOCAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: LANG of a local program when the worker has none.
+LOCAL_LANG = "C.UTF-8"
 
 
 @dataclass
@@ -130,14 +135,34 @@ def _drain(chan, out: Capture, err: Capture) -> bool:
     return idle
 
 
+def local_env() -> dict[str, str]:
+    """The whole environment of a program run on the worker for a host with a local
+    connection: PATH, HOME, LANG, USER, LOGNAME and SHELL, and nothing else.
+
+    The worker's own environment holds its secrets (OPSQ_DATABASE_URL, OPSQ_WEB_SECRET,
+    the broker's password, cloud keys): whoever may run ``env`` on a local host must not
+    read them, so nothing is inherited from it but LANG. User and home come from the
+    password database, not from variables the worker was started with.
+    """
+    uid = os.geteuid()
+    try:
+        account = pwd.getpwuid(uid)
+        user, home = account.pw_name, account.pw_dir or "/"
+    except KeyError:  # a uid without a passwd entry (some containers)
+        user, home = str(uid), "/"
+    return {"PATH": LOCAL_PATH, "HOME": home, "LANG": os.environ.get("LANG") or LOCAL_LANG,
+            "USER": user, "LOGNAME": user, "SHELL": LOCAL_SHELL}
+
+
 def exec_local(command: str, stdin: bytes, timeout: float, out_limit: int,
                err_limit: int, stopper: Stopper | None = None,
                keep_stdin: bool = False) -> Exec:
     """Run ``command`` in a shell on the worker, in its own process group (killed whole
-    at the deadline). Raises OSError when the shell cannot start."""
+    at the deadline) and with only ``local_env()``. Raises OSError when the shell cannot
+    start."""
     proc = subprocess.Popen([LOCAL_SHELL, "-c", command], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            env=local_env(), start_new_session=True)
     feeder = threading.Thread(target=_feed, args=(proc, stdin, keep_stdin), daemon=True)
     feeder.start()
     out, err = Capture(out_limit), Capture(err_limit)

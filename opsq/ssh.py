@@ -32,7 +32,7 @@ from invoke.exceptions import CommandTimedOut
 
 from opsq.errors import HostKeyError
 from opsq.inventory import Host
-from opsq.remote import Capture, decode
+from opsq.remote import Capture, decode, local_env
 from opsq.settings import Settings
 from opsq.state import HostStatus, Outcome
 from opsq.stopper import Stopper
@@ -506,11 +506,12 @@ def classify_connect_error(
 
 def run_local(command: str, options: RunOptions) -> Outcome:
     """Run ``command`` on the worker itself (``ansible_connection=local``) in its own
-    process group, killed whole at the deadline; output capped as for SSH."""
+    process group, killed whole at the deadline; output capped as for SSH. The command
+    gets ``remote.local_env()``, none of the worker's variables (they hold its secrets)."""
     try:
         proc = subprocess.Popen([LOCAL_SHELL, "-c", command], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+                                env=local_env(), start_new_session=True)
     except OSError as exc:
         return Outcome(status=HostStatus.ERROR, error=f"cannot start {LOCAL_SHELL}: {exc}")
     out, err = Capture(options.output_limit), Capture(options.output_limit)
