@@ -4,10 +4,13 @@ checked against the real thing.
 The units' command lines are expanded the way systemd expands them (a tiny expander
 below) and run: the worker nodes must start under ``celery multi``, answer a ping with
 the pools and queues opsq's own daemon command gives them, warm-restart and stop; beat
-must lead; Flower must ask for a login. rabbitmq-setup.sh and postgres-setup.sql run
-against throwaway vhost, user, role and database names, removed afterwards. Every
-process a test starts carries a marker in its environment and is killed by it at the
-end, pass or fail.
+must lead; Flower and the web console must ask for a login. rabbitmq-setup.sh and
+postgres-setup.sql run against throwaway vhost, user, role and database names, removed
+afterwards. Every process a test starts carries a marker in its environment and is killed
+by it at the end, pass or fail. The nginx example runs in front of a stand-in console.
+
+systemd-analyze and nginx are installed with apt-get when missing and the tests run as
+root; otherwise their tests are skipped, saying so.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import contextlib
 import grp
 import hashlib
 import hmac
+import http.server
+import ipaddress
+import json
 import os
 import pwd
 import re
@@ -29,6 +35,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 ENV_FILE = DEPLOY / "opsq.env"
 UNIT_DIR = DEPLOY / "systemd"
-UNITS = ("opsq-workers", "opsq-beat", "opsq-flower")
+UNITS = ("opsq-workers", "opsq-beat", "opsq-flower", "opsq-web")
+NGINX_SITE = DEPLOY / "nginx" / "opsq-web.conf"
 RABBIT_SETUP = DEPLOY / "rabbitmq-setup.sh"
 POSTGRES_SETUP = DEPLOY / "postgres-setup.sql"
 #: Seconds for nodes, beat or Flower to come up, and for nodes to stop.
@@ -55,6 +63,10 @@ POOL_CLASSES = {"threads": "celery.concurrency.thread:TaskPool",
                 "prefork": "celery.concurrency.prefork:TaskPool"}
 #: Environment variable whose value marks the processes a test started.
 MARK = "OPSQ_DEPLOYTEST_MARK"
+#: Seconds one apt-get run may take when a test installs the tool it checks with.
+APT_TIMEOUT = 600
+#: Seconds the stand-in console holds a live stream open between its two events.
+STREAM_HOLD = 10
 #: Settings from the test run that replace the server's values in the env file.
 RUN_SETTINGS = ("OPSQ_BROKER_URL", "OPSQ_DATABASE_URL", "OPSQ_INVENTORY", "OPSQ_KNOWN_HOSTS",
                 "OPSQ_CONNECT_TIMEOUT", "OPSQ_COMMAND_TIMEOUT", "OPSQ_ENV_FILE")
@@ -250,7 +262,7 @@ def test_env_file_sources_and_defines_what_the_units_use():
         assert not missing, f"{unit}.service uses {missing}, which opsq.env does not define"
     # No secrets in the world-readable file.
     for name in ("OPSQ_BROKER_URL", "OPSQ_DATABASE_URL", "OPSQ_BROKER_API",
-                 "OPSQ_FLOWER_PASSWORD"):
+                 "OPSQ_FLOWER_PASSWORD", "OPSQ_WEB_SECRET", "OPSQ_WEBHOOK_SECRET"):
         assert name not in env, f"{name} belongs in /etc/opsq/secrets.env"
 
 
@@ -294,12 +306,14 @@ def test_env_file_settings_load_in_opsq(tmp_path):
     env = {**source_env_file(), "PATH": os.environ["PATH"], "OPSQ_ENV_FILE": "/nonexistent"}
     code = ("from opsq.settings import get_settings; s = get_settings(); "
             "print(s.run_path(), s.log_path(), s.inventory_path(), s.known_hosts_path(), "
-            "s.flower_address, s.flower_port, s.flower_db)")
+            "s.flower_address, s.flower_port, s.flower_db, s.web_address, s.web_port, "
+            "s.web_secure_cookies, s.web_trusted_proxies, s.web_max_body)")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["/run/opsq", "/var/log/opsq", "/etc/opsq/inventory.yml",
                    "/var/lib/opsq/.ssh/known_hosts", "127.0.0.1", "5555",
-                   "/var/lib/opsq/flower.db"]
+                   "/var/lib/opsq/flower.db", "127.0.0.1", "8000", "True", "127.0.0.1",
+                   "1048576"]
 
 
 # -- the unit files -----------------------------------------------------------------------
@@ -375,20 +389,82 @@ def test_unit_sandbox_leaves_the_ssh_key_readable_and_the_state_writable(unit):
     assert Path(env["OPSQ_KNOWN_HOSTS"]).parent == Path(home) / ".ssh"
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
-def test_systemd_analyze_verify_accepts_the_units():
-    r = subprocess.run(["systemd-analyze", "verify", "--man=no",
-                        *(str(UNIT_DIR / f"{u}.service") for u in UNITS)],
+def _installed(binary: str, *packages: str) -> str:
+    """The path of ``binary``; when it is missing, the first of ``packages`` apt-get can
+    install is installed (as root only). Skips the test, saying why, when none can be.
+
+    Debian's nginx package starts its own service on install unless policy-rc.d forbids
+    it (as container images do): on a workstation, install nginx before running these.
+    """
+    search = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
+    if found := shutil.which(binary, path=search):
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"{binary} is not installed, and only root with apt-get may install it "
+                    f"here (apt-get install {packages[0]})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    said = []
+    for refresh in (False, True):  # the package lists may be missing or stale
+        if refresh:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True,
+                           timeout=APT_TIMEOUT)
+        for package in packages:
+            r = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends",
+                                package], env=env, capture_output=True, text=True,
+                               timeout=APT_TIMEOUT)
+            if r.returncode == 0 and (found := shutil.which(binary, path=search)):
+                return found
+            said.append(f"{package}: {(r.stderr.strip().splitlines() or ['no output'])[-1]}")
+    pytest.skip(f"{binary} is not installed and apt-get could not install it: "
+                + "; ".join(said))
+
+
+@pytest.fixture(scope="module")
+def systemd_analyze() -> str:
+    return _installed("systemd-analyze", "systemd")
+
+
+def _verify_complaints(systemd_analyze: str, units: list[Path]) -> tuple[int, list[str], str]:
+    """(exit status, the lines about these unit files, all output) of systemd-analyze
+    verify on ``units``.
+
+    verify also loads the host's units the given ones refer to (multi-user.target,
+    network-online.target...) and may warn about those or about the host itself (no
+    systemd running in a container): such lines do not name one of these files or units
+    and are left out. It checks that each Exec program exists, which needs no stand-in
+    here: every unit runs /bin/sh (the real program is behind a variable, which verify
+    does not expand), so the files are verified as installed, from where they are.
+    """
+    r = subprocess.run([systemd_analyze, "verify", "--man=no", *map(str, units)],
                        capture_output=True, text=True, timeout=60)
-    # Unknown keys and bad values are only warnings to systemd: fail on any output too.
-    assert r.returncode == 0 and not r.stderr.strip() and not r.stdout.strip(), \
-        r.stdout + r.stderr
+    output = r.stdout + r.stderr
+    ours = [str(u) for u in units] + [u.name for u in units]
+    about_ours = [line for line in output.splitlines() if any(n in line for n in ours)]
+    return r.returncode, about_ours, output
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_accepts_every_unit(systemd_analyze):
+    units = sorted(UNIT_DIR.glob("*.service"))
+    assert {u.stem for u in units} == set(UNITS), "a unit in deploy/systemd is not tested"
+    code, about_ours, output = _verify_complaints(systemd_analyze, units)
+    # Unknown keys and bad values are only warnings to systemd (exit 0): fail on them too.
+    assert code == 0 and not about_ours, output
+
+
+def test_systemd_analyze_verify_check_sees_a_broken_unit(systemd_analyze, tmp_path):
+    # The check above passes on silence; prove that it hears a typo and a bad value.
+    broken = tmp_path / "opsq-web.service"
+    text = (UNIT_DIR / "opsq-web.service").read_text()
+    broken.write_text(text.replace("ProtectSystem=full", "ProtectSytem=full")
+                      .replace("RestartSec=5", "RestartSec=five"))
+    code, about_ours, output = _verify_complaints(systemd_analyze, [broken])
+    assert any("ProtectSytem" in line for line in about_ours), output
+    assert any("five" in line for line in about_ours), output
+
+
 @pytest.mark.parametrize("unit", UNITS)
-def test_systemd_analyze_security_exposure_stays_low(unit):
-    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+def test_systemd_analyze_security_exposure_stays_low(unit, systemd_analyze):
+    r = subprocess.run([systemd_analyze, "security", "--offline=true", "--no-pager",
                         str(UNIT_DIR / f"{unit}.service")],
                        capture_output=True, text=True, timeout=60)
     m = re.search(r"Overall exposure level for \S+: ([\d.]+)", r.stdout)
@@ -603,6 +679,279 @@ def test_flower_unit_starts_flower_behind_a_login(services, tmp_path, marker):
     assert b"flower" in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
     proc.send_signal(signal.SIGTERM)
     proc.wait(STOP_TIMEOUT)
+
+
+def test_web_unit_serves_the_console_behind_a_login(services, tmp_path, marker):
+    from opsq.web import users
+
+    # The console refuses to start while no user exists: one for the length of the test.
+    admin = f"deploytest-{secrets.token_hex(3)}"
+    users.add(admin, "admin", secrets.token_urlsafe(16), by="deploytest")
+    try:
+        port = free_port()
+        env = unit_env(tmp_path, marker, OPSQ_WEB_PORT=str(port),
+                       OPSQ_WEB_SECRET=secrets.token_hex(32))
+        proc = _popen_unit("opsq-web", env, tmp_path)
+        url = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _http_status(f"{url}/login") == 200, "the console did not serve",
+                  proc, tmp_path)
+        assert _http_status(f"{url}/api/v1/jobs") == 401
+        # exec all the way: the unit's main process is the console.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[-2:] == [b"web", b""] and any(b"opsq" in a for a in cmdline), cmdline
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(STOP_TIMEOUT)
+    finally:
+        users.remove(admin, by="deploytest")
+
+
+# -- the nginx example ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nginx() -> str:
+    return _installed("nginx", "nginx", "nginx-light")
+
+
+@pytest.fixture
+def nginx_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: nginx's workers run as nobody and must reach it.
+    d = Path(tempfile.mkdtemp(prefix="opsq-nginx-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _self_signed(d: Path) -> tuple[Path, Path]:
+    """A certificate for opsq.example.com and its key, valid for a day."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "opsq.example.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("opsq.example.com")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = d / "cert.pem", d / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _ipv6_loopback() -> bool:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        return True
+    return False
+
+
+def _nginx_conf(d: Path, upstream: int, http_port: int, https_port: int) -> Path:
+    """A main nginx.conf in ``d`` that includes the example as a site, as Debian's does,
+    with what must differ in a test: free ports on loopback instead of 80 and 443, a
+    self-signed certificate, the stand-in console as upstream, files kept in ``d``."""
+    env = source_env_file()
+    site = NGINX_SITE.read_text()
+    # The example proxies to where opsq.env makes the console listen.
+    upstream_line = f"server {env['OPSQ_WEB_ADDRESS']}:{env['OPSQ_WEB_PORT']};"
+    assert upstream_line in site, f"{NGINX_SITE.name} does not proxy to {upstream_line}"
+    site = site.replace(upstream_line, f"server 127.0.0.1:{upstream};")
+    cert, key = _self_signed(d)
+    site = re.sub(r"ssl_certificate \S+;", f"ssl_certificate {cert};", site)
+    site = re.sub(r"ssl_certificate_key \S+;", f"ssl_certificate_key {key};", site)
+    ipv6 = _ipv6_loopback()
+
+    def listen(m: re.Match) -> str:
+        port = https_port if m.group(2) == "443" else http_port
+        if m.group(1):
+            return f"listen [::1]:{port}{m.group(3)};" if ipv6 else ""
+        return f"listen 127.0.0.1:{port}{m.group(3)};"
+
+    site, n = re.subn(r"listen (\[::\]:)?(80|443)([^;]*);", listen, site)
+    assert n == 4, f"{NGINX_SITE.name}: expected listen 80/443 on IPv4 and IPv6"
+    (d / "opsq-web.conf").write_text(site)
+    temp = "\n".join(f"    {k}_temp_path {d}/{k};"
+                      for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    main = d / "nginx.conf"
+    main.write_text(f"""pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+daemon off;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+{temp}
+    include {d}/opsq-web.conf;
+}}
+""")
+    return main
+
+
+def _nginx_argv(nginx: str, d: Path, conf: Path) -> list[str]:
+    return [nginx, "-p", f"{d}/", "-c", str(conf), "-e", str(d / "error.log")]
+
+
+def test_nginx_example_passes_nginx_t(nginx, nginx_dir):
+    conf = _nginx_conf(nginx_dir, free_port(), free_port(), free_port())
+    r = subprocess.run([*_nginx_argv(nginx, nginx_dir, conf), "-t"], capture_output=True,
+                       text=True, timeout=60)
+    # nginx -t reports on stderr; warnings (a deprecated directive, a conflict) count.
+    complaints = [ln for ln in r.stderr.splitlines() if re.search(r"\[(emerg|alert|crit|"
+                                                                  r"error|warn)\]", ln)]
+    assert r.returncode == 0 and not complaints, r.stderr
+    assert "test is successful" in r.stderr
+
+
+class _StandIn(http.server.ThreadingHTTPServer):
+    """Answers like the console would, telling what reached it: the peer's address, the
+    headers and the body's length as JSON; a job's events path streams two server-sent
+    events, the second only when ``release`` is set (or after STREAM_HOLD seconds)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _StandInHandler)
+        self.release = threading.Event()
+
+
+class _StandInHandler(http.server.BaseHTTPRequestHandler):
+    server: _StandIn
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base's name)
+        pass
+
+    def _echo(self, length: int) -> None:
+        body = json.dumps({"peer": self.client_address[0], "length": length,
+                           "headers": {k.lower(): v for k, v in self.headers.items()}})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def do_GET(self) -> None:
+        if not re.fullmatch(r"/api/v1/jobs/[^/]+/events", self.path):
+            return self._echo(0)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(b"event: progress\ndata: {\"done\": 1}\n\n")
+        self.wfile.flush()
+        self.server.release.wait(STREAM_HOLD)
+        self.wfile.write(b"event: progress\ndata: {\"done\": 2}\n\n")
+
+    def do_POST(self) -> None:
+        self._echo(len(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+
+
+@pytest.fixture
+def stand_in() -> Iterator[_StandIn]:
+    server = _StandIn()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def proxy(nginx, nginx_dir, stand_in) -> Iterator[tuple[str, str]]:
+    """The example running in front of the stand-in: its (https, http) base URLs."""
+    http_port, https_port = free_port(), free_port()
+    conf = _nginx_conf(nginx_dir, stand_in.server_address[1], http_port, https_port)
+    proc = subprocess.Popen(_nginx_argv(nginx, nginx_dir, conf), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", https_port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                error_log = nginx_dir / "error.log"
+                raise AssertionError(f"nginx did not start (exit {proc.poll()}): "
+                                     f"{error_log.read_text() if error_log.exists() else ''}")
+            time.sleep(0.1)
+        yield f"https://127.0.0.1:{https_port}", f"http://127.0.0.1:{http_port}"
+    finally:
+        # The workers share the master's process group (daemon off): stop them all.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_nginx_example_forwards_what_the_console_trusts(proxy):
+    import httpx
+
+    https, http = proxy
+    with httpx.Client(verify=False, timeout=10) as client:
+        # Plain HTTP only redirects to HTTPS.
+        r = client.get(f"{http}/login?next=/jobs")
+        assert r.status_code == 301
+        assert r.headers["location"] == "https://127.0.0.1/login?next=/jobs"
+
+        # Whatever a client claims, the console hears the address that connected to nginx.
+        r = client.get(f"{https}/login", headers={
+            "X-Forwarded-For": "203.0.113.9", "Forwarded": "for=203.0.113.9",
+            "X-Real-IP": "203.0.113.9", "X-Forwarded-Host": "evil.example",
+            "X-Forwarded-Proto": "http"})
+        assert r.status_code == 200, r.text
+        seen = r.json()
+        assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
+        assert seen["headers"]["x-forwarded-proto"] == "https"
+        for dropped in ("forwarded", "x-real-ip", "x-forwarded-host"):
+            assert dropped not in seen["headers"], seen["headers"]
+        assert "max-age=" in r.headers["strict-transport-security"]
+        # ...and the console trusts that header because nginx's address is listed.
+        trusted = [ipaddress.ip_network(n.strip(), strict=False) for n in
+                   source_env_file()["OPSQ_WEB_TRUSTED_PROXIES"].split(",") if n.strip()]
+        assert any(ipaddress.ip_address(seen["peer"]) in n for n in trusted), seen["peer"]
+
+
+def test_nginx_example_caps_bodies_at_the_consoles_limit(proxy):
+    import httpx
+
+    from opsq.settings import DEFAULT_WEB_MAX_BODY
+
+    limit = int(source_env_file().get("OPSQ_WEB_MAX_BODY", DEFAULT_WEB_MAX_BODY))
+    https, _ = proxy
+    with httpx.Client(verify=False, timeout=30) as client:
+        r = client.post(f"{https}/api/v1/jobs", content=b"x" * limit)
+        assert r.status_code == 200 and r.json()["length"] == limit, r.text
+        r = client.post(f"{https}/api/v1/jobs", content=b"x" * (limit + 1))
+        assert r.status_code == 413
+
+
+def test_nginx_example_streams_job_events_unbuffered(proxy, stand_in):
+    import httpx
+
+    https, _ = proxy
+    with httpx.Client(verify=False, timeout=STREAM_HOLD / 2) as client, \
+            client.stream("GET", f"{https}/api/v1/jobs/j1/events") as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        # The first event arrives while the console still holds the stream open; a
+        # buffering proxy would keep it until the stream ended (a read timeout here).
+        assert next(lines) == "event: progress"
+        assert next(lines) == 'data: {"done": 1}'
+        stand_in.release.set()
+        rest = [line for line in lines if line]
+    assert rest == ["event: progress", 'data: {"done": 2}']
 
 
 # -- rabbitmq-setup.sh ----------------------------------------------------------------------
