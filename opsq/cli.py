@@ -561,9 +561,14 @@ def _when(value: Any) -> str:
 
 
 def _what(row: Any) -> str:
+    from opsq.jobs import mask_secrets
+    from opsq.schedules import masked_kwargs
+
+    kwargs = masked_kwargs(row.kwargs)
     if row.task == "opsq.submit_job":
-        return f"{row.kwargs.get('pattern')}: {row.kwargs.get('command')}"
-    return f"{row.task}{tuple(row.args) if row.args else '()'} {row.kwargs or ''}".rstrip()
+        return f"{kwargs.get('pattern')}: {kwargs.get('command')}"
+    args = mask_secrets(repr(tuple(row.args))) if row.args else "()"
+    return f"{row.task}{args} {kwargs or ''}".rstrip()
 
 
 def _expr(row: Any) -> str:
@@ -592,9 +597,17 @@ def schedule_list(as_json: bool) -> None:
 
 
 def _schedule_dict(r: Any) -> dict[str, Any]:
-    return {k: getattr(r, k) for k in (
+    """The schedule as shown: secrets in its command, args and webhook URLs masked, as
+    the console masks them."""
+    from opsq.jobs import mask_secrets
+    from opsq.schedules import masked_kwargs
+
+    shown = {k: getattr(r, k) for k in (
         "name", "kind", "expression", "timezone", "task", "args", "kwargs", "enabled",
         "created_at", "updated_at", "last_run_at", "next_run_at", "run_count", "last_task_id")}
+    shown["kwargs"] = masked_kwargs(r.kwargs)
+    shown["args"] = [mask_secrets(a) if isinstance(a, str) else a for a in r.args or []]
+    return shown
 
 
 @schedule.command("show")
@@ -774,12 +787,68 @@ def users_add(name: str, role: str) -> None:
 
 @users.command("token")
 @click.argument("name")
+@click.option("--name", "token_name", metavar="LABEL",
+              help="What the token is for (ci-deploy); default token-<random>.")
+@click.option("--expires", metavar="LIFETIME",
+              help="Refused after this long: N and h, d or w (90d); default never.")
 @_errors
-def users_token(name: str) -> None:
+def users_token(name: str, token_name: str | None, expires: str | None) -> None:
     """Print a new API token for NAME (shown once: only its hash is kept)."""
     from opsq.web import users as u
 
-    click.echo(u.new_token(name, by=_operator_name()))
+    click.echo(u.new_token(name, by=_operator_name(), token_name=token_name,
+                           lifetime=u.parse_lifetime(expires)))
+
+
+@users.command("tokens")
+@click.argument("name")
+@_errors
+def users_tokens(name: str) -> None:
+    """NAME's API tokens: name, made, last used, expiry (never the tokens)."""
+    from opsq.web import users as u
+
+    def when(value: Any) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value else "-"
+
+    for t in u.tokens(name):
+        state = " (expired)" if t.expired else ""
+        click.echo(f"{t.id:<6} {t.name:<24} made {when(t.created_at)}  used "
+                   f"{when(t.last_used_at):<16}  expires {when(t.expires_at)}{state}")
+
+
+@users.command("revoke")
+@click.argument("name")
+@click.argument("token")
+@_errors
+def users_revoke(name: str, token: str) -> None:
+    """Revoke NAME's API token TOKEN (its name or id, as opsq users tokens lists it)."""
+    from opsq.web import users as u
+
+    click.echo(f"token {u.revoke(name, token, by=_operator_name())} of {name} revoked")
+
+
+@users.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["viewer", "operator", "admin"]))
+@_errors
+def users_role(name: str, role: str) -> None:
+    """Give NAME another role; their console sessions end."""
+    from opsq.web import users as u
+
+    u.set_role(name, role, by=_operator_name())
+    click.echo(f"user {name} is now {role}")
+
+
+@users.command("passwd")
+@click.argument("name")
+@_errors
+def users_passwd(name: str) -> None:
+    """Set NAME's password (asked twice, or read from stdin); their sessions end."""
+    from opsq.web import users as u
+
+    u.check_name(name)
+    u.set_password(name, u.check_password(_read_password()), by=_operator_name())
+    click.echo(f"password of {name} changed")
 
 
 @users.command("rm")

@@ -30,6 +30,7 @@ from opsq import control, db, files, limits, rolling, state, webhooks
 from opsq.app import app
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.inventory import Host, Inventory
+from opsq.inventory.hosts import CONNECTION_LOCAL
 from opsq.models import HostResult, HostStatus, Job, JobStatus
 from opsq.notify import Listener
 from opsq.settings import DEFAULT_INVENTORY, get_settings
@@ -93,6 +94,26 @@ class JobSpec:
     retry_on: str | None = None
     #: URLs the job's summary is POSTed to when it ends (opsq.webhooks).
     notify: list[str] = field(default_factory=list, hash=False)
+    #: Whether the job may run on hosts with a local connection (on the worker itself).
+    #: Jobs from the console and API may not, unless OPSQ_WEB_LOCAL_HOSTS says so.
+    local_hosts: bool = True
+
+
+class LocalHostRefused(OpsqError):
+    """The pattern selects a host with a local connection where those are not allowed."""
+
+
+def check_local_hosts(hosts: list[Host], allowed: bool) -> None:
+    """Raise LocalHostRefused when ``hosts`` has a local one and they are not allowed."""
+    if allowed:
+        return
+    local = [h.name for h in hosts if h.connection == CONNECTION_LOCAL]
+    if local:
+        shown = ", ".join(local[:5]) + (f" and {len(local) - 5} more" if len(local) > 5 else "")
+        raise LocalHostRefused(
+            f"the pattern selects {shown}, with a local connection: the command would run "
+            "on the worker itself, which jobs from the console may not do (an admin can "
+            "allow it with OPSQ_WEB_LOCAL_HOSTS=1); leave them out of the pattern")
 
 
 def load_inventory(path: str | None = None) -> Inventory:
@@ -107,6 +128,11 @@ def load_inventory(path: str | None = None) -> Inventory:
 def resolve(pattern: str, inventory: str | None = None) -> list[Host]:
     """The hosts ``pattern`` selects. Raises InventoryError or PatternError."""
     return load_inventory(inventory).resolve(pattern)
+
+
+#: Called with the recording transaction's connection and the new job's id, to write what
+#: must commit with the job or not at all (the console's audit entry).
+OnRecord = Callable[[Any, str], None]
 
 
 def create(spec: JobSpec, job_id: str | None = None) -> str:
@@ -132,13 +158,15 @@ def check_timeouts(command_timeout: float | None, connect_timeout: float | None)
             "together with consumer_timeout (deploy/README.md)")
 
 
-def _record(spec: JobSpec, job_id: str | None = None) -> tuple[str, list[str]]:
+def _record(spec: JobSpec, job_id: str | None = None, on_record: OnRecord | None = None
+            ) -> tuple[str, list[str]]:
     if not spec.command.strip():
         raise OpsqError("the command is empty")
     check_timeouts(spec.command_timeout, spec.connect_timeout)
     notify = webhooks.check_urls(spec.notify)
     inv = load_inventory(spec.inventory)
     hosts = inv.resolve(spec.pattern)
+    check_local_hosts(hosts, spec.local_hosts)
     roll = rolling.resolve(len(hosts), batch=spec.batch_size, pause=spec.batch_pause,
                            max_fail=spec.max_fail, retries=spec.retries,
                            retry_delay=spec.retry_delay, retry_on=spec.retry_on,
@@ -161,6 +189,8 @@ def _record(spec: JobSpec, job_id: str | None = None) -> tuple[str, list[str]]:
         state.add_hosts(session.connection(), job_id,
                         [(h.name, json.dumps(h.run_record())) for h in hosts],
                         batch_size=roll.batch_size)
+        if on_record is not None:
+            on_record(session.connection(), job_id)
     return job_id, first_batch([h.name for h in hosts], roll.batch_size)
 
 
@@ -295,15 +325,15 @@ def job_status(job_id: str) -> JobStatus | None:
     return None if status is None else JobStatus(status)
 
 
-def submit(spec: JobSpec, before_publish: Callable[[str], None] | None = None
-           ) -> AsyncResult:
+def submit(spec: JobSpec, before_publish: Callable[[str], None] | None = None,
+           on_record: OnRecord | None = None) -> AsyncResult:
     """Record the job and publish its tasks; returns at once with the job's AsyncResult.
 
     Raises PatternError/InventoryError (nothing written), BackendUnavailable: PostgreSQL
     down (nothing written), or RabbitMQ down (the job row is kept with status ``error``
     and the reason, so nothing is silently lost).
     """
-    job_id, hosts = _record(spec)
+    job_id, hosts = _record(spec, on_record=on_record)
     try:
         if before_publish is not None:
             before_publish(job_id)
@@ -317,7 +347,7 @@ def submit(spec: JobSpec, before_publish: Callable[[str], None] | None = None
     return AsyncResult(job_id, app=app)
 
 
-def cancel(job_id: str) -> JobSummary:
+def cancel(job_id: str, on_record: OnRecord | None = None) -> JobSummary:
     """Stop a queued or running job: hosts not started end ``cancelled`` now, running ones
     are stopped on their hosts by their workers within about a second (``CancelWatcher``)
     and end ``cancelled``; the job then ends ``cancelled``. Returns the summary as of now.
@@ -327,6 +357,8 @@ def cancel(job_id: str) -> JobSummary:
         with db.session_scope() as session:
             status = _job(session, job_id).status
             request = control.cancel(session.connection(), job_id)
+            if request.accepted and on_record is not None:
+                on_record(session.connection(), job_id)
     except OperationalError as exc:
         raise db.unavailable(exc) from exc
     if not request.accepted:
@@ -476,9 +508,11 @@ PREVIEW_CHARS = 512
 HOST_ROWS_PAGE = 1000
 
 
-def host_runs(job_id: str, preview: bool = False) -> list[HostRun]:
+def host_runs(job_id: str, preview: bool = False, host: str | None = None,
+              offset: int = 0, limit: int | None = None) -> list[HostRun]:
     """Every host's run, in inventory order; with ``preview`` only the first
-    PREVIEW_CHARS of each stream are read (a table of a large job stays light)."""
+    PREVIEW_CHARS of each stream are read (a table of a large job stays light); ``host``:
+    that host's run only; ``offset``/``limit``: one page of them."""
     out_col, err_col = HostResult.stdout, HostResult.stderr
     if preview:
         out_col, err_col = func.left(out_col, PREVIEW_CHARS), func.left(err_col, PREVIEW_CHARS)
@@ -491,7 +525,9 @@ def host_runs(job_id: str, preview: bool = False) -> list[HostRun]:
                    HostResult.finished_at, HostResult.duration, HostResult.attempt,
                    HostResult.worker, HostResult.error, HostResult.changed,
                    HostResult.sha256, HostResult.batch)
-            .where(HostResult.job_id == job_id).order_by(HostResult.id)
+            .where(HostResult.job_id == job_id,
+                   *([HostResult.host == host] if host is not None else []))
+            .order_by(HostResult.id).offset(offset).limit(limit)
             .execution_options(yield_per=HOST_ROWS_PAGE)
         )
         return [HostRun(**{**r._asdict(), "status": HostStatus(r.status)}) for r in rows]

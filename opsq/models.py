@@ -300,6 +300,9 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    #: Raised by logout, a password or role change: console sessions signed with an older
+    #: epoch are refused (their cookies hold the user's id and epoch).
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiToken(Base):
@@ -311,8 +314,14 @@ class ApiToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     #: Hex SHA-256 of the token: tokens are long and random, so a fast hash suffices.
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    #: What the token is for ("ci-deploy"), unique per user; shown in lists and the audit.
+    name: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: After this the token is refused (``None``: until revoked).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("user_id", "name", name="api_tokens_user_name"),)
 
 
 class AuditEntry(Base):

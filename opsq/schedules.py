@@ -23,13 +23,14 @@ import math
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsq import db, limits
@@ -381,8 +382,8 @@ def task_call(task: str, args: list[Any], kwargs: dict[str, Any]
 
 def fleet_kwargs(command: str, pattern: str, inventory: str | None = None,
                  timeout: float | None = None, connect_timeout: float | None = None,
-                 rerun_safe: bool = False, notify: list[str] | None = None
-                 ) -> dict[str, Any]:
+                 rerun_safe: bool = False, notify: list[str] | None = None,
+                 local_hosts: bool = True) -> dict[str, Any]:
     """The submit_job kwargs of a fleet command, checked so that it can run when fired.
 
     The inventory is made absolute (the worker resolving it runs in another directory)
@@ -413,11 +414,14 @@ def fleet_kwargs(command: str, pattern: str, inventory: str | None = None,
     if notify is not None and not isinstance(notify, list):
         raise ScheduleError("notify must be a list of URLs")
     notify = webhooks.check_urls(notify)
-    jobs.load_inventory(inventory).resolve(pattern)
+    if not isinstance(local_hosts, bool):
+        raise ScheduleError("local_hosts must be true or false")
+    jobs.check_local_hosts(jobs.load_inventory(inventory).resolve(pattern), local_hosts)
     kwargs: dict[str, Any] = {"command": command, "pattern": pattern}
     for key, value in (("inventory", inventory), ("timeout", timeout),
                        ("connect_timeout", connect_timeout), ("rerun_safe", rerun_safe or None),
-                       ("notify", notify or None)):
+                       ("notify", notify or None),
+                       ("local_hosts", None if local_hosts else False)):
         if value is not None:
             kwargs[key] = value
     return kwargs
@@ -438,8 +442,14 @@ def check_name(name: str) -> str:
     return name
 
 
+#: Called with the session and the schedule row inside the transaction that changes it,
+#: to write what must commit with the change or not at all (the console's audit entry).
+OnChange = Callable[[Any, Schedule], None]
+
+
 def add(name: str, when: Timing, task: str, args: list[Any] | None = None,
-        kwargs: dict[str, Any] | None = None, enabled: bool = True) -> Schedule:
+        kwargs: dict[str, Any] | None = None, enabled: bool = True,
+        on_change: OnChange | None = None) -> Schedule:
     """Create a schedule. Raises ScheduleError (or another OpsqError) before writing
     anything if it could not fire: a bad name, timing, task or arguments (see
     ``task_call``), or a duplicate name."""
@@ -454,6 +464,9 @@ def add(name: str, when: Timing, task: str, args: list[Any] | None = None,
     try:
         with db.session_scope() as session:
             session.add(row)
+            session.flush()
+            if on_change is not None:
+                on_change(session, row)
     except IntegrityError:
         raise ScheduleError(f"a schedule named {name!r} already exists (opsq schedule "
                             "show/edit/rm it)") from None
@@ -478,7 +491,7 @@ def all_schedules() -> list[Schedule]:
 
 
 def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | None = None,
-         enabled: bool | None = None) -> Schedule:
+         enabled: bool | None = None, on_change: OnChange | None = None) -> Schedule:
     """Change timing, the fleet command's kwargs, or enabled; the next run is recomputed.
 
     The new timing and kwargs are checked as ``add`` checks them; nothing changes if they
@@ -507,13 +520,19 @@ def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | 
             raise ScheduleError(f"{name!r} was a one-off for {row.expression}, which has "
                                 "passed; give it a new --at")
         row.updated_at = func.now()
+        if on_change is not None:
+            on_change(session, row)
     return get(name)
 
 
-def remove(name: str) -> None:
+def remove(name: str, on_change: OnChange | None = None) -> None:
     with db.session_scope() as session:
-        if not session.execute(delete(Schedule).where(Schedule.name == name)).rowcount:
+        row = session.scalar(select(Schedule).where(Schedule.name == name).with_for_update())
+        if row is None:
             raise _no_such(name)
+        session.delete(row)
+        if on_change is not None:
+            on_change(session, row)
 
 
 def firing_id(schedule_id: int, due: datetime) -> str:
@@ -542,13 +561,28 @@ def send(row: Schedule, task_id: str | None = None) -> str:
     return result.id
 
 
-def run_now(name: str) -> str:
+def masked_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """A schedule's kwargs as shown (CLI, console, API, Flower): commands and other text
+    through ``mask_secrets``, webhook URLs cut to scheme, host and port."""
+    from opsq.jobs import mask_secrets
+    from opsq.webhooks import shown
+
+    out = {k: mask_secrets(v) if isinstance(v, str) else v for k, v in (kwargs or {}).items()}
+    if isinstance(out.get("notify"), list):
+        out["notify"] = [shown(u) if isinstance(u, str) else u for u in out["notify"]]
+    return out
+
+
+def run_now(name: str, on_change: OnChange | None = None) -> str:
     """Fire a schedule at once, outside its timing; returns the task (job) id."""
     row = get(name)
     task_id = send(row)
     with db.session_scope() as session:
         session.execute(update(Schedule).where(Schedule.id == row.id).values(
             last_run_at=func.now(), run_count=Schedule.run_count + 1, last_task_id=task_id))
+        if on_change is not None:
+            row.last_task_id = task_id
+            on_change(session, row)
     return task_id
 
 

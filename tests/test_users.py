@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from opsq import db
@@ -93,4 +94,20 @@ def test_generated_cookie_key_is_kept_private(tmp_path):
     first = signing_key(Settings(web_secret=None), path)
     assert len(first) >= 40 and path.stat().st_mode & 0o777 == 0o600
     assert signing_key(Settings(web_secret=None), path) == first
-    assert signing_key(Settings(web_secret="given"), path) == "given"
+    given = "g" * 32
+    assert signing_key(Settings(web_secret=given), path) == given
+
+
+@pytest.mark.parametrize("key,where", [("", "OPSQ_WEB_SECRET"), ("short", "OPSQ_WEB_SECRET"),
+                                       ("x" * 31, "OPSQ_WEB_SECRET")])
+def test_a_short_or_empty_signing_key_is_refused(tmp_path, key, where):
+    from opsq.errors import ConfigError
+    from opsq.settings import Settings
+    from opsq.web.auth import signing_key
+
+    with pytest.raises(ConfigError, match="at least 32"):
+        signing_key(Settings(web_secret=key), tmp_path / "unused")
+    empty = tmp_path / "web-secret"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match=str(empty)):
+        signing_key(Settings(web_secret=None), empty)

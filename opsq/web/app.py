@@ -2,7 +2,9 @@
 
 FastAPI serves the REST API (its OpenAPI schema at ``/api/v1/openapi.json``) and the
 Jinja2 pages; Starlette's SessionMiddleware keeps the login in a signed cookie
-(HttpOnly, SameSite=Lax), so the server holds no session state.
+(HttpOnly, SameSite=Lax) holding the user's id and session epoch (``opsq.web.auth``).
+Around them, outermost first: security headers, the loopback guard of a login-free
+console, the body cap, the session, and API authentication before any body is read.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.settings import Settings, get_settings
-from opsq.web import api, auth, pages
+from opsq.web import api, audit, auth, pages
 
 #: Seconds a login lasts (the session cookie's max age).
 SESSION_MAX_AGE = 8 * 3600
@@ -75,7 +78,21 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 401 and not _is_api(request):
             return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        if exc.status_code == 403 and request.method not in auth.SAFE_METHODS:
+            await run_in_threadpool(_audit_forbidden, request, str(exc.detail))
         return answer(request, exc.status_code, str(exc.detail), exc.headers)
+
+
+def _audit_forbidden(request: Request, reason: str) -> None:
+    """A change refused for the caller's role (or a forged form) goes to the audit log."""
+    who = request.scope.get("state", {}).get(auth.PRINCIPAL_STATE)
+    if who is None and "session" in request.scope:
+        try:
+            who = auth.session_principal(request)
+        except OpsqError:
+            who = None
+    audit.refused(who or "-", "access", f"{request.method} {request.url.path}", reason,
+                  {}, auth.client_address(request))
 
 
 def create_app(settings: Settings | None = None, no_auth: bool | None = None) -> FastAPI:
@@ -88,9 +105,16 @@ def create_app(settings: Settings | None = None, no_auth: bool | None = None) ->
     app.state.no_auth = bool(s.web_no_auth if no_auth is None else no_auth)
     app.state.flower_url = (s.web_flower_url or "").rstrip("/")
     app.state.limiter = auth.LoginLimiter()
+    app.state.trusted_proxies = auth.parse_networks(s.web_trusted_proxies,
+                                                    "OPSQ_WEB_TRUSTED_PROXIES")
+    # Added innermost first: each add_middleware wraps the ones before it.
+    app.add_middleware(auth.ApiAuthentication, prefix=api.PREFIX)
     app.add_middleware(SessionMiddleware, secret_key=auth.signing_key(s),
                        session_cookie="opsq_session", max_age=SESSION_MAX_AGE,
-                       same_site="lax", https_only=False)
+                       same_site="lax", https_only=s.web_secure_cookies)
+    app.add_middleware(auth.BodyLimit, limit=s.web_max_body)
+    if app.state.no_auth:
+        app.add_middleware(auth.LoopbackOnly)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -117,7 +141,8 @@ def serve(settings: Settings | None = None) -> None:
     app = create_app(s, no_auth)
     logger.info("opsq web on http://%s:%d/ (API: /api/v1, OpenAPI: /api/v1/openapi.json)",
                 s.web_address, s.web_port)
-    # proxy_headers off: the audit log and the login limits use the peer's address, which
-    # an X-Forwarded-For header from any local process could otherwise choose.
+    # proxy_headers off: the client address comes from X-Forwarded-For only when the peer
+    # is one of OPSQ_WEB_TRUSTED_PROXIES (auth.client_address); uvicorn's own handling
+    # would rewrite the peer for its own list of proxies.
     uvicorn.run(app, host=s.web_address, port=s.web_port, proxy_headers=False,
                 log_level=s.log_level.lower(), server_header=False)

@@ -2,21 +2,30 @@
 
 The inputs are pydantic models shared by the JSON API and the HTML forms, and every
 check beyond their types is opsq's own (``opsq.jobs``, ``opsq.schedules``), so the
-console refuses exactly what the command line refuses, with the same messages.
+console refuses what the command line refuses, with the same messages, and more: a
+console user is not a user of the control node, so they choose an inventory by the name
+an admin gave it (never a path), reach local hosts only where an admin allows it, and
+schedule registered tasks only as an admin. Every change is audited in its own
+transaction, and every refusal with its reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from opsq import actions, db, jobs, schedules
-from opsq.errors import OpsqError
-from opsq.models import Job, JobStatus, Schedule
+from opsq.errors import InventoryError, OpsqError
+from opsq.models import Job, JobStatus, Role, Schedule
+from opsq.settings import PROJECT_ROOT, get_settings
 from opsq.web import audit
 from opsq.web.users import Principal
 
@@ -26,6 +35,14 @@ MAX_TEXT = 64 * 1024
 MAX_JOBS_LISTED = 1000
 #: How the jobs submitted from the console record their submitter.
 SUBMITTED_BY_PREFIX = "web:"
+#: The console's inventory when OPSQ_WEB_INVENTORIES is unset (OPSQ_INVENTORY).
+DEFAULT_INVENTORY_NAME = "default"
+#: Tasks opsq sends itself, with arguments only it can make: never scheduled from the
+#: console (a fleet command is scheduled with a command and a pattern instead).
+INTERNAL_TASKS = frozenset({"opsq.submit_job", "opsq.run_hosts", "opsq.run_on_host",
+                            "opsq.start_job", "opsq.finish_job", "opsq.notify"})
+
+logger = logging.getLogger(__name__)
 
 
 def storable(text: str) -> str:
@@ -50,15 +67,17 @@ class JobIn(BaseModel):
 
     command: Text
     pattern: Text
-    inventory: ShortText | None = None
+    inventory: ShortText | None = Field(
+        None, description="The name of an inventory the console offers (GET /hosts "
+                          "lists them); unset: the first.")
     timeout: float | None = Field(None, description="Deadline per host, seconds.")
     connect_timeout: float | None = None
     rerun_safe: bool = False
     become: bool = False
     become_user: ShortText | None = None
-    batch_size: ShortText | None = Field(None, description="Hosts per batch: N or P%.")
+    batch_size: ShortText | int | None = Field(None, description="Hosts per batch: N or P%.")
     pause: float | None = None
-    max_fail: ShortText | None = None
+    max_fail: ShortText | int | None = None
     retries: int = Field(0, ge=0, le=1000)
     retry_delay: float | None = None
     retry_on: Literal["failure", "unreachable"] | None = None
@@ -67,7 +86,7 @@ class JobIn(BaseModel):
 
 class ScheduleIn(BaseModel):
     """A new schedule: exactly one of cron/every/at, and either command + pattern (a
-    fleet command) or task (+ args, kwargs: JSON values or JSON text)."""
+    fleet command) or task (+ args, kwargs: JSON values or JSON text; admins only)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -78,7 +97,8 @@ class ScheduleIn(BaseModel):
     tz: ShortText | None = None
     command: Text | None = None
     pattern: Text | None = None
-    inventory: ShortText | None = None
+    inventory: ShortText | None = Field(None, description="An inventory's name, as for "
+                                                          "jobs.")
     timeout: float | None = None
     connect_timeout: float | None = None
     rerun_safe: bool = False
@@ -112,33 +132,117 @@ def _finite(value: float | None, what: str) -> None:
         raise OpsqError(f"{what} must be a finite number, not {value!r}")
 
 
+# -- inventories -------------------------------------------------------------------------
+
+
+def inventories() -> dict[str, str]:
+    """The inventories the console offers, by name: OPSQ_WEB_INVENTORIES (``name=path``
+    pairs, comma-separated), else OPSQ_INVENTORY as "default". Raises OpsqError for a
+    malformed setting."""
+    s = get_settings()
+    if not s.web_inventories.strip():
+        return {DEFAULT_INVENTORY_NAME: str(s.inventory_path())}
+    out: dict[str, str] = {}
+    for pair in (p.strip() for p in s.web_inventories.split(",")):
+        name, sep, path = pair.partition("=")
+        if not pair:
+            continue
+        if not sep or not name.strip() or not path.strip():
+            raise OpsqError("OPSQ_WEB_INVENTORIES is malformed: give name=path pairs, "
+                            "comma-separated (an admin must fix it)")
+        where = Path(path.strip()).expanduser()
+        out[name.strip()] = str(where if where.is_absolute() else PROJECT_ROOT / where)
+    return out
+
+
+def inventory_path(name: str | None) -> str:
+    """The path of the console's inventory ``name`` (None: the first one). Raises
+    OpsqError for a name the console does not offer, listing those it does."""
+    offered = inventories()
+    if name is None or name == "":
+        return next(iter(offered.values()))
+    if name not in offered:
+        raise OpsqError(f"unknown inventory {name[:64]!r}: choose one of "
+                        f"{', '.join(sorted(offered))} (an admin sets them in "
+                        "OPSQ_WEB_INVENTORIES)")
+    return offered[name]
+
+
+def inventory_name(path: str) -> str:
+    """The console's name of the inventory at ``path``, or "(set on the command line)"."""
+    try:
+        offered = inventories()
+    except OpsqError:
+        offered = {}
+    return next((n for n, p in offered.items() if p == path), "(set on the command line)")
+
+
+@contextlib.contextmanager
+def inventory_errors(name: str | None) -> Iterator[None]:
+    """Turn an error reading an inventory into one that quotes nothing of the file (its
+    lines may hold secrets): the reason goes to the server's log, for an admin."""
+    try:
+        yield
+    except InventoryError as exc:
+        shown = name or next(iter(inventories()))
+        logger.warning("inventory %r cannot be used: %s", shown, exc)
+        raise OpsqError(f"the inventory {shown[:64]!r} cannot be used for this: an admin "
+                        "finds the reason in the console's log, or with opsq hosts "
+                        "PATTERN -i PATH") from None
+
+
+def resolve(pattern: str, inventory: str | None = None) -> list[Any]:
+    """The hosts ``pattern`` selects in the console's inventory ``inventory``."""
+    path = inventory_path(inventory)
+    with inventory_errors(inventory):
+        return jobs.resolve(pattern, path)
+
+
+def _local_hosts() -> bool:
+    return get_settings().web_local_hosts
+
+
 # -- jobs --------------------------------------------------------------------------------
 
 
 def submit(who: Principal, job: JobIn, address: str | None) -> str:
-    """Submit ``job`` as ``who``; its id. Raises OpsqError (nothing written)."""
-    for value, what in ((job.timeout, "the timeout"), (job.connect_timeout,
-                        "the connect timeout"), (job.pause, "--pause"),
-                        (job.retry_delay, "--retry-delay")):
-        _finite(value, what)
-    params = actions.become_params(job.become, job.become_user)
-    spec = jobs.JobSpec(
-        command=job.command, pattern=job.pattern, inventory=job.inventory,
-        command_timeout=job.timeout, connect_timeout=job.connect_timeout,
-        rerun_safe=job.rerun_safe, submitted_by=SUBMITTED_BY_PREFIX + who.name,
-        params=params, batch_size=job.batch_size, batch_pause=job.pause,
-        max_fail=job.max_fail, retries=job.retries, retry_delay=job.retry_delay,
-        retry_on=job.retry_on, notify=list(job.notify))
-    job_id = jobs.submit(spec).id
-    audit.record(None, who.name, "job.submit", job_id,
-                 {"command": job.command, "pattern": job.pattern}, address)
-    return job_id
+    """Submit ``job`` as ``who``; its id. Raises OpsqError (nothing written but the
+    refusal's audit entry)."""
+    detail = job.model_dump()
+    try:
+        for value, what in ((job.timeout, "the timeout"), (job.connect_timeout,
+                            "the connect timeout"), (job.pause, "the pause"),
+                            (job.retry_delay, "the retry delay")):
+            _finite(value, what)
+        params = actions.become_params(job.become, job.become_user)
+        spec = jobs.JobSpec(
+            command=job.command, pattern=job.pattern,
+            inventory=inventory_path(job.inventory),
+            command_timeout=job.timeout, connect_timeout=job.connect_timeout,
+            rerun_safe=job.rerun_safe, submitted_by=SUBMITTED_BY_PREFIX + who.name,
+            params=params, batch_size=job.batch_size, batch_pause=job.pause,
+            max_fail=job.max_fail, retries=job.retries, retry_delay=job.retry_delay,
+            retry_on=job.retry_on, notify=list(job.notify), local_hosts=_local_hosts())
+
+        def audited(conn: Any, job_id: str) -> None:
+            audit.record(conn, who, "job.submit", job_id, detail, address)
+
+        with inventory_errors(job.inventory):
+            return jobs.submit(spec, on_record=audited).id
+    except OpsqError as exc:
+        audit.refused(who, "job.submit", None, str(exc), detail, address)
+        raise
 
 
 def cancel(who: Principal, job_id: str, address: str | None) -> jobs.JobSummary:
-    result = jobs.cancel(job_id)
-    audit.record(None, who.name, "job.cancel", job_id, {}, address)
-    return result
+    def audited(conn: Any, job_id: str) -> None:
+        audit.record(conn, who, "job.cancel", job_id, {}, address)
+
+    try:
+        return jobs.cancel(job_id, on_record=audited)
+    except OpsqError as exc:
+        audit.refused(who, "job.cancel", job_id, str(exc), {}, address)
+        raise
 
 
 def job_row(j: Job) -> dict[str, Any]:
@@ -187,66 +291,106 @@ def _json_value(value: Any, what: str, kind: type) -> Any:
     return kind() if value is None else value
 
 
+def _audited(who: Principal, action: str, detail: dict[str, Any], address: str | None
+             ) -> schedules.OnChange:
+    def write(session: Any, row: Schedule) -> None:
+        audit.record(session, who, action, row.name,
+                     {"when": describe_timing(row), **detail}, address)
+
+    return write
+
+
+def _check_task(who: Principal, task: str) -> None:
+    if task in INTERNAL_TASKS:
+        raise schedules.ScheduleError(
+            f"{task[:64]} is sent by opsq itself and cannot be scheduled here; schedule a "
+            "fleet command with a command and a pattern")
+    if not who.can(Role.ADMIN):
+        raise schedules.ScheduleError("scheduling a registered task needs the admin role "
+                                      "(operators schedule fleet commands)")
+
+
 def create_schedule(who: Principal, s: ScheduleIn, address: str | None) -> Schedule:
     """Create a schedule as the CLI's ``schedule add`` does. Raises OpsqError."""
-    _finite(s.timeout, "the timeout")
-    _finite(s.connect_timeout, "the connect timeout")
-    when = schedules.timing(s.cron, s.every, s.at, s.tz)
-    if s.task:
-        if s.command or s.pattern:
-            raise schedules.ScheduleError("give either a task or a command and a pattern, "
-                                          "not both")
-        if s.notify:
-            raise schedules.ScheduleError("notify goes with a command and a pattern")
-        row = schedules.add(s.name, when, s.task, _json_value(s.args, "args", list),
-                            _json_value(s.kwargs, "kwargs", dict), s.enabled)
-    else:
+    detail = s.model_dump(exclude={"name"})
+    try:
+        _finite(s.timeout, "the timeout")
+        _finite(s.connect_timeout, "the connect timeout")
+        when = schedules.timing(s.cron, s.every, s.at, s.tz)
+        on_change = _audited(who, "schedule.create", detail, address)
+        if s.task:
+            if s.command or s.pattern:
+                raise schedules.ScheduleError("give either a task or a command and a "
+                                              "pattern, not both")
+            if s.notify or s.inventory:
+                raise schedules.ScheduleError("notify and inventory go with a command and "
+                                              "a pattern")
+            _check_task(who, s.task)
+            return schedules.add(s.name, when, s.task, _json_value(s.args, "args", list),
+                                 _json_value(s.kwargs, "kwargs", dict), s.enabled,
+                                 on_change=on_change)
         if not s.pattern or not s.command:
             raise schedules.ScheduleError("a fleet schedule needs a command and a pattern "
                                           "(or give a task)")
         if s.args or s.kwargs:
             raise schedules.ScheduleError("args and kwargs go with a task")
-        kwargs = {"command": s.command, "pattern": s.pattern, "inventory": s.inventory,
-                  "timeout": s.timeout, "connect_timeout": s.connect_timeout,
-                  "rerun_safe": s.rerun_safe, "notify": list(s.notify)}
-        row = schedules.add(s.name, when, schedules.SUBMIT_TASK, [], kwargs, s.enabled)
-    audit.record(None, who.name, "schedule.create", row.name,
-                 {"when": describe_timing(row), "task": row.task, "command": s.command,
-                  "pattern": s.pattern, "enabled": row.enabled}, address)
-    return row
+        kwargs = {"command": s.command, "pattern": s.pattern,
+                  "inventory": inventory_path(s.inventory), "timeout": s.timeout,
+                  "connect_timeout": s.connect_timeout, "rerun_safe": s.rerun_safe,
+                  "notify": list(s.notify), "local_hosts": _local_hosts()}
+        with inventory_errors(s.inventory):
+            return schedules.add(s.name, when, schedules.SUBMIT_TASK, [], kwargs, s.enabled,
+                                 on_change=on_change)
+    except OpsqError as exc:
+        audit.refused(who, "schedule.create", s.name, str(exc), detail, address)
+        raise
 
 
 def edit_schedule(who: Principal, name: str, e: ScheduleEdit, address: str | None,
                   action: str = "schedule.edit") -> Schedule:
     """Change a schedule as ``schedule edit/enable/disable`` do. Raises OpsqError."""
-    _finite(e.timeout, "the timeout")
-    when = None
-    if e.cron is not None or e.every is not None or e.at is not None:
-        when = schedules.timing(e.cron, e.every, e.at, e.tz)
-    elif e.tz is not None:
-        raise schedules.ScheduleError("tz goes with cron or at")
-    update = {k: v for k, v in (("command", e.command), ("pattern", e.pattern),
-                                ("timeout", e.timeout), ("notify", e.notify))
-              if v is not None}
-    if when is None and not update and e.enabled is None:
-        raise schedules.ScheduleError("nothing to change")
-    row = schedules.edit(name, when=when, kwargs_update=update, enabled=e.enabled)
-    audit.record(None, who.name, action, name,
-                 {"when": describe_timing(row) if when else None, "command": e.command,
-                  "pattern": e.pattern, "timeout": e.timeout, "enabled": e.enabled},
-                 address)
-    return row
+    detail = e.model_dump(exclude_none=True)
+    try:
+        _finite(e.timeout, "the timeout")
+        when = None
+        if e.cron is not None or e.every is not None or e.at is not None:
+            when = schedules.timing(e.cron, e.every, e.at, e.tz)
+        elif e.tz is not None:
+            raise schedules.ScheduleError("tz goes with cron or at")
+        update = {k: v for k, v in (("command", e.command), ("pattern", e.pattern),
+                                    ("timeout", e.timeout), ("notify", e.notify))
+                  if v is not None}
+        if when is None and not update and e.enabled is None:
+            raise schedules.ScheduleError("nothing to change")
+        if update:
+            # What the console changes runs under the console's rules, whoever made it.
+            update["local_hosts"] = _local_hosts()
+        with inventory_errors(None):
+            return schedules.edit(name, when=when, kwargs_update=update, enabled=e.enabled,
+                                  on_change=_audited(who, action, detail, address))
+    except OpsqError as exc:
+        audit.refused(who, action, name, str(exc), detail, address)
+        raise
 
 
 def remove_schedule(who: Principal, name: str, address: str | None) -> None:
-    schedules.remove(name)
-    audit.record(None, who.name, "schedule.remove", name, {}, address)
+    try:
+        schedules.remove(name, on_change=_audited(who, "schedule.remove", {}, address))
+    except OpsqError as exc:
+        audit.refused(who, "schedule.remove", name, str(exc), {}, address)
+        raise
 
 
 def run_schedule(who: Principal, name: str, address: str | None) -> str:
-    task_id = schedules.run_now(name)
-    audit.record(None, who.name, "schedule.run", name, {"task_id": task_id}, address)
-    return task_id
+    def write(session: Any, row: Schedule) -> None:
+        audit.record(session, who, "schedule.run", name, {"task_id": row.last_task_id},
+                     address)
+
+    try:
+        return schedules.run_now(name, on_change=write)
+    except OpsqError as exc:
+        audit.refused(who, "schedule.run", name, str(exc), {}, address)
+        raise
 
 
 def find_schedule(name: str) -> Schedule | None:
@@ -270,13 +414,9 @@ def describe_target(row: Schedule) -> str:
 
 
 def schedule_dict(row: Schedule) -> dict[str, Any]:
-    kwargs = dict(row.kwargs or {})
-    if isinstance(kwargs.get("command"), str):
-        kwargs["command"] = jobs.mask_secrets(kwargs["command"])
-    if "notify" in kwargs:
-        from opsq.webhooks import shown
-
-        kwargs["notify"] = [shown(u) for u in kwargs["notify"]]
+    kwargs = schedules.masked_kwargs(row.kwargs)
+    if isinstance(kwargs.get("inventory"), str):  # a name, never a path of the server
+        kwargs["inventory"] = inventory_name(kwargs["inventory"])
     return {"name": row.name, "kind": row.kind, "expression": row.expression,
             "timezone": row.timezone, "when": describe_timing(row), "task": row.task,
             "args": list(row.args or []), "kwargs": kwargs, "enabled": row.enabled,
@@ -298,9 +438,13 @@ def host_dict(h: Any) -> dict[str, Any]:
             "groups": list(h.groups)}
 
 
-def inventory_view() -> dict[str, Any]:
-    inv = jobs.load_inventory()
-    return {"source": inv.source,
+def inventory_view(name: str | None = None) -> dict[str, Any]:
+    """The console's inventory ``name``: its groups and hosts (no path, no variables)."""
+    path = inventory_path(name)
+    with inventory_errors(name):
+        inv = jobs.load_inventory(path)
+    return {"inventory": name or next(iter(inventories())),
+            "inventories": sorted(inventories()),
             "groups": {g: [h for h in inv.hosts if h in members]
                        for g, members in sorted(inv.groups.items())},
             "hosts": [host_dict(h) for h in inv.hosts.values()]}

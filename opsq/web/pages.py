@@ -1,9 +1,16 @@
 """The console's HTML pages: server-rendered Jinja2 (autoescaped: host output is shown
 as text, never as markup), a form per change, each form POST checked for the session's
-CSRF token, and the role checked on the server whatever the page showed."""
+CSRF token, and the role checked on the server whatever the page showed.
+
+Handlers that read a form are ``async``; everything they do that blocks (the database,
+argon2) runs in the thread pool, never on the event loop.
+"""
 
 from __future__ import annotations
 
+import secrets
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -13,6 +20,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from opsq import jobs, schedules
 from opsq.errors import OpsqError
@@ -25,6 +33,7 @@ from opsq.web.auth import (
     csrf_token,
     require,
     session_principal,
+    start_session,
 )
 from opsq.web.users import Principal
 
@@ -34,6 +43,10 @@ JOBS_SHOWN = 100
 LIVE_POLL_MS = 1000
 #: Characters of a host's first output line in the job table.
 FIRST_LINE_CHARS = 120
+#: Hosts one page of a job's host table shows.
+HOSTS_PER_PAGE = 100
+#: Seconds a new API token waits to be shown once after the form that made it.
+TOKEN_SHOWN_FOR = 300.0
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -48,6 +61,11 @@ def _user(request: Request, role: Role = Role.VIEWER) -> Principal:
         raise HTTPException(401, "log in first")
     require(who, role)
     return who
+
+
+async def _who(request: Request, role: Role = Role.VIEWER) -> Principal:
+    """``_user`` from an async handler: the lookup runs in the thread pool."""
+    return await run_in_threadpool(_user, request, role)
 
 
 def _render(request: Request, name: str, who: Principal | None, status: int = 200,
@@ -101,33 +119,39 @@ def _local(url: str) -> str:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    from opsq.web import users
-
     form = await _form(request)
     name, password = form.get("name", ""), form.get("password", "")
     target = _local(form.get("next", "/jobs"))
     address = client_address(request) or "-"
     limiter = request.app.state.limiter
-    keys = (f"address:{address}", f"user:{name}")
-    if limiter.blocked(*keys):
-        audit.record(None, name or "-", "login.blocked", name, {}, address)
+    if limiter.blocked(name, address):
+        await run_in_threadpool(audit.record, None, name or "-", "login.blocked", name,
+                                {}, address)
         return _render(request, "login.html", None, 429, next=target,
                        error="too many failed logins: wait a minute and try again")
-    who = users.login(name, password)
-    if who is None:
-        limiter.failed(*keys)
-        audit.record(None, name[:64] or "-", "login.failure", name[:64], {}, address)
+    found = await run_in_threadpool(users.login, name, password)
+    if found is None:
+        limiter.failed(name, address)
+        await run_in_threadpool(audit.record, None, name or "-", "login.failure", name,
+                                {}, address)
         return _render(request, "login.html", None, 401, next=target,
                        error="wrong user name or password")
-    request.session.clear()  # a new session (and CSRF token) for the new login
-    request.session["user"] = who.name
-    audit.record(None, who.name, "login.success", who.name, {}, address)
+    who, held = found
+    start_session(request, held)  # a new session (and CSRF token) for the new login
+    await run_in_threadpool(audit.record, None, who.name, "login.success", who.name, {},
+                            address)
     return _see(target)
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
+    """End the session here and everywhere else: every cookie the user holds is retired
+    (a signed cookie copied elsewhere would otherwise stay valid)."""
     await _form(request)
+    who = await run_in_threadpool(session_principal, request)
+    if who is not None and not request.app.state.no_auth:
+        await run_in_threadpool(users.end_sessions, who.name, who.name,
+                                client_address(request))
     request.session.clear()
     return _see("/login")
 
@@ -160,20 +184,24 @@ def first_line(text: str | None) -> str:
 
 
 @router.get("/jobs/{job_id}")
-def job_page(request: Request, job_id: str) -> Response:
+def job_page(request: Request, job_id: str, page: int = 1) -> Response:
     who = _user(request)
     _text(job_id)
     summary = jobs.summary(job_id)
-    runs = jobs.host_runs(job_id, preview=True)
+    pages = max(1, -(-summary.total // HOSTS_PER_PAGE))
+    page = min(max(page, 1), pages)
+    offset = (page - 1) * HOSTS_PER_PAGE
+    runs = jobs.host_runs(job_id, preview=True, offset=offset, limit=HOSTS_PER_PAGE)
     return _render(request, "job.html", who, job=summary, runs=runs, first_line=first_line,
-                   poll_ms=LIVE_POLL_MS, quote=quote)
+                   poll_ms=LIVE_POLL_MS, quote=quote, page=page, pages=pages,
+                   offset=offset, per_page=HOSTS_PER_PAGE)
 
 
 @router.get("/jobs/{job_id}/hosts/{host}")
 def host_page(request: Request, job_id: str, host: str) -> Response:
     who = _user(request)
     _text(job_id + host)
-    runs = [r for r in jobs.host_runs(job_id) if r.host == host]
+    runs = jobs.host_runs(job_id, host=host)
     if not runs:
         raise HTTPException(404, f"job {job_id[:64]} has no host {host[:64]!r}")
     return _render(request, "host.html", who, job_id=job_id, run=runs[0])
@@ -181,23 +209,32 @@ def host_page(request: Request, job_id: str, host: str) -> Response:
 
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(request: Request, job_id: str) -> Response:
-    who = _user(request, Role.OPERATOR)
+    who = await _who(request, Role.OPERATOR)
     await _form(request)
     _text(job_id)
-    operations.cancel(who, job_id, client_address(request))
+    await run_in_threadpool(operations.cancel, who, job_id, client_address(request))
     return _see(f"/jobs/{quote(job_id)}")
 
 
 # -- run ---------------------------------------------------------------------------------
 
-_RUN_FIELDS = ("command", "pattern", "timeout", "connect_timeout", "batch_size", "pause",
-               "max_fail", "retries", "retry_delay", "retry_on", "become_user")
+_RUN_FIELDS = ("command", "pattern", "inventory", "timeout", "connect_timeout",
+               "batch_size", "pause", "max_fail", "retries", "retry_delay", "retry_on",
+               "become_user")
+
+
+def _inventory_names() -> list[str]:
+    try:
+        return list(operations.inventories())
+    except OpsqError:
+        return []
 
 
 @router.get("/run")
 def run_page(request: Request) -> Response:
     who = _user(request, Role.OPERATOR)
-    return _render(request, "run.html", who, form={}, error=None)
+    return _render(request, "run.html", who, form={}, error=None,
+                   inventories=_inventory_names())
 
 
 def _job_from_form(form: dict[str, str]) -> operations.JobIn:
@@ -216,17 +253,25 @@ def _validation_message(exc: ValidationError) -> str:
 
 @router.post("/run")
 async def run(request: Request) -> Response:
-    who = _user(request, Role.OPERATOR)
+    who = await _who(request, Role.OPERATOR)
     form = await _form(request)
+    return await run_in_threadpool(_run, request, who, form)
+
+
+def _run(request: Request, who: Principal, form: dict[str, str]) -> Response:
     try:
         job_id = operations.submit(who, _job_from_form(form), client_address(request))
     except ValidationError as exc:
         error = _validation_message(exc)
+        audit.refused(who, "job.submit", None, error, {"command": form.get("command"),
+                                                       "pattern": form.get("pattern")},
+                      client_address(request))
     except OpsqError as exc:
         error = str(exc)
     else:
         return _see(f"/jobs/{quote(job_id)}")
-    return _render(request, "run.html", who, 422, form=form, error=error)
+    return _render(request, "run.html", who, 422, form=form, error=error,
+                   inventories=_inventory_names())
 
 
 # -- schedules ---------------------------------------------------------------------------
@@ -294,8 +339,12 @@ def new_schedule_page(request: Request) -> Response:
 
 @router.post("/schedules/new")
 async def new_schedule(request: Request) -> Response:
-    who = _user(request, Role.OPERATOR)
+    who = await _who(request, Role.OPERATOR)
     form = await _form(request)
+    return await run_in_threadpool(_new_schedule, request, who, form)
+
+
+def _new_schedule(request: Request, who: Principal, form: dict[str, str]) -> Response:
     try:
         operations.create_schedule(who, _schedule_from_form(form), client_address(request))
     except ValidationError as exc:
@@ -326,8 +375,13 @@ def edit_schedule_page(request: Request, name: str) -> Response:
 
 @router.post("/schedules/{name}/edit")
 async def edit_schedule(request: Request, name: str) -> Response:
-    who = _user(request, Role.OPERATOR)
+    who = await _who(request, Role.OPERATOR)
     form = await _form(request)
+    return await run_in_threadpool(_edit_schedule, request, who, name, form)
+
+
+def _edit_schedule(request: Request, who: Principal, name: str, form: dict[str, str]
+                   ) -> Response:
     row = _schedule_or_404(name)
     try:
         values: dict[str, Any] = _timing_fields(form)
@@ -352,8 +406,12 @@ async def edit_schedule(request: Request, name: str) -> Response:
 
 @router.post("/schedules/{name}/{action}")
 async def schedule_action(request: Request, name: str, action: str) -> Response:
-    who = _user(request, Role.OPERATOR)
+    who = await _who(request, Role.OPERATOR)
     await _form(request)
+    return await run_in_threadpool(_schedule_action, request, who, name, action)
+
+
+def _schedule_action(request: Request, who: Principal, name: str, action: str) -> Response:
     _schedule_or_404(name)
     address = client_address(request)
     if action == "enable":
@@ -377,14 +435,14 @@ async def schedule_action(request: Request, name: str, action: str) -> Response:
 
 
 @router.get("/hosts")
-def hosts_page(request: Request, pattern: str = "") -> Response:
+def hosts_page(request: Request, pattern: str = "", inventory: str = "") -> Response:
     who = _user(request)
-    view = operations.inventory_view()
+    _text(pattern + inventory)
+    view = operations.inventory_view(inventory or None)
     selected, error = None, None
     if pattern:
-        _text(pattern)
         try:
-            selected = [h.name for h in jobs.resolve(pattern)]
+            selected = [h.name for h in operations.resolve(pattern, inventory or None)]
         except OpsqError as exc:
             error = str(exc)
     return _render(request, "hosts.html", who, inventory=view, pattern=pattern,
@@ -394,50 +452,111 @@ def hosts_page(request: Request, pattern: str = "") -> Response:
 # -- users (admins) -------------------------------------------------------------------------
 
 
+class _ShownOnce:
+    """New API tokens waiting to be shown once, by a random key the redirect carries:
+    the form answers with a redirect (a refresh makes nothing), and the token is never
+    in a URL or a cookie. In memory: one ``opsq web`` process serves the console."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[float, str, str, str]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, admin: str, name: str, token: str) -> str:
+        key = secrets.token_urlsafe(16)
+        now = time.monotonic()
+        with self._lock:
+            for k in [k for k, v in self._held.items() if v[0] < now]:
+                del self._held[k]
+            self._held[key] = (now + TOKEN_SHOWN_FOR, admin, name, token)
+        return key
+
+    def take(self, admin: str, key: str) -> tuple[str, str] | None:
+        with self._lock:
+            held = self._held.get(key)
+            if held is None or held[1] != admin or held[0] < time.monotonic():
+                return None
+            del self._held[key]
+            return held[2], held[3]
+
+
+_shown_once = _ShownOnce()
+
+
 def _users_page(request: Request, who: Principal, status: int = 200, error: str | None = None,
                 form: dict[str, str] | None = None, token: tuple[str, str] | None = None
                 ) -> Response:
-    return _render(request, "users.html", who, status, users=users.all_users(), error=error,
-                   form=form or {"role": "viewer"}, roles=[r.value for r in Role], token=token)
+    listed = users.all_users()
+    held = {u.name: users.tokens(u.name) for u in listed if u.tokens}
+    return _render(request, "users.html", who, status, users=listed, error=error,
+                   form=form or {"role": "viewer"}, roles=[r.value for r in Role], token=token,
+                   tokens=held, quote=quote)
 
 
 @router.get("/users")
-def users_page(request: Request) -> Response:
-    return _users_page(request, _user(request, Role.ADMIN))
+def users_page(request: Request, shown: str = "") -> Response:
+    who = _user(request, Role.ADMIN)
+    token = _shown_once.take(who.name, shown) if shown else None
+    return _users_page(request, who, token=token)
 
 
 @router.post("/users")
 async def add_user(request: Request) -> Response:
-    who = _user(request, Role.ADMIN)
+    who = await _who(request, Role.ADMIN)
     form = await _form(request)
+    return await run_in_threadpool(_add_user, request, who, form)
+
+
+def _add_user(request: Request, who: Principal, form: dict[str, str]) -> Response:
+    address = client_address(request)
+    name = _text(form.get("name", "").strip())
     try:
-        users.add(_text(form.get("name", "").strip()), form.get("role", ""),
-                  _text(form.get("password", "")), by=who.name,
-                  address=client_address(request))
+        users.add(name, form.get("role", ""), _text(form.get("password", "")), by=who.name,
+                  address=address)
     except OpsqError as exc:
+        audit.refused(who, "user.add", name, str(exc), {"role": form.get("role")}, address)
         return _users_page(request, who, 422, error=str(exc),
                            form={k: v for k, v in form.items() if k in ("name", "role")})
     return _see("/users")
 
 
+_USER_ACTIONS = ("remove", "token", "role", "revoke")
+
+
 @router.post("/users/{name}/{action}")
 async def user_action(request: Request, name: str, action: str) -> Response:
-    """Remove a user, or make them an API token (shown once: only its hash is kept)."""
-    who = _user(request, Role.ADMIN)
-    await _form(request)
+    """Remove a user, change their role, make them an API token (shown once: only its
+    hash is kept) or revoke one."""
+    who = await _who(request, Role.ADMIN)
+    form = await _form(request)
     _text(name)
-    if action not in ("remove", "token"):
+    if action not in _USER_ACTIONS:
         raise HTTPException(404, "no such action")
-    if action == "remove" and name == who.name:
-        return _users_page(request, who, 422, error="you cannot remove yourself")
+    return await run_in_threadpool(_user_action, request, who, name, action, form)
+
+
+def _user_action(request: Request, who: Principal, name: str, action: str,
+                 form: dict[str, str]) -> Response:
+    address = client_address(request)
+    if action in ("remove", "role") and name == who.name:
+        return _users_page(request, who, 422, error=f"you cannot {action} yourself here: "
+                                                    "ask another admin")
     try:
         if action == "remove":
-            users.remove(name, by=who.name, address=client_address(request))
-            return _see("/users")
-        token = users.new_token(name, by=who.name, address=client_address(request))
+            users.remove(name, by=who.name, address=address)
+        elif action == "role":
+            users.set_role(name, form.get("role", ""), by=who.name, address=address)
+        elif action == "revoke":
+            users.revoke(name, _text(form.get("token", "")), by=who.name, address=address)
+        else:
+            token = users.new_token(
+                name, by=who.name, address=address,
+                token_name=_text(form.get("token_name", "").strip()) or None,
+                lifetime=users.parse_lifetime(form.get("expires")))
+            return _see(f"/users?shown={_shown_once.put(who.name, name, token)}")
     except OpsqError as exc:
+        audit.refused(who, f"user.{action}", name, str(exc), {}, address)
         return _users_page(request, who, 422, error=str(exc))
-    return _users_page(request, who, token=(name, token))
+    return _see("/users")
 
 
 @router.get("/audit")

@@ -12,7 +12,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -34,7 +34,11 @@ MAX_PASSWORD_LENGTH = 1024
 TOKEN_BYTES = 32
 #: Marks opsq's tokens, so a leaked one is recognisable in logs and secret scanners.
 TOKEN_PREFIX = "opsq_"
+#: Longest API token lifetime accepted, in days.
+MAX_TOKEN_DAYS = 3650
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
+_LIFETIME = re.compile(r"([0-9]{1,5})([hdw])")
+_LIFETIME_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 _hasher = PasswordHasher()
 #: Verified against when the user does not exist, so that a login takes as long for an
 #: unknown name as for a wrong password (no user enumeration by timing).
@@ -47,18 +51,34 @@ class UserError(OpsqError):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who makes a request: a user's name and role."""
+    """Who makes a request: a user's name and role, and the API token's name when the
+    request came with one."""
 
     name: str
     role: Role
+    token: str | None = None
 
     def can(self, needed: Role) -> bool:
         return self.role.rank >= needed.rank
 
+    @property
+    def via(self) -> str:
+        """How the request was authenticated, for the audit log."""
+        return f"token {self.token}" if self.token else "session"
 
-def check_name(name: str) -> str:
+
+@dataclass(frozen=True)
+class Session:
+    """What a console session cookie holds: the user's id (a removed and re-added name
+    is another id) and their session epoch when they logged in."""
+
+    user_id: int
+    epoch: int
+
+
+def check_name(name: str, what: str = "user name") -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        raise UserError(f"invalid user name {name[:MAX_NAME_LENGTH]!r}: up to "
+        raise UserError(f"invalid {what} {str(name)[:MAX_NAME_LENGTH]!r}: up to "
                         f"{MAX_NAME_LENGTH} letters, digits, . _ @ -, starting with a letter "
                         "or digit")
     return name
@@ -101,16 +121,128 @@ def remove(name: str, by: str, address: str | None = None) -> None:
         audit.record(session, by, "user.remove", name, {}, address)
 
 
-def new_token(name: str, by: str, address: str | None = None) -> str:
-    """A new API token for the user; only its hash is kept, so it is shown once."""
+def parse_lifetime(text: str | None) -> timedelta | None:
+    """A token lifetime: ``N`` then ``h``, ``d`` or ``w`` (``90d``); empty or ``never``:
+    None. Raises UserError."""
+    if text is None or text.strip() in ("", "never"):
+        return None
+    m = _LIFETIME.fullmatch(text.strip())
+    lifetime = int(m.group(1)) * _LIFETIME_UNITS[m.group(2)] if m else None
+    if lifetime is None or not timedelta(hours=1) <= lifetime <= timedelta(MAX_TOKEN_DAYS):
+        raise UserError(f"a token lifetime is a number and h, d or w (90d), from 1h to "
+                        f"{MAX_TOKEN_DAYS}d, or 'never'; not {str(text)[:32]!r}")
+    return lifetime
+
+
+def new_token(name: str, by: str, address: str | None = None, token_name: str | None = None,
+              lifetime: timedelta | None = None) -> str:
+    """A new API token for the user, named ``token_name`` (default: token-<random>), valid
+    for ``lifetime`` (None: until revoked). Only its hash is kept, so it is shown once.
+    Raises UserError for an unknown user or a name the user's tokens already have."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
-    with db.session_scope() as session:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise _no_such(name)
-        session.add(ApiToken(user_id=user.id, token_sha256=token_hash(token)))
-        audit.record(session, by, "user.token", name, {}, address)
+    label = check_name(token_name, "token name") if token_name else \
+        f"token-{secrets.token_hex(3)}"
+    expires = datetime.now(UTC) + lifetime if lifetime is not None else None
+    try:
+        with db.session_scope() as session:
+            user = session.scalar(select(User).where(User.name == name))
+            if user is None:
+                raise _no_such(name)
+            session.add(ApiToken(user_id=user.id, token_sha256=token_hash(token), name=label,
+                                 expires_at=expires))
+            session.flush()
+            audit.record(session, by, "user.token", name,
+                         {"token_name": label,
+                          "expires_at": expires.isoformat() if expires else None}, address)
+    except IntegrityError:
+        raise UserError(f"{name} already has a token named {label!r} (opsq users tokens "
+                        f"{name})") from None
     return token
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An API token as listed: never the token itself."""
+
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= datetime.now(UTC)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "created_at": _iso(self.created_at),
+                "last_used_at": _iso(self.last_used_at),
+                "expires_at": _iso(self.expires_at), "expired": self.expired}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def tokens(name: str) -> list[TokenInfo]:
+    """The user's API tokens, oldest first. Raises UserError for an unknown user."""
+    with db.session_scope() as session:
+        user_id = session.scalar(select(User.id).where(User.name == name))
+        if user_id is None:
+            raise _no_such(name)
+        rows = session.scalars(select(ApiToken).where(ApiToken.user_id == user_id)
+                               .order_by(ApiToken.id))
+        return [TokenInfo(t.id, t.name, t.created_at, t.last_used_at, t.expires_at)
+                for t in rows]
+
+
+def revoke(name: str, token: str, by: str, address: str | None = None) -> str:
+    """Delete the user's token named ``token`` (or with that id); its name. Raises
+    UserError when the user has no such token."""
+    with db.session_scope() as session:
+        user_id = session.scalar(select(User.id).where(User.name == name))
+        if user_id is None:
+            raise _no_such(name)
+        which = ApiToken.name == token
+        if token.isdigit() and len(token) < 10:
+            which = which | (ApiToken.id == int(token))
+        label = session.scalar(delete(ApiToken).where(ApiToken.user_id == user_id, which)
+                               .returning(ApiToken.name))
+        if label is None:
+            raise UserError(f"{name} has no token {token[:MAX_NAME_LENGTH]!r} (opsq users "
+                            f"tokens {name})")
+        audit.record(session, by, "user.revoke", name, {"token_name": label}, address)
+        return label
+
+
+def set_password(name: str, password: str, by: str, address: str | None = None) -> None:
+    """Change the user's password; their console sessions end. Raises UserError."""
+    check_password(password)
+    _change(name, by, address, "user.password", {}, password_hash=_hasher.hash(password))
+
+
+def set_role(name: str, role: str, by: str, address: str | None = None) -> None:
+    """Change the user's role; their console sessions end. Raises UserError."""
+    checked = check_role(role)
+    _change(name, by, address, "user.role", {"role": checked.value}, role=checked.value)
+
+
+def end_sessions(name: str, by: str, address: str | None = None,
+                 action: str = "user.logout") -> None:
+    """End every console session of the user (logout ends them all: a cookie cannot be
+    taken back from a browser, so the epoch it was signed with is retired)."""
+    _change(name, by, address, action, {})
+
+
+def _change(name: str, by: str, address: str | None, action: str, detail: dict[str, str],
+            **values: str) -> None:
+    with db.session_scope() as session:
+        changed = session.execute(
+            update(User).where(User.name == name)
+            .values(session_epoch=User.session_epoch + 1, **values)).rowcount
+        if not changed:
+            raise _no_such(name)
+        audit.record(session, by, action, name, detail, address)
 
 
 @dataclass(frozen=True)
@@ -120,6 +252,10 @@ class UserInfo:
     created_at: datetime
     disabled: bool
     tokens: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "role": self.role, "created_at": _iso(self.created_at),
+                "disabled": self.disabled, "tokens": self.tokens}
 
 
 def all_users() -> list[UserInfo]:
@@ -139,8 +275,9 @@ def count() -> int:
                               .where(User.disabled.is_(False))) or 0
 
 
-def login(name: str, password: str) -> Principal | None:
-    """The user if ``password`` is theirs (and they are not disabled), else None."""
+def login(name: str, password: str) -> tuple[Principal, Session] | None:
+    """The user and a session for them if ``password`` is theirs (and they are not
+    disabled), else None."""
     if len(password) > MAX_PASSWORD_LENGTH or len(name) > MAX_NAME_LENGTH:
         return None
     with db.session_scope() as session:
@@ -154,11 +291,11 @@ def login(name: str, password: str) -> Principal | None:
             return None
         if _hasher.check_needs_rehash(stored):
             user.password_hash = _hasher.hash(password)
-        return Principal(user.name, Role(user.role))
+        return Principal(user.name, Role(user.role)), Session(user.id, user.session_epoch)
 
 
 def by_name(name: str) -> Principal | None:
-    """The user named ``name`` as of now (None: removed or disabled since they logged in)."""
+    """The user named ``name`` as of now (None: removed or disabled)."""
     with db.session_scope() as session:
         user = session.scalar(select(User).where(User.name == name))
         if user is None or user.disabled:
@@ -166,17 +303,32 @@ def by_name(name: str) -> Principal | None:
         return Principal(user.name, Role(user.role))
 
 
+def by_session(held: Session) -> Principal | None:
+    """The user of a console session as of now: None when they were removed, disabled,
+    logged out, or had their password or role changed since it began."""
+    with db.session_scope() as session:
+        user = session.get(User, held.user_id)
+        if user is None or user.disabled or user.session_epoch != held.epoch:
+            return None
+        return Principal(user.name, Role(user.role))
+
+
 def by_token(token: str) -> Principal | None:
-    """The user holding API token ``token`` (None: unknown, or its user is disabled)."""
+    """The user holding API token ``token`` (None: unknown or expired, or its user is
+    disabled); the token's last use is recorded."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_PASSWORD_LENGTH:
+        return None
     with db.session_scope() as session:
         row = session.execute(
-            select(User, ApiToken.id).join(ApiToken, ApiToken.user_id == User.id)
-            .where(ApiToken.token_sha256 == token_hash(token))).first()
+            select(User, ApiToken.id, ApiToken.name).join(ApiToken, ApiToken.user_id == User.id)
+            .where(ApiToken.token_sha256 == token_hash(token),
+                   (ApiToken.expires_at.is_(None)) | (ApiToken.expires_at > func.now()))
+        ).first()
         if row is None or row[0].disabled:
             return None
         session.execute(update(ApiToken).where(ApiToken.id == row[1])
                         .values(last_used_at=func.now()))
-        return Principal(row[0].name, Role(row[0].role))
+        return Principal(row[0].name, Role(row[0].role), token=row[2])
 
 
 def token_hash(token: str) -> str:
