@@ -98,3 +98,43 @@ def test_upgrade_from_the_last_release_keeps_data_and_closes_stuck_jobs(old_data
         row = conn.execute(text("SELECT status, done_count, ok_count, interrupted_count "
                                 "FROM jobs WHERE id = 'stuck-job'")).one()
     assert tuple(row) == ("failed", 2, 1, 1)
+
+
+def test_upgrade_from_the_console_release_keeps_users_and_names_their_tokens(services):
+    """0007 (users, tokens, audit) to head: users keep their passwords and roles, their
+    tokens keep working under a name of their own, and old sessions are epoch 0."""
+    from opsq.web import users
+
+    name = f"opsq_upgrade_{secrets.token_hex(4)}"
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    schema.create_database(url)
+    try:
+        command.upgrade(schema.alembic_config(url), "0007")
+        token = "opsq_" + secrets.token_urlsafe(32)
+        with create_engine(url).begin() as conn:
+            conn.execute(text("INSERT INTO users (name, password_hash, role) VALUES "
+                              "('ada', :h, 'operator'), ('bob', :h, 'viewer')"),
+                         {"h": users._hasher.hash("correct horse battery")})
+            conn.execute(text("INSERT INTO api_tokens (user_id, token_sha256) SELECT id, :t "
+                              "FROM users WHERE name = 'ada'"), {"t": users.token_hash(token)})
+            conn.execute(text("INSERT INTO api_tokens (user_id, token_sha256) SELECT id, :t "
+                              "FROM users WHERE name = 'ada'"), {"t": "0" * 64})
+            conn.execute(text('INSERT INTO audit ("user", action, target, detail) VALUES '
+                              "('cli:root', 'user.add', 'ada', '{}')"))
+        command.upgrade(schema.alembic_config(url), "head")
+        with db.get_engine(url).connect() as conn:
+            rows = conn.execute(text("SELECT u.name, u.role, u.session_epoch, t.name AS token, "
+                                     "t.expires_at FROM users u LEFT JOIN api_tokens t ON "
+                                     "t.user_id = u.id ORDER BY u.name, t.id")).all()
+            kept = conn.execute(text("SELECT count(*) FROM audit")).scalar_one()
+        assert [(r.name, r.role, r.session_epoch, r.expires_at) for r in rows] == [
+            ("ada", "operator", 0, None), ("ada", "operator", 0, None),
+            ("bob", "viewer", 0, None)]
+        names = [r.token for r in rows if r.token]
+        assert len(set(names)) == 2 and all(n.startswith("token-") for n in names)
+        assert kept == 1
+    finally:
+        db.get_engine(url).dispose()
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
+                        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
+                       check=False, capture_output=True)
