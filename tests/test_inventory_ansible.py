@@ -236,6 +236,24 @@ CASES: dict[str, tuple[dict[str, str], str, list[str]]] = {
         "hosts.ini",
         ["web", "2001:db8::20", "2001:db8::31", "2001:db8::20,db1", "web[1]"],
     ),
+    # ~regex terms run in RE2 in opsq, in Python's re in Ansible: the same answers.
+    "regex_terms": (
+        {
+            "hosts.ini": """
+                [web]
+                web1
+                web02
+                WEB3
+                [db]
+                db-1.example.com
+                app_1
+            """,
+        },
+        "hosts.ini",
+        [r"~web\d+", "~(?i)web", r"~.*\.example\.com$", "~web0?[12]$", r"~[a-z]+_\d",
+         "~(web|db)", "~w.*?1", "~^db", r"~\w+-\d", "~web[0-9]{2}", "~[^w]", "~(x|)app",
+         r"~\bdb", "~(?P<n>web)1", "~WEB|app"],
+    ),
     "localhost_listed": (
         {"hosts.ini": "[local]\nlocalhost ansible_port=2022\n[web]\nweb1\n"},
         "hosts.ini",

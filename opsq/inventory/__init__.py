@@ -21,11 +21,13 @@ part, checked against ansible-core by tests/test_inventory_ansible.py:
   beat the modern names); a host opsq cannot reach (winrm, docker, a vaulted
   ``ansible_user``...) loads, and selecting it is an error.
 * Patterns: ``all``/``*``, host and group names, globs, ``~regex`` (matched
-  from the start), unions (``:`` or ``,``; with a "," only ","), ``&``
+  from the start, in RE2: no backreferences or lookaround, and linear time
+  whatever the regex), unions (``:`` or ``,``; with a "," only ","), ``&``
   intersections, ``!`` exclusions, ``[i]``/``[i:j]`` subscripts, in
   Ansible's host order; ``localhost``, ``127.0.0.1`` and ``::1`` are implicit
   local hosts.  As in Ansible, globs and regexes also see the group names
-  "all" and "ungrouped".
+  "all" and "ungrouped".  A pattern is at most MAX_PATTERN_CHARS long and a
+  regex at most MAX_REGEX_CHARS, since patterns may come from console users.
 
 Not supported: dynamic inventory scripts and plugins, vault-encrypted files,
 vars plugins, Ansible's ``[x-y]`` subscripts (``web0[1-3]`` is a glob here).
@@ -82,6 +84,9 @@ from opsq.inventory.inventory import (
 from opsq.inventory.patterns import (
     GLOB_CHARS,
     KNOWN_HOSTS_HINT,
+    MAX_PATTERN_CHARS,
+    MAX_REGEX_CHARS,
+    MAX_REGEX_MEMORY_BYTES,
     PATTERN_ALL,
     PATTERN_EXCLUDE,
     PATTERN_INTERSECT,
@@ -121,8 +126,11 @@ __all__ = [
     "KNOWN_HOSTS_HINT",
     "LOCALHOST_NAMES",
     "LOCAL_CONNECTION_ALIASES",
+    "MAX_PATTERN_CHARS",
     "MAX_PORT",
     "MAX_RANGE_HOSTS",
+    "MAX_REGEX_CHARS",
+    "MAX_REGEX_MEMORY_BYTES",
     "MAX_VAR_DEPTH",
     "MAX_YAML_NODES",
     "MEMORY_SOURCE",

@@ -7,10 +7,8 @@ patterns (syntax in patterns.py) the way Ansible does.
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opsq.errors import InventoryError, PatternError
@@ -35,6 +33,8 @@ from opsq.inventory.patterns import (
     PATTERN_INTERSECT,
     PATTERN_REGEX_PREFIX,
     _apply_subscript,
+    _glob_matcher,
+    _regex_matcher,
     _split_pattern,
 )
 from opsq.inventory.vars_files import read_vars_files
@@ -301,27 +301,23 @@ class Inventory:
         regex or has one of HOST_MATCH_CHARS.  Duplicates stay: a subscript
         counts them, as Ansible's does.  Raises PatternError as _match_term() does.
         """
-        if expr.startswith(PATTERN_REGEX_PREFIX):
-            regex = _compile_regex(expr, pattern)
-            matches = regex.match
+        is_regex = expr.startswith(PATTERN_REGEX_PREFIX)
+        matches: Callable[[str], bool] | None = None
+        if is_regex:
+            matches = _regex_matcher(expr, pattern)
         elif any(char in expr for char in GLOB_CHARS):
-            matches = re.compile(fnmatch.translate(expr)).match
-        else:
-            def matches(name: str) -> bool:
-                return name == expr
-        group_hits = [group for group in self._members if matches(group)]
+            matches = _glob_matcher(expr)
+        group_hits = _matching(matches, expr, self._members)
         names = [host for group in group_hits for host in self._members[group]]
         host_hits: list[str] = []
-        if not group_hits or expr.startswith(PATTERN_REGEX_PREFIX) or any(
-            char in expr for char in HOST_MATCH_CHARS
-        ):
-            host_hits = [host for host in self.hosts if matches(host)]
+        if not group_hits or is_regex or any(char in expr for char in HOST_MATCH_CHARS):
+            host_hits = _matching(matches, expr, self.hosts)
         names += host_hits
         if group_hits or host_hits:
             return names
         if expr in LOCALHOST_NAMES:
             return None
-        if expr.startswith(PATTERN_REGEX_PREFIX) or any(char in expr for char in GLOB_CHARS):
+        if matches is not None:
             raise PatternError(
                 f"pattern {pattern!r} matches no host: {expr!r} matches no host "
                 f"or group name {KNOWN_HOSTS_HINT}"
@@ -356,25 +352,15 @@ class Inventory:
         return next(iter(implicit.values()))
 
 
-def _compile_regex(expr: str, pattern: str) -> re.Pattern[str]:
-    """Compile a "~regex" term (matched at the start of names, as Ansible's re.match).
-
-    Raises PatternError for an empty or invalid regex: an empty one would
-    select every host.
+def _matching(
+    matches: Callable[[str], bool] | None, expr: str, names: Mapping[str, Any]
+) -> list[str]:
+    """The names a glob or regex matcher accepts, in order; with no matcher, expr
+    itself if it is one of names (a dict look-up, not a scan).  Never fails.
     """
-    body = expr[len(PATTERN_REGEX_PREFIX) :]
-    if not body:
-        raise PatternError(
-            f"empty regular expression '~' in pattern {pattern!r}: write e.g. "
-            "'~web[0-9]+' (regex terms are '~' followed by a Python regex), or 'all'"
-        )
-    try:
-        return re.compile(body)
-    except re.error as exc:
-        raise PatternError(
-            f"invalid regular expression {expr!r} in pattern {pattern!r}: "
-            f"{exc}; regex terms are '~' followed by a Python regex"
-        ) from None
+    if matches is None:
+        return [expr] if expr in names else []
+    return [name for name in names if matches(name)]
 
 
 def _unique(hosts: list[Host]) -> list[Host]:
