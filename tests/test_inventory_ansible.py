@@ -236,6 +236,62 @@ CASES: dict[str, tuple[dict[str, str], str, list[str]]] = {
         "hosts.ini",
         ["web", "2001:db8::20", "2001:db8::31", "2001:db8::20,db1", "web[1]"],
     ),
+    # "#" in host lines (shlex with comments: a comment even inside a word) and in
+    # [group:vars] lines (a comment only after a Python literal), and values as Ansible
+    # reads them (Python literals), on both the fast path and the shlex path.
+    "ini_comments": (
+        {
+            "hosts.ini": r"""
+                [h]
+                q1 x=ops#2 y=1
+                q2 x=ops #2 y=1
+                q3 x="ops#2" y=1
+                q4 ansible_user=ops#2 ansible_port=2200
+                q5 x='a b'#c y=2
+                q6 x=a\#b y=3
+                q7#c x=1
+                q8 x="8080 # c" y=[1,2]#c
+                q9 x="'quoted'" y=0x10 z=None
+                q10 x=a"#"b y=1_000 z=(1,2)
+                q11	x=tab#	y=2
+                q12 x=é#ü y=b'by'
+                q13 x="b'by'" y=1j z=...
+                [h:vars]
+                ansible_port=2300
+                [g1]
+                v1
+                [g1:vars]
+                x=ops#2
+                y=ops #2
+                z=8080 # the port
+                [g2]
+                v2
+                [g2:vars]
+                x="ops" # comment
+                y='ops'#c
+                z=a b # c
+                [g3]
+                v3
+                [g3:vars]
+                x=[1, 2] # a list
+                y=#only
+                z= it's
+                [g4]
+                v4
+                [g4:vars]
+                x=True # yes
+                y=(1, 2)#tuple
+                z="it's" # quoted
+                ansible_port=2201 # ssh
+                ansible_user=deploy#2
+                [top:children]
+                g1  # the first
+                g2
+            """,
+        },
+        "hosts.ini",
+        ["all", "q4", "g4"],
+    ),
     # ~regex terms run in RE2 in opsq, in Python's re in Ansible: the same answers.
     "regex_terms": (
         {
@@ -266,6 +322,7 @@ REFUSED: dict[str, tuple[str, str]] = {
     "undefined_child": ("hosts.ini", "[web]\nweb1\n[prod:children]\nweb\nnope\n"),
     "semicolon_after_section": ("hosts.ini", "[web] ; the web servers\nweb1\n"),
     "integer_yaml_host": ("hosts.yml", "all:\n  hosts:\n    123:\n"),
+    "unhashable_literal": ("hosts.ini", "[web]\nweb1\n[web:vars]\nx={[1]: 2}\n"),
 }
 
 

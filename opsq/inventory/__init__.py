@@ -9,7 +9,9 @@ part, checked against ansible-core by tests/test_inventory_ansible.py:
   group must have its own section; only "#" comments may follow a header),
   host ranges (``web[01:20]``, ``db[a:f]``, ``[0:10:2]``), ``host:port``,
   IPv6 addresses (``[2001:db8::1]:2222`` with a port), and inline
-  ``key=value`` variables (kept as strings, except ports).
+  ``key=value`` variables.  "#" comments and values are read as Ansible reads
+  them (a host line as ``shlex.split(line, comments=True)``, a value as a Python
+  literal when it is one) and kept as text.
 * YAML (and JSON): ``group: {hosts: ..., vars: ..., children: ...}``,
   recursively, with the same host ranges; ``!vault`` values are kept as
   ansible-inventory prints them and never decrypted; aliases that expand

@@ -1,14 +1,22 @@
 """Parse Ansible's INI inventory format into a _Builder.
 
 ``[group]``, ``[group:vars]`` and ``[group:children]`` sections, host ranges,
-``host:port``, and inline ``key=value`` host variables (kept as strings,
-except ports).
+``host:port``, and inline ``key=value`` host variables.  Lines and values are read
+as Ansible's ini plugin reads them: a host line is split as ``shlex.split(line,
+comments=True)`` does, so a "#" outside quotes ends it even inside a word
+(``ansible_user=ops#2`` is ``ops``); a value is a Python literal if it parses as one
+(``8080 # web port`` is 8080, ``"a b"`` is ``a b``), else its text as written
+(``ops #2`` in a [group:vars] line is all of ``ops #2``).  Values are kept as text,
+as Ansible would print them (``0x10`` is ``16``); ``None`` stays None.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
+import warnings
+from typing import Any
 
 from opsq.errors import InventoryError
 from opsq.inventory.builder import _GROUP_NAME_RE, _Builder
@@ -130,11 +138,11 @@ def _parse_ini_section(line: str, where: str) -> tuple[str, str]:
     return name, kind
 
 
-def _parse_ini_var(line: str, group: str, where: str) -> tuple[str, str]:
-    """Parse a "key=value" line of a [group:vars] section.
+def _parse_ini_var(line: str, group: str, where: str) -> tuple[str, str | None]:
+    """Parse a "key=value" line of a [group:vars] section (the value as _ini_value()).
 
-    Raises InventoryError for a missing "=", an empty or spaced key, or an
-    unbalanced quote.
+    Raises InventoryError for a missing "=", an empty or spaced key, or a value
+    _ini_value() refuses.
     """
     key, sep, value = line.partition("=")
     key = key.strip()
@@ -145,19 +153,47 @@ def _parse_ini_var(line: str, group: str, where: str) -> tuple[str, str]:
     return key, _ini_value(value, where)
 
 
-def _ini_value(raw: str, where: str) -> str:
-    """Unquote an INI variable value; an unquoted multi-word value stays as is.
+def _ini_value(raw: str, where: str) -> str | None:
+    """A variable's value as Ansible's ini plugin reads it, kept as text.
 
-    Raises InventoryError for an unbalanced quote.
+    As Ansible: the stripped text, read as a Python literal if it is one (a trailing
+    "# comment" is then dropped, as Python drops it; a string literal gives its
+    text), else the text as written, "#" and all.  Other literals become the text
+    Ansible prints for them ("0x10" is "16", "(1, 2)" is "[1, 2]"); None stays None
+    (unset, as in Ansible).  Raises InventoryError for a literal Ansible cannot read
+    either (an unhashable dict key, nesting too deep to parse).
     """
-    text = _strip_inline_comment(raw).strip()
+    text = raw.strip()
+    if not _LITERAL_START_RE.match(text):
+        return text  # a name, a path, an address...: not a literal; skip the parser
     try:
-        tokens = shlex.split(text)
-    except ValueError as exc:
-        raise InventoryError(f"{where}: cannot parse value {raw.strip()!r}: {exc}") from None
-    if len(tokens) == 1:
-        return tokens[0]
-    return text if tokens else ""
+        with warnings.catch_warnings():
+            # As Ansible: "\d" in a string literal is not worth a warning here.
+            warnings.simplefilter("ignore")
+            value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    except (TypeError, RecursionError, MemoryError) as exc:
+        raise InventoryError(f"{where}: cannot read value {text[:80]!r}: {exc}") from None
+    if value is None or isinstance(value, str):
+        return value
+    return str(_as_ansible_keeps(value))
+
+
+def _as_ansible_keeps(value: Any) -> Any:
+    """A literal as Ansible's ini plugin keeps it: tuples and sets as lists, bytes as
+    text, complex numbers and "..." as their text; never fails."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_as_ansible_keeps(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_ansible_keeps(item) for key, item in value.items()}
+    if value is Ellipsis:
+        return "..."
+    if isinstance(value, complex):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value
 
 
 def _parse_ini_child(line: str, group: str, where: str) -> str:
@@ -173,8 +209,14 @@ def _parse_ini_child(line: str, group: str, where: str) -> str:
     return name
 
 
-#: Characters that make shlex's split differ from a plain white-space split.
+#: Characters that make shlex's split differ from cutting at the first "#" and
+#: splitting on SHLEX_WHITESPACE.
 _SHELL_QUOTING = frozenset("'\"\\")
+#: How a Python literal can start (a number, a sign, a quote, a bracket, a constant, or
+#: a prefixed string such as b'...'): anything else is no literal for ast.literal_eval.
+_LITERAL_START_RE = re.compile(r"""[0-9.+\-'"(\[{]|(?:True|False|None)\b|[rRbBuUfF]{1,2}['"]""")
+#: What shlex splits on (not str.split()'s wider set: "\xa0" is part of a word).
+_SHLEX_WORD_RE = re.compile(r"[^ \t\r\n]+")
 
 
 def _parse_ini_host_line(line: str, group: str, where: str, builder: _Builder) -> None:
@@ -183,11 +225,14 @@ def _parse_ini_host_line(line: str, group: str, where: str, builder: _Builder) -
     Raises InventoryError for unbalanced quotes, a token that is not
     key=value, or an invalid name, port or range.
     """
-    text = _strip_inline_comment(line)
     try:
-        # shlex is slow (~40 ms for 1,000 lines); a line without quotes or escapes splits
-        # the same on white space.
-        tokens = text.split() if not _SHELL_QUOTING & set(text) else shlex.split(text)
+        # As Ansible: shlex.split(line, comments=True), where "#" outside quotes ends
+        # the line even inside a word.  shlex is slow (~40 ms for 1,000 lines); a line
+        # without quotes or escapes splits the same at its first "#" and white space.
+        if _SHELL_QUOTING & set(line):
+            tokens = shlex.split(line, comments=True)
+        else:
+            tokens = _SHLEX_WORD_RE.findall(line.partition("#")[0])
     except ValueError as exc:
         raise InventoryError(f"{where}: cannot parse host line {line!r}: {exc}") from None
     if not tokens:
@@ -198,12 +243,12 @@ def _parse_ini_host_line(line: str, group: str, where: str, builder: _Builder) -
             f"{where}: expected a host name before the key=value variables, "
             f"got {entry!r} (variables for a group go in a [{group}:vars] section)"
         )
-    host_vars: dict[str, str] = {}
+    host_vars: dict[str, str | None] = {}
     for token in assignments:
         key, sep, value = token.partition("=")
         if not sep or not key:
             raise InventoryError(f"{where}: expected key=value after host {entry!r}, got {token!r}")
-        host_vars[key] = value
+        host_vars[key] = _ini_value(value, where)
     names, port = _expand_host_pattern(entry, where)
     for name in names:
         builder.add_host(name, group, host_vars, port, where)
@@ -212,7 +257,8 @@ def _parse_ini_host_line(line: str, group: str, where: str, builder: _Builder) -
 def _strip_inline_comment(text: str) -> str:
     """Cut a "#" comment that starts a word outside quotes; never fails.
 
-    Unlike shlex's own comment handling, "pass#word" keeps its "#".
+    For [group:children] lines, where Ansible's group name pattern lets "web#2" be a
+    name and "web #2" the name "web" with a comment.
     """
     quote: str | None = None
     escaped = False
