@@ -8,7 +8,7 @@ changes nothing: the checks are opsq's own, the same as the command line's.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from opsq import jobs
 from opsq.models import JobStatus, Role
-from opsq.notify import Listener
-from opsq.web import audit, operations
+from opsq.settings import get_settings
+from opsq.web import audit, operations, streams
 from opsq.web.auth import api_principal, client_address, require
 from opsq.web.operations import JobIn, ScheduleEdit, ScheduleIn, ShortText
 from opsq.web.users import Principal
@@ -104,17 +104,30 @@ EVENTS_KEEPALIVE = 15.0
 
 @router.get("/jobs/{job_id}/events", tags=["jobs"],
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "server-sent events, one per change"}})
-def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
+                             "description": "server-sent events, one per change"},
+                       429: {"description": "the caller's streams are at their limit"}})
+async def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
     """Server-sent events: a ``progress`` event (status, hosts done, counts) each time the
-    job changes, woken by PostgreSQL's notifications (``LISTEN``), until it has ended."""
-    jobs.summary(job_id)  # 404 before the stream starts
+    job changes, until it has ended. 429 when the caller already holds
+    OPSQ_WEB_STREAMS_PER_USER streams.
 
-    def stream() -> Iterator[str]:
-        last = None
-        with Listener() as listener:
+    A waiting stream holds no thread and no database connection: the process's one
+    ``LISTEN`` (``opsq.web.streams``) wakes it when its job is announced, and it reads the
+    job then, or after EVENTS_KEEPALIVE seconds without news."""
+    try:
+        sub = streams.hub().subscribe(job_id, who.name, get_settings().web_streams_per_user)
+    except streams.TooManyStreams as exc:
+        raise HTTPException(429, str(exc)) from exc
+    try:  # subscribed first, so that no change between this read and the stream is missed
+        first = await streams.read(jobs.summary, job_id)  # 404 before the stream starts
+    except BaseException:
+        sub.close()
+        raise
+
+    async def stream() -> AsyncIterator[str]:
+        s, last = first, None
+        with sub:
             while True:
-                s = jobs.summary(job_id)
                 now = (s.status.value, s.done, tuple(sorted(s.counts.items())))
                 if now != last:
                     data = {"status": s.status.value, "done": s.done, "total": s.total,
@@ -123,11 +136,11 @@ def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
                     last = now
                 if s.finished:
                     return
-                if not listener.wait(EVENTS_KEEPALIVE):
+                if not await sub.wait(EVENTS_KEEPALIVE):
                     yield ": keep-alive\n\n"
+                s = await streams.read(jobs.summary, job_id)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store"})
+    return streams.EventStream(stream(), sub)
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
