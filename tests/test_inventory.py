@@ -254,6 +254,40 @@ def test_unsupported_connection_is_an_error_only_when_targeted(
         assert f"ansible_connection {connection!r} is not supported" in message
 
 
+@pytest.mark.parametrize("connection", ["winrm", "network_cli", "docker"])
+def test_unsupported_connection_is_listed_with_its_problem(
+    tmp_path: Path, connection: str
+) -> None:
+    path = write(tmp_path, "hosts.ini", f"[win]\nbox1 ansible_connection={connection}\n"
+                                        "box2 ansible_connection=winrm\n[linux]\nweb1\n")
+    inv = Inventory.load(path)
+    listed = inv.select("all")
+    assert names(listed) == ["box1", "box2", "web1"]
+    box1, box2, web1 = listed
+    assert box1.connection == connection
+    assert box1.problem is not None and box1.problem.startswith(f"{path}: host 'box1': ")
+    assert f"ansible_connection {connection!r} is not supported" in box1.problem
+    assert box1.problem == inv.hosts["box1"].problem == inv.unusable["box1"]
+    assert web1.problem is None
+    with pytest.raises(InventoryError) as info:
+        inv.resolve("all")  # what a job does: refused, naming the first such host
+    assert str(info.value) == box1.problem + " (and 1 more such host(s))"
+    assert inv.select("linux") == inv.resolve("linux") == [web1]
+    with pytest.raises(PatternError, match="unknown host or group 'nope'"):
+        inv.select("win:nope")  # listing still refuses what resolve refuses otherwise
+    assert "problem" not in box1.to_dict()
+
+
+def test_problem_is_set_for_hosts_of_an_inventory_built_in_memory() -> None:
+    box = Host(name="box", address="box", connection="winrm")
+    inv = Inventory({"box": box}, unusable={"box": "box: winrm is not supported"})
+    (listed,) = inv.select("box")
+    assert listed.problem == "box: winrm is not supported"
+    assert listed == box  # the problem is derived, and left out of comparisons
+    with pytest.raises(InventoryError, match="winrm is not supported"):
+        inv.resolve("all")
+
+
 @pytest.mark.parametrize("value", ["abc", "22x", "0", "70000"])
 def test_bad_ansible_port_names_host_and_value(tmp_path: Path, value: str) -> None:
     message, path = load_error(tmp_path, f"[web]\nweb7 ansible_port={value}\n")
@@ -1174,6 +1208,30 @@ def test_vault_values_load_and_block_only_a_host_that_needs_them(tmp_path: Path)
     with pytest.raises(InventoryError) as info:
         inv.resolve("h2")
     assert str(info.value).startswith(f"{path}: host 'h2': ansible_user is vault-encrypted")
+    (h2,) = inv.select("h2")
+    assert h2.problem == str(info.value)
+    assert inv.select("h1")[0].problem is None
+
+
+def test_implicit_localhost_with_a_vaulted_connection_variable_is_listed_not_run(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "i.yml", """
+        all:
+          vars:
+            ansible_user: !vault |
+              $ANSIBLE_VAULT;1.1;AES256
+              3334
+          hosts:
+            h1:
+    """)
+    inv = Inventory.load(path)
+    (local,) = inv.select("127.0.0.1")
+    assert (local.name, local.connection) == ("127.0.0.1", "local")
+    assert local.problem == f"{path}: host '127.0.0.1': ansible_user is vault-encrypted, " \
+        "which opsq cannot decrypt; set it in plain text for the hosts opsq runs on"
+    with pytest.raises(InventoryError, match="ansible_user is vault-encrypted"):
+        inv.resolve("h1:127.0.0.1")
 
 
 def test_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:

@@ -292,6 +292,25 @@ CASES: dict[str, tuple[dict[str, str], str, list[str]]] = {
         "hosts.ini",
         ["all", "q4", "g4"],
     ),
+    # Hosts opsq cannot run on are still selected, as Ansible selects them: listing
+    # shows them (with Host.problem), only running on them is refused.
+    "unsupported_connections": (
+        {
+            "hosts.ini": """
+                [win]
+                box1 ansible_connection=winrm ansible_user=Administrator ansible_port=5986
+                [containers]
+                c1 ansible_connection=docker
+                [linux]
+                web1 ansible_connection=smart
+                web2
+                [all:vars]
+                x=all
+            """,
+        },
+        "hosts.ini",
+        ["all", "win", "box1", "linux:box1", "all:!win", "~(box|c)", "*1", "containers[0]"],
+    ),
     # ~regex terms run in RE2 in opsq, in Python's re in Ansible: the same answers.
     "regex_terms": (
         {
@@ -356,9 +375,12 @@ def _ansible(root: Path, source: str, patterns: list[str]) -> dict:
 
 
 def _opsq(inventory: Inventory, pattern: str) -> list[list] | None:
-    """opsq's answer in the probe's shape; None when opsq refuses the pattern."""
+    """opsq's answer in the probe's shape; None when opsq refuses the pattern.
+
+    What select() lists, as Ansible's get_hosts(): hosts opsq cannot run on included.
+    """
     try:
-        hosts = inventory.resolve(pattern)
+        hosts = inventory.select(pattern)
     except PatternError:
         return None
     return [
@@ -378,9 +400,31 @@ def _normalised(rows: list[list]) -> list[list]:
 def test_opsq_selects_what_ansible_selects(tmp_path: Path, case: str) -> None:
     files, source, patterns = CASES[case]
     _write(tmp_path, files)
-    expected = _ansible(tmp_path, source, patterns)
+    _assert_same_answers(_ansible(tmp_path, source, patterns),
+                         Inventory.load(tmp_path / source), patterns)
+
+
+#: Patterns naming this machine, asked of opsq's built-in inventory (no inventory file)
+#: and of Ansible with an inventory that lists no host: its implicit localhost answers
+#: to "localhost", "127.0.0.1" and "::1", named by the first a pattern uses.
+BUILTIN_PATTERNS = [
+    "localhost", "127.0.0.1", "::1", "127.0.0.1:localhost", "localhost,::1",
+    "::1,127.0.0.1", "127.0.0.1[0]", "all:127.0.0.1", "127.0.0.1:all", "localhost:!127.0.0.1",
+]
+
+
+def test_builtin_inventory_answers_localhost_names_as_ansible(tmp_path: Path) -> None:
+    _write(tmp_path, {"empty.ini": "# no host at all\n"})
+    inventory = Inventory.implicit()
+    _assert_same_answers(_ansible(tmp_path, "empty.ini", BUILTIN_PATTERNS), inventory,
+                         BUILTIN_PATTERNS)
+    # Deliberately unlike Ansible, where "all" is empty with no inventory.
+    assert [host.name for host in inventory.resolve("all")] == ["localhost"]
+    assert inventory.resolve("127.0.0.1")[0].connection == "local"
+
+
+def _assert_same_answers(expected: dict, inventory: Inventory, patterns: list[str]) -> None:
     assert "error" not in expected, expected
-    inventory = Inventory.load(tmp_path / source)
     for pattern in patterns:
         wanted = _normalised(expected["answers"][pattern])
         got = _opsq(inventory, pattern)

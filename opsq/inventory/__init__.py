@@ -21,15 +21,19 @@ part, checked against ansible-core by tests/test_inventory_ansible.py:
   with Ansible's precedence, and ``ansible_group_priority``.
 * Connection variables as Ansible's ssh plugin reads them (``ansible_ssh_*``
   beat the modern names); a host opsq cannot reach (winrm, docker, a vaulted
-  ``ansible_user``...) loads, and selecting it is an error.
+  ``ansible_user``...) loads with the reason as its ``problem``:
+  Inventory.select() lists it, Inventory.resolve() (what a job runs on)
+  refuses it.
 * Patterns: ``all``/``*``, host and group names, globs, ``~regex`` (matched
   from the start, in RE2: no backreferences or lookaround, and linear time
   whatever the regex), unions (``:`` or ``,``; with a "," only ","), ``&``
   intersections, ``!`` exclusions, ``[i]``/``[i:j]`` subscripts, in
   Ansible's host order; ``localhost``, ``127.0.0.1`` and ``::1`` are implicit
-  local hosts.  As in Ansible, globs and regexes also see the group names
-  "all" and "ungrouped".  A pattern is at most MAX_PATTERN_CHARS long and a
-  regex at most MAX_REGEX_CHARS, since patterns may come from console users.
+  local hosts, named by the first such term (also in the built-in inventory,
+  whose "localhost" is all there is without an inventory file).  As in
+  Ansible, globs and regexes also see the group names "all" and "ungrouped".
+  A pattern is at most MAX_PATTERN_CHARS long and a regex at most
+  MAX_REGEX_CHARS, since patterns may come from console users.
 
 Not supported: dynamic inventory scripts and plugins, vault-encrypted files,
 vars plugins, Ansible's ``[x-y]`` subscripts (``web0[1-3]`` is a glob here).
@@ -45,7 +49,7 @@ Modules, each importing only those listed before it:
 * ``vars_files``: ``group_vars/`` and ``host_vars/``.
 * ``patterns``: host pattern syntax.
 * ``inventory``: Inventory (loading files and directories, the implicit
-  localhost, resolve()).
+  localhost, select() to list and resolve() to run).
 """
 
 from __future__ import annotations

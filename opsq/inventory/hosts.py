@@ -10,7 +10,7 @@ import copy
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opsq import limits
@@ -63,6 +63,11 @@ class Host:
     groups: tuple[str, ...] = (ALL_GROUP,)
     # Excluded from the hash: dicts are unhashable and the name identifies a host.
     vars: dict[str, Any] = field(default_factory=dict, hash=False)
+    #: Why opsq cannot run on this host (another ansible_connection such as winrm, a
+    #: vault-encrypted connection variable), None when it can.  Inventory.select() lists
+    #: such a host; Inventory.resolve(), which a job uses, refuses it.  Derived from
+    #: the fields above, so left out of comparisons and of to_dict().
+    problem: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict of every field, e.g. for a database row.
@@ -137,7 +142,8 @@ def _make_host(name: str, merged: dict[str, Any], groups: list[str],
     """Turn a host's merged variables into a Host, and why opsq cannot reach it (or None).
 
     A host opsq cannot reach (another ansible_connection such as winrm, or a connection
-    variable that is vault-encrypted) is still loaded: only selecting it is an error.
+    variable that is vault-encrypted) is still loaded, with the reason as its problem:
+    only running on it is an error.
     Raises InventoryError naming the file and host for a non-integer or out-of-range
     port, a non-string address/user/key file, or an invalid opsq_timeout /
     opsq_connect_timeout.
@@ -150,8 +156,9 @@ def _make_host(name: str, merged: dict[str, Any], groups: list[str],
         plain = {key: value for key, value in merged.items() if key not in vaulted}
         host, _ = _make_host(name, plain, groups, source)
         host.vars.update(copy.deepcopy({key: merged[key] for key in vaulted}))
-        return host, (f"{where}: {vaulted[0]} is vault-encrypted, which opsq cannot "
-                      "decrypt; set it in plain text for the hosts opsq runs on")
+        problem = (f"{where}: {vaulted[0]} is vault-encrypted, which opsq cannot "
+                   "decrypt; set it in plain text for the hosts opsq runs on")
+        return replace(host, problem=problem), problem
     for key in PORT_VARS:
         if merged.get(key) is not None:
             merged[key] = _parse_port(merged[key], f"{where}: {key}")
@@ -173,6 +180,7 @@ def _make_host(name: str, merged: dict[str, Any], groups: list[str],
         groups=tuple(groups),
         # Group variables are shared objects; a host must not alias another's.
         vars=copy.deepcopy(merged),
+        problem=problem,
     )
     return host, problem
 

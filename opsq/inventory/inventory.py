@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from opsq.errors import InventoryError, PatternError
@@ -72,7 +73,8 @@ class Inventory:
     hosts: dict[str, Host]
     groups: dict[str, set[str]]
     source: str
-    #: Hosts opsq cannot run on (another ansible_connection...): name -> why.
+    #: Hosts opsq cannot run on (another ansible_connection...): name -> why (as their
+    #: Host.problem).
     unusable: dict[str, str]
 
     def __init__(
@@ -109,7 +111,8 @@ class Inventory:
         self.unusable = dict(unusable or {})
         self._all_vars: dict[str, Any] = {}
         self._host_file_vars: dict[str, dict[str, Any]] = {}
-        self._implicit_problem: dict[str, str] = {}
+        # implicit()'s inventory: its "localhost" stands for Ansible's implicit one.
+        self._builtin = False
 
     def __repr__(self) -> str:
         return (
@@ -160,7 +163,9 @@ class Inventory:
     def implicit(cls) -> Inventory:
         """Return the built-in inventory: "localhost", reached without SSH.
 
-        Never fails.
+        As Ansible's implicit localhost with no inventory, it answers to "localhost",
+        "127.0.0.1" and "::1", named by the first of them a pattern uses.  Unlike
+        Ansible (where "all" is then empty), "all" selects it.  Never fails.
         """
         host = Host(
             name=IMPLICIT_HOST,
@@ -173,11 +178,13 @@ class Inventory:
             vars={CONNECTION_VAR: CONNECTION_LOCAL},
         )
         members = [IMPLICIT_HOST]
-        return cls(
+        inventory = cls(
             {IMPLICIT_HOST: host},
             {ALL_GROUP: list(members), UNGROUPED_GROUP: list(members)},
             IMPLICIT_SOURCE,
         )
+        inventory._builtin = True
+        return inventory
 
     @classmethod
     def from_path_or_default(
@@ -201,7 +208,22 @@ class Inventory:
         return cls.load(source)
 
     def resolve(self, pattern: str) -> list[Host]:
-        """Return the hosts an Ansible host pattern selects, in Ansible's order.
+        """Return the hosts an Ansible host pattern selects, to run a job on them.
+
+        As select(), and raises InventoryError if a selected host is one opsq
+        cannot reach (its ``problem``: another ansible_connection, a vaulted
+        connection variable), naming the first of them.
+        """
+        selected = self.select(pattern)
+        problems = [host.problem for host in selected if host.problem is not None]
+        if problems:
+            more = f" (and {len(problems) - 1} more such host(s))" if len(problems) > 1 else ""
+            raise InventoryError(problems[0] + more)
+        return selected
+
+    def select(self, pattern: str) -> list[Host]:
+        """Return the hosts an Ansible host pattern selects, in Ansible's order, to list
+        them: hosts opsq cannot reach are included, with their ``problem`` set.
 
         Union terms are collected first, in the order written, then every "&"
         term intersects and every "!" term excludes, wherever they appear; with
@@ -213,8 +235,7 @@ class Inventory:
         empty or malformed, names an unknown host or group (also in "&"/"!"
         terms: a typo there would silently select the host meant to be
         excluded), has a glob/regex that matches nothing, or selects no host
-        at all; InventoryError if it selects a host opsq cannot reach (see
-        ``unusable``).
+        at all.
         """
         if not isinstance(pattern, str):
             raise PatternError(f"host pattern must be a string, got {_kind(pattern)}")
@@ -238,16 +259,23 @@ class Inventory:
                     f"nothing after {operator!r} in pattern {pattern!r}: write e.g. "
                     f"'web:{operator}web3'"
                 )
-            if not operator and body in self.hosts:
+            if not operator and body in self.hosts and not self._names_localhost(body):
                 unions.append([self.hosts[body]])
                 continue
             found = self._match_term(body, pattern, implicit)
             {PATTERN_EXCLUDE: exclusions, PATTERN_INTERSECT: intersections}.get(
                 operator, unions
             ).append(found)
+        if self._builtin and implicit:
+            # The built-in "localhost" is the machine a localhost name has named.
+            unions, intersections, exclusions = (
+                [[self._as_implicit(host, implicit) for host in found] for found in lists]
+                for lists in (unions, intersections, exclusions)
+            )
         selected = _unique([host for found in unions for host in found])
         if not unions:
-            selected = [self.hosts[name] for name in self._members[ALL_GROUP]]
+            selected = [self._as_implicit(self.hosts[name], implicit)
+                        for name in self._members[ALL_GROUP]]
         for found in intersections:
             keep = {host.name for host in found}
             selected = [host for host in selected if host.name in keep]
@@ -256,20 +284,24 @@ class Inventory:
             selected = [host for host in selected if host.name not in drop]
         if not selected:
             raise PatternError(f"pattern {pattern!r} matches no host {KNOWN_HOSTS_HINT}")
-        self._check_usable(selected, implicit)
-        return selected
+        return [self._with_problem(host) for host in selected]
 
-    def _check_usable(self, selected: list[Host], implicit: dict[str, Host]) -> None:
-        """Raise InventoryError naming the first selected host opsq cannot reach."""
-        local = {host.name for host in implicit.values()}
-        problems = [
-            (self._implicit_problem if host.name in local else self.unusable).get(host.name)
-            for host in selected
-        ]
-        problems = [problem for problem in problems if problem is not None]
-        if problems:
-            more = f" (and {len(problems) - 1} more such host(s))" if len(problems) > 1 else ""
-            raise InventoryError(problems[0] + more)
+    def _names_localhost(self, name: str) -> bool:
+        """Whether name, in the built-in inventory, means its implicit localhost."""
+        return self._builtin and name in LOCALHOST_NAMES
+
+    def _as_implicit(self, host: Host, implicit: dict[str, Host]) -> Host:
+        """The built-in localhost as the name a pattern gave it; any other host as is."""
+        if self._builtin and implicit and host is self.hosts.get(IMPLICIT_HOST):
+            return next(iter(implicit.values()))
+        return host
+
+    def _with_problem(self, host: Host) -> Host:
+        """host, with the problem ``unusable`` records for it if it lacks one."""
+        problem = self.unusable.get(host.name)
+        if host.problem is None and problem is not None and self.hosts.get(host.name) is host:
+            return replace(host, problem=problem)
+        return host
 
     def _match_term(self, term: str, pattern: str, implicit: dict[str, Host]) -> list[Host]:
         """Return the hosts one pattern term selects, in Ansible's order.
@@ -301,6 +333,8 @@ class Inventory:
         regex or has one of HOST_MATCH_CHARS.  Duplicates stay: a subscript
         counts them, as Ansible's does.  Raises PatternError as _match_term() does.
         """
+        if self._names_localhost(expr):
+            return None
         is_regex = expr.startswith(PATTERN_REGEX_PREFIX)
         matches: Callable[[str], bool] | None = None
         if is_regex:
@@ -333,21 +367,25 @@ class Inventory:
         """The host a localhost name means when the inventory lists no such host.
 
         An inventory host named like localhost if there is one (as Ansible),
-        else one implicit local host per resolve(), named by the first such term,
-        with the variables of "all" and its host_vars file.
+        else one implicit local host per select(), named by the first such term,
+        with the variables of "all" and its host_vars file (in the built-in
+        inventory, its "localhost" so named).
         """
         listed = next((h for h in self.hosts if h in LOCALHOST_NAMES), None)
-        if listed is not None:
+        if listed is not None and not self._builtin:
             return self.hosts[listed]
         if not implicit:
-            host_vars = {
-                **self._all_vars,
-                CONNECTION_VAR: CONNECTION_LOCAL,
-                **self._host_file_vars.get(name, {}),
-            }
-            host, problem = _make_host(name, host_vars, [], self.source)
-            if problem is not None:
-                self._implicit_problem[name] = problem
+            if self._builtin:
+                builtin = self.hosts[IMPLICIT_HOST]
+                host = builtin if name == IMPLICIT_HOST else replace(
+                    builtin, name=name, address=name)
+            else:
+                host_vars = {
+                    **self._all_vars,
+                    CONNECTION_VAR: CONNECTION_LOCAL,
+                    **self._host_file_vars.get(name, {}),
+                }
+                host, _ = _make_host(name, host_vars, [], self.source)
             implicit[name] = host
         return next(iter(implicit.values()))
 
