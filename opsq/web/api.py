@@ -12,14 +12,15 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict
 
 from opsq import jobs
 from opsq.models import JobStatus, Role
 from opsq.settings import get_settings
-from opsq.web import audit, operations, streams
+from opsq.web import audit, operations, streams, users
 from opsq.web.auth import api_principal, client_address, require
 from opsq.web.operations import JobIn, ScheduleEdit, ScheduleIn, ShortText
 from opsq.web.users import Principal
@@ -32,7 +33,16 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"description": "refused input: {\"error\": message}"},
 }
 
-router = APIRouter(prefix=PREFIX, responses=COMMON_RESPONSES)
+#: Hosts of a job one page of ``/jobs/{id}/hosts`` holds by default, and at most.
+HOSTS_PAGE = 100
+MAX_HOSTS_PAGE = 1000
+
+# The scheme the OpenAPI document declares (its "Authorize" button); the check itself is
+# auth.ApiAuthentication's, before the body is read.
+_bearer_scheme = HTTPBearer(auto_error=False, description="An API token: opsq users token "
+                                                          "NAME, or the Users page")
+router = APIRouter(prefix=PREFIX, responses=COMMON_RESPONSES,
+                   dependencies=[Security(_bearer_scheme)])
 Caller = Annotated[Principal, Depends(api_principal)]
 JobId = Annotated[ShortText, Path()]
 Name = Annotated[ShortText, Path()]
@@ -93,9 +103,15 @@ def get_job(job_id: JobId, who: Caller) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}/hosts", tags=["jobs"])
-def job_hosts(job_id: JobId, who: Caller, preview: bool = False) -> list[dict[str, Any]]:
-    """Each host's result with its output (``preview``: the first 512 characters)."""
-    return [r.as_dict() for r in jobs.host_runs(job_id, preview=preview)]
+def job_hosts(job_id: JobId, who: Caller, preview: bool = False,
+              offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+              limit: Annotated[int, Query(ge=1, le=MAX_HOSTS_PAGE)] = HOSTS_PAGE,
+              host: Annotated[ShortText | None, Query()] = None) -> list[dict[str, Any]]:
+    """One page of the hosts' results with their output, in inventory order (``preview``:
+    the first 512 characters of each stream; ``host``: that host only). The job's
+    ``total`` says how many there are."""
+    return [r.as_dict() for r in jobs.host_runs(job_id, preview=preview, host=host,
+                                                offset=offset, limit=limit)]
 
 
 #: Seconds between two keep-alive comments of an idle event stream.
@@ -213,17 +229,24 @@ def run_schedule(name: Name, who: Operator, request: Request) -> dict[str, str]:
 # -- hosts and audit ---------------------------------------------------------------------
 
 
+InventoryName = Annotated[ShortText | None, Query(description="An inventory's name "
+                                                               "(unset: the first)")]
+
+
 @router.get("/hosts", tags=["hosts"])
-def inventory(who: Caller) -> dict[str, Any]:
-    """The inventory's groups (with their hosts) and hosts (without their variables)."""
-    return operations.inventory_view()
+def inventory(who: Caller, inventory: InventoryName = None) -> dict[str, Any]:
+    """An inventory's groups (with their hosts) and hosts (without their variables), and
+    the names of the inventories the console offers."""
+    return operations.inventory_view(inventory)
 
 
 @router.get("/hosts/resolve", response_model=Resolved, tags=["hosts"])
-def resolve(pattern: Annotated[ShortText, Query()], who: Caller) -> dict[str, Any]:
+def resolve(pattern: Annotated[ShortText, Query()], who: Caller,
+            inventory: InventoryName = None) -> dict[str, Any]:
     """The hosts a pattern selects, in inventory order."""
     return {"pattern": pattern,
-            "hosts": [operations.host_dict(h) for h in jobs.resolve(pattern)]}
+            "hosts": [operations.host_dict(h) for h in operations.resolve(pattern,
+                                                                          inventory)]}
 
 
 @router.get("/audit", tags=["audit"])
@@ -237,6 +260,57 @@ def audit_log(who: Caller, user: Annotated[ShortText | None, Query()] = None,
 
 
 @router.get("/me", tags=["users"])
-def me(who: Caller) -> dict[str, str]:
-    """Who the token belongs to, and their role."""
-    return {"name": who.name, "role": who.role.value}
+def me(who: Caller) -> dict[str, str | None]:
+    """Who the token belongs to, their role, and the token's name."""
+    return {"name": who.name, "role": who.role.value, "token": who.token}
+
+
+# -- users and their tokens ------------------------------------------------------------
+
+
+class TokenIn(BaseModel):
+    """A new API token: its name (unique per user) and lifetime (``90d``, ``12h``,
+    ``2w``; unset or ``never``: until revoked)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ShortText | None = None
+    expires: ShortText | None = None
+
+
+def _self_or_admin(who: Principal, name: str) -> None:
+    if who.name != name:
+        require(who, Role.ADMIN)
+
+
+@router.get("/users", tags=["users"])
+def list_users(who: Caller) -> list[dict[str, Any]]:
+    """Every user with their role (admin)."""
+    require(who, Role.ADMIN)
+    return [u.as_dict() for u in users.all_users()]
+
+
+@router.get("/users/{name}/tokens", tags=["users"])
+def list_tokens(name: Name, who: Caller) -> list[dict[str, Any]]:
+    """A user's API tokens: name, times, expiry; never the tokens (admin, or yourself)."""
+    _self_or_admin(who, name)
+    return [t.as_dict() for t in users.tokens(name)]
+
+
+@router.post("/users/{name}/tokens", status_code=201, tags=["users"])
+def create_token(name: Name, body: TokenIn, who: Caller, request: Request
+                 ) -> dict[str, Any]:
+    """A new API token for the user, shown this once (admin, or yourself)."""
+    _self_or_admin(who, name)
+    token = users.new_token(name, by=who.name, address=client_address(request),
+                            token_name=body.name, lifetime=users.parse_lifetime(body.expires))
+    made = users.tokens(name)[-1]
+    return {**made.as_dict(), "token": token}
+
+
+@router.delete("/users/{name}/tokens/{token}", status_code=204, tags=["users"])
+def revoke_token(name: Name, token: Name, who: Caller, request: Request) -> Response:
+    """Revoke the user's token by its name or id (admin, or yourself)."""
+    _self_or_admin(who, name)
+    users.revoke(name, token, by=who.name, address=client_address(request))
+    return Response(status_code=204)

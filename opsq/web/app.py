@@ -4,7 +4,8 @@ FastAPI serves the REST API (its OpenAPI schema at ``/api/v1/openapi.json``) and
 Jinja2 pages; Starlette's SessionMiddleware keeps the login in a signed cookie
 (HttpOnly, SameSite=Lax) holding the user's id and session epoch (``opsq.web.auth``).
 Around them, outermost first: security headers, the loopback guard of a login-free
-console, the body cap, the session, and API authentication before any body is read.
+console, the session, API authentication, then the body cap: nothing is read of a body
+before its sender is known.
 """
 
 from __future__ import annotations
@@ -107,12 +108,14 @@ def create_app(settings: Settings | None = None, no_auth: bool | None = None) ->
     app.state.limiter = auth.LoginLimiter()
     app.state.trusted_proxies = auth.parse_networks(s.web_trusted_proxies,
                                                     "OPSQ_WEB_TRUSTED_PROXIES")
-    # Added innermost first: each add_middleware wraps the ones before it.
+    # Added innermost first: each add_middleware wraps the ones before it. An anonymous
+    # API caller is refused before the body cap reads a byte; the session is read first
+    # because the API's reads accept it.
+    app.add_middleware(auth.BodyLimit, limit=s.web_max_body)
     app.add_middleware(auth.ApiAuthentication, prefix=api.PREFIX)
     app.add_middleware(SessionMiddleware, secret_key=auth.signing_key(s),
                        session_cookie="opsq_session", max_age=SESSION_MAX_AGE,
                        same_site="lax", https_only=s.web_secure_cookies)
-    app.add_middleware(auth.BodyLimit, limit=s.web_max_body)
     if app.state.no_auth:
         app.add_middleware(auth.LoopbackOnly)
 
