@@ -468,10 +468,10 @@ def hosts(words: tuple[str, ...], inventory: str | None, timeout: float, yes: bo
                                   confirm=lambda text: yes or click.confirm(text)))
     if len(words) != 1:
         raise click.UsageError("usage: opsq hosts PATTERN (quote patterns with ! or &)")
-    for h in jobs.resolve(words[0], inventory):
+    for h in jobs.load_inventory(inventory).select(words[0]):
         where = "local" if h.connection == "local" else f"{h.user + '@' if h.user else ''}" \
             f"{h.address}:{h.port}"
-        click.echo(f"{h.name}\t{where}")
+        click.echo(f"{h.name}\t{where}" + (f"\tnot runnable: {h.problem}" if h.problem else ""))
 
 
 @main.group()

@@ -192,10 +192,11 @@ def inventory_errors(name: str | None) -> Iterator[None]:
 
 
 def resolve(pattern: str, inventory: str | None = None) -> list[Any]:
-    """The hosts ``pattern`` selects in the console's inventory ``inventory``."""
+    """The hosts ``pattern`` selects in the console's inventory ``inventory``, those opsq
+    cannot run on included (their ``problem`` says why)."""
     path = inventory_path(inventory)
     with inventory_errors(inventory):
-        return jobs.resolve(pattern, path)
+        return jobs.load_inventory(path).select(pattern)
 
 
 def _local_hosts() -> bool:
@@ -435,7 +436,8 @@ def _iso(value: datetime | None) -> str | None:
 def host_dict(h: Any) -> dict[str, Any]:
     """A host without its variables (they may hold passwords)."""
     return {"name": h.name, "address": h.address, "port": h.port, "user": h.user,
-            "groups": list(h.groups)}
+            "groups": list(h.groups), "local": h.connection == "local",
+            "problem": getattr(h, "problem", None)}
 
 
 def inventory_view(name: str | None = None) -> dict[str, Any]:
