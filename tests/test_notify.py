@@ -95,10 +95,13 @@ def receiver():
 
 
 def attempts(job_id: str) -> list[tuple]:
+    """The job's attempts that have an outcome (a row with neither a status nor an error
+    is an attempt under way: claimed, its request in flight)."""
     with db.session_scope() as s:
         return [tuple(r) for r in s.execute(text(
             "SELECT url, attempt, status_code, delivered, error IS NULL FROM notifications "
-            "WHERE job_id = :j ORDER BY attempt"), {"j": job_id})]
+            "WHERE job_id = :j AND (status_code IS NOT NULL OR error IS NOT NULL) "
+            "ORDER BY attempt"), {"j": job_id})]
 
 
 def job_count() -> int:

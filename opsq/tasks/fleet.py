@@ -437,9 +437,10 @@ def _queue_notifications(job_id: str) -> None:
           autoretry_for=(BackendUnavailable,), **WAIT_FOR_SERVICES)
 def send_notification(self: Task, job_id: str, index: int) -> None:
     """POST the ended job's summary to its URL number ``index``, once; a failed attempt
-    is retried through the broker, backing off, for an hour (``opsq.webhooks``). The
-    receiver's answer never changes the job. The task carries no URL: webhook URLs often
-    hold a token, and task arguments show in Flower."""
+    is retried through the broker, backing off, for an hour (``opsq.webhooks``), except
+    one refused for its address (not global, not allowed). The receiver's answer never
+    changes the job. The task carries no URL: webhook URLs often hold a token, and task
+    arguments show in Flower."""
     try:
         payload = webhooks.body(jobs.summary(job_id).as_dict())
     except JobNotFound:  # pruned meanwhile: nothing left to tell
@@ -448,6 +449,9 @@ def send_notification(self: Task, job_id: str, index: int) -> None:
     if sent is None or sent.delivered:
         return
     where = f"job {job_id}: notification {index + 1} ({webhooks.shown(sent.url)})"
+    if sent.permanent:  # a refused address: trying again cannot mend it
+        logger.error("%s: attempt %d: %s", where, sent.number, sent.error)
+        return
     delay = webhooks.retry_delay(sent.number)
     if delay is None:
         logger.error("%s: given up after %d attempts; the last: %s", where, sent.number,
