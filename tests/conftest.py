@@ -49,6 +49,9 @@ os.environ.update({
     "OPSQ_ENV_FILE": "/nonexistent",
     "OPSQ_WEBHOOK_SECRET": "test-webhook-secret",
     "OPSQ_WEBHOOK_RETRY_BASE": "0.5",
+    # The tests' webhook receivers listen on loopback, which webhooks may not reach unless
+    # an admin lists it.
+    "OPSQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
 })
 
 

@@ -476,6 +476,7 @@ def submit_job(
     schedule_id: int | None = None,
     schedule: str | None = None,
     notify: list[str] | None = None,
+    local_hosts: bool = True,
 ) -> None:
     """Resolve, record and fan out a job from a worker; this task's id is the job id, so
     ``AsyncResult(id).get()`` returns the job summary as with ``opsq.jobs.submit``.
@@ -493,6 +494,7 @@ def submit_job(
         connect_timeout=connect_timeout, rerun_safe=rerun_safe,
         submitted_by=submitted_by or f"celery:{self.request.hostname}",
         schedule_id=schedule_id, schedule=schedule, notify=list(notify or []),
+        local_hosts=local_hosts is not False,
     )
     job_id = self.request.id
     try:
