@@ -75,7 +75,9 @@ def inventories(fleet, tmp_path_factory):
 def web(accounts, inventories, tmp_path_factory):
     setting = ",".join(f"{k}={v}" for k, v in inventories.items())
     w = Web(tmp_path_factory.mktemp("web") / "web.log",
-            {"OPSQ_WEB_INVENTORIES": setting, "OPSQ_WEB_MAX_BODY": str(64 * 1024)})
+            {"OPSQ_WEB_INVENTORIES": setting, "OPSQ_WEB_MAX_BODY": str(64 * 1024),
+             # as deployed: no internal network allowed for webhooks
+             "OPSQ_WEBHOOK_ALLOWED_NETWORKS": ""})
     yield w
     w.stop()
 

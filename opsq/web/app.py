@@ -53,27 +53,28 @@ def _first_problem(exc: RequestValidationError) -> str:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    def answer(request: Request, status: int, message: str,
-               headers: dict[str, str] | None = None) -> Response:
+    async def answer(request: Request, status: int, message: str,
+                     headers: dict[str, str] | None = None) -> Response:
         if _is_api(request):
             return JSONResponse({"error": message}, status_code=status, headers=headers)
-        return pages.error_page(request, status, message)
+        # The page names the logged-in user: a database look-up, off the event loop.
+        return await run_in_threadpool(pages.error_page, request, status, message)
 
     @app.exception_handler(JobNotFound)
     async def not_found(request: Request, exc: JobNotFound) -> Response:
-        return answer(request, 404, str(exc))
+        return await answer(request, 404, str(exc))
 
     @app.exception_handler(BackendUnavailable)
     async def unavailable(request: Request, exc: BackendUnavailable) -> Response:
-        return answer(request, 503, str(exc))
+        return await answer(request, 503, str(exc))
 
     @app.exception_handler(OpsqError)
     async def refused(request: Request, exc: OpsqError) -> Response:
-        return answer(request, 422, str(exc))
+        return await answer(request, 422, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        return answer(request, 422, _first_problem(exc))
+        return await answer(request, 422, _first_problem(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -81,7 +82,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
         if exc.status_code == 403 and request.method not in auth.SAFE_METHODS:
             await run_in_threadpool(_audit_forbidden, request, str(exc.detail))
-        return answer(request, exc.status_code, str(exc.detail), exc.headers)
+        return await answer(request, exc.status_code, str(exc.detail), exc.headers)
 
 
 def _audit_forbidden(request: Request, reason: str) -> None:
