@@ -311,35 +311,54 @@ def scan_host_key(host: Host, timeout: float) -> paramiko.PKey:
 # -- connections ------------------------------------------------------------------------
 
 
-_fabric_config_lock = threading.Lock()
-_fabric_config: FabricConfig | None = None
+#: Guards the process's config template: built once, then only cloned (connection_config).
+_template_lock = threading.Lock()
+_template: FabricConfig | None = None
 
 
-def _base_config() -> FabricConfig:
-    # Building a Config reads several files; do it once per process (Connection clones it).
-    global _fabric_config
-    with _fabric_config_lock:
-        if _fabric_config is None:
-            _fabric_config = FabricConfig(overrides={"runners": {"remote": CappedRemote}})
-        return _fabric_config
+def _template_held() -> FabricConfig:
+    # The caller holds _template_lock. A Fabric config that parsed the ssh_config files
+    # itself parses them again into its own SSHConfig on every clone() (fabric/config.py,
+    # Config.clone calls self.load_ssh_config()), so a template cloned from many threads
+    # would be written while read. A clone is given its SSHConfig object and never
+    # parses: the template is the clone of the loaded config, not the loaded config.
+    global _template
+    if _template is None:
+        loaded = FabricConfig(overrides={"runners": {"remote": CappedRemote}})
+        _template = loaded.clone()
+    return _template
+
+
+def connection_config() -> FabricConfig:
+    """A Fabric config of its own for one connection (about 0.2 ms to make).
+
+    ``Connection(config=cfg)`` keeps ``cfg`` itself when it is a Fabric Config, and
+    invoke rebuilds a config from an empty dict on every write through it
+    (``Config.merge``, called by ``_modify``, ``_remove`` and ``load_*``): with one
+    config shared by the connections, a thread reading it while another writes sees no
+    keys at all ("No attribute or config key found for 'inline_ssh_env'"). Each
+    connection gets a clone instead, and the template is only read, under a lock.
+    """
+    with _template_lock:
+        return _template_held().clone()
 
 
 def ssh_address(host: Host) -> str:
     """The address opsq connects to for ``host``: the ssh_config ``HostName`` given for
     its address, else the address itself (trusting and running look at the same one)."""
-    return str(_base_config().base_ssh_config.lookup(host.address).get("hostname",
-                                                                        host.address))
+    with _template_lock:
+        found = _template_held().base_ssh_config.lookup(host.address)
+    return str(found.get("hostname", host.address))
 
 
-def open_connection(host: Host, options: RunOptions) -> Connection:
-    """An open, authenticated connection that checked the host key strictly.
+def connection_for(host: Host, options: RunOptions) -> Connection:
+    """A connection to ``host``, not yet open, with a config of its own
+    (connection_config) and a host key policy that refuses unknown and changed keys.
 
     Of the worker's ssh_config (``~/.ssh/config``, ``/etc/ssh/ssh_config``) only
     HONOURED_SSH_CONFIG applies: no agent is ever forwarded (``ForwardAgent yes`` would lend
     the worker's keys to every host), opsq's connect timeout beats ``ConnectTimeout``, and
-    a ``ProxyJump``/``ProxyCommand`` is refused.
-
-    Raises HostKeyError, paramiko.AuthenticationException, paramiko.SSHException, OSError.
+    a ``ProxyJump``/``ProxyCommand`` is refused (HostKeyError).
     """
     key_file = host.key_file or options.default_key
     connect_kwargs: dict[str, Any] = {
@@ -352,20 +371,15 @@ def open_connection(host: Host, options: RunOptions) -> Connection:
     }
     if key_file:
         connect_kwargs["key_filename"] = [str(Path(key_file).expanduser())]
-    base = _base_config()
-    # Connection clones the shared config (merging dicts, loading config files): two
-    # threads cloning at once can leave a clone without keys (seen as "No attribute or
-    # config key found for 'authentication'" when 100 hosts connect at once).
-    with _fabric_config_lock:
-        conn = Connection(
-            host=host.address,
-            port=host.port,
-            # None: the ssh_config User for the host, else the worker's OS user.
-            user=host.user or options.default_user or None,
-            config=base,
-            connect_kwargs=connect_kwargs,
-            forward_agent=False,
-        )
+    conn = Connection(
+        host=host.address,
+        port=host.port,
+        # None: the ssh_config User for the host, else the worker's OS user.
+        user=host.user or options.default_user or None,
+        config=connection_config(),
+        connect_kwargs=connect_kwargs,
+        forward_agent=False,
+    )
     # Fabric takes ConnectTimeout from ssh_config and then refuses to connect because
     # connect_kwargs has a timeout too; opsq's resolved timeout is the one that applies.
     conn.connect_timeout = None
@@ -377,6 +391,16 @@ def open_connection(host: Host, options: RunOptions) -> Connection:
             "opsq does not support gateways, whose host keys it could not check strictly")
     conn.client.set_missing_host_key_policy(RefuseUnknownHostKey(host, options.known_hosts))
     conn.client.get_host_keys().update(load_known_hosts(options.known_hosts))
+    return conn
+
+
+def open_connection(host: Host, options: RunOptions) -> Connection:
+    """An open, authenticated connection (connection_for) that checked the host key
+    strictly.
+
+    Raises HostKeyError, paramiko.AuthenticationException, paramiko.SSHException, OSError.
+    """
+    conn = connection_for(host, options)
     try:
         conn.open()
     except paramiko.BadHostKeyException as exc:
