@@ -5,7 +5,8 @@ The CLI puts the password as the only message of a queue of the job's own
 (``opsq.secret.<job id>``): transient (kept in RabbitMQ's memory, not written to its
 disk), on a queue RabbitMQ deletes by itself once nobody has read it for
 ``SECRET_QUEUE_EXPIRES``. A worker reads it without taking it (``basic_get``, then
-``reject`` with requeue), so every worker running the job's hosts finds it; the job's
+``reject`` with requeue), once per worker process and job, so every worker running the
+job's hosts finds it (one holding it between get and reject is waited for); the job's
 callback deletes the queue when the job ends. Anyone who may read the broker's vhost could
 read it while the job runs: the same people who could already send tasks to the workers.
 """
@@ -13,6 +14,7 @@ read it while the job runs: the same people who could already send tasks to the 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 from kombu import Exchange, Queue
@@ -27,8 +29,20 @@ SECRET_QUEUE_PREFIX = "opsq.secret."
 SECRET_QUEUE_EXPIRES = 3600
 #: Prompted passwords a worker process keeps in memory (one per recent job).
 CACHE_SIZE = 64
+#: Seconds a worker keeps asking for a job's password while its queue looks empty
+#: (another worker process holds the message between its get and its reject).
+EMPTY_RETRY_SECONDS = 3.0
+#: Seconds between two such asks.
+EMPTY_RETRY_INTERVAL = 0.05
+#: Why a host found no password (the host records it as its error).
+GONE = ("the password typed at the prompt is no longer held by the broker (the job "
+        f"waited longer than {SECRET_QUEUE_EXPIRES} s, or it ended)")
 
+#: job id -> password, the most recently used last.
 _cache: OrderedDict[str, str] = OrderedDict()
+#: job id -> the lock its hosts in this process wait on while one reads the broker.
+_reading: dict[str, threading.Lock] = {}
+#: Guards _cache and _reading.
 _lock = threading.Lock()
 
 
@@ -60,31 +74,55 @@ def _publish(app, queue: Queue, password: str) -> None:
 
 
 def read(app, job_id: str) -> str:
-    """The job's prompted password. Raises OpsqError when it is gone (expired)."""
+    """The job's prompted password, read from the broker once per worker process (the
+    job's other hosts in the process wait for that read, then share it). Raises
+    OpsqError when it is gone (expired, or the job ended)."""
     with _lock:
         if job_id in _cache:
             _cache.move_to_end(job_id)
             return _cache[job_id]
+        job_lock = _reading.setdefault(job_id, threading.Lock())
+    with job_lock:
+        with _lock:
+            if job_id in _cache:  # read by the host this one waited for
+                _cache.move_to_end(job_id)
+                return _cache[job_id]
+        try:
+            password = _fetch(app, job_id)
+            with _lock:
+                _cache[job_id] = password
+                while len(_cache) > CACHE_SIZE:
+                    _cache.popitem(last=False)
+        finally:
+            with _lock:
+                _reading.pop(job_id, None)
+    return password
+
+
+def _fetch(app, job_id: str) -> str:
+    # basic_get, then reject with requeue: between the two the message is held by this
+    # consumer and the queue looks empty to every other one (another worker process
+    # reading the same job's password). An empty queue is asked again for a while.
+    name = queue_for(job_id).name
+    deadline = time.monotonic() + EMPTY_RETRY_SECONDS
     with app.connection_for_read() as conn:
         channel = conn.default_channel
-        try:
-            message = channel.basic_get(queue_for(job_id).name, no_ack=False)
-        except Exception as exc:  # the queue is gone: expired, or the job already ended
-            if "NOT_FOUND" in str(exc) or "404" in str(exc):
-                message = None
-            else:
+        while True:
+            try:
+                message = channel.basic_get(name, no_ack=False)
+            except Exception as exc:  # the queue is gone: expired, or the job already ended
+                if "NOT_FOUND" in str(exc) or "404" in str(exc):
+                    raise OpsqError(GONE) from None
                 raise
-        if message is None:
-            raise OpsqError("the password typed at the prompt is no longer held by the "
-                            "broker (the job waited longer than "
-                            f"{SECRET_QUEUE_EXPIRES} s, or it ended)")
-        password = bytes(message.body).decode()
-        channel.basic_reject(message.delivery_tag, requeue=True)
-    with _lock:
-        _cache[job_id] = password
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return password
+            if message is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise OpsqError(GONE)
+            time.sleep(EMPTY_RETRY_INTERVAL)
+        try:
+            return bytes(message.body).decode()
+        finally:
+            channel.basic_reject(message.delivery_tag, requeue=True)
 
 
 def forget(app, job_id: str) -> None:
