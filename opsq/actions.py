@@ -7,8 +7,10 @@ its sha256 goes in the job's parameters; the hosts' programs live in ``opsq.tran
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -38,7 +40,21 @@ def _remote_path(path: str) -> str:
         raise ActionError(f"the remote path must be absolute (start with /): {path!r}")
     if path.endswith("/") or PurePosixPath(path).name in ("", ".", ".."):
         raise ActionError(f"the remote path must name a file, not a directory: {path!r}")
+    if ".." in path.split("/"):
+        # A fetched file is saved under DEST/<host>/<remote path>: '..' would leave it.
+        raise ActionError(f"the remote path must not contain '..': {path!r} (write the "
+                          "path it means, e.g. /etc/hostname)")
     return path
+
+
+def check_dest(dest: str) -> Path:
+    """The local directory fetched files go to (made when missing); refused when the name
+    is something else, an existing file for one, before any job exists."""
+    p = Path(dest).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ActionError(f"{dest} exists and is not a directory: fetched files are saved "
+                          f"as {dest}/<host>/<remote path>; name a directory")
+    return p
 
 
 def _read_local(path: str, what: str) -> tuple[bytes, str]:
@@ -120,28 +136,57 @@ _FETCHED = text("""
 
 
 def _safe_part(name: str) -> str:
-    # A host name becomes a directory: never a path of its own.
-    cleaned = name.replace("/", "_").replace("\x00", "_")
-    return "_" + cleaned if cleaned in ("", ".", "..") else cleaned
+    # A host name becomes one directory, never a path of its own, and two names never the
+    # same directory: '%', '/' and NUL are escaped, '.' and '..' too.
+    cleaned = name.replace("%", "%25").replace("/", "%2F").replace("\x00", "%00")
+    return {"": "%", ".": "%2E", "..": "%2E%2E"}.get(cleaned, cleaned)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def save_fetched(job_id: str, dest: str) -> list[Path]:
     """Write what a get job fetched to ``DEST/<host>/<remote path>``; the paths written.
 
-    Raises OpsqError for a job that is not a get job."""
+    Every file lands inside its host's own directory (checked on the resolved path, links
+    in DEST followed): otherwise nothing is written. Raises OpsqError for a job that is not
+    a get job, or whose files would land elsewhere."""
     from opsq import db, jobs
 
     kind, params = jobs.job_action(job_id)
     if kind != GET:
         raise ActionError(f"job {job_id} fetched no files (it is a {kind} job)")
-    remote = params["remote"].lstrip("/")
-    written = []
+    remote = params["remote"]
+    if ".." in remote.split("/"):  # a job stored before '..' was refused
+        raise ActionError(f"job {job_id} fetched {remote!r}, a path with '..': it cannot be "
+                          "saved under DEST/<host>/; nothing was written")
+    base = check_dest(dest)
     with db.get_engine().connect() as conn:
-        for row in conn.execute(_FETCHED, {"job": job_id}):
-            target = Path(dest) / _safe_part(row.host) / remote
+        fetched = list(conn.execute(_FETCHED, {"job": job_id}))
+    targets = []
+    for row in fetched:
+        folder = base / _safe_part(row.host)
+        target = folder / remote.lstrip("/")
+        if not _inside(target.resolve(), folder.resolve()):
+            raise ActionError(f"{remote} of {row.host} would be saved outside {folder} "
+                              "(a link on the way?): nothing was written")
+        targets.append((target, bytes(row.content)))
+    written = []
+    for target, content in targets:
+        try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.opsq-tmp")
-            tmp.write_bytes(bytes(row.content))
+        except OSError as exc:
+            raise ActionError(f"cannot make {target.parent}: {exc.strerror}") from None
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".opsq-tmp",
+                                   dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
             os.replace(tmp, target)
-            written.append(target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise ActionError(f"cannot save {target}: {exc.strerror}") from None
+        written.append(target)
     return written

@@ -206,10 +206,12 @@ def put(local: str, remote: str, mode: str | None, owner: str | None, backup: bo
 @_job_options
 @_errors
 def get(remote: str, dest: str, **opts: Any) -> None:
-    """Fetch the file REMOTE from every host PATTERN selects (into DEST/<host>/REMOTE with
-    --wait; later: 'opsq result JOB --save DEST'). Over OPSQ_FETCH_LIMIT fails the host."""
+    """Fetch the file REMOTE (absolute, no '..') from every host PATTERN selects (into the
+    directory DEST/<host>/REMOTE with --wait; later: 'opsq result JOB --save DEST'). Over
+    OPSQ_FETCH_LIMIT fails the host."""
     from opsq import actions
 
+    actions.check_dest(dest)  # refused before a job exists, not after the hosts ran
     job_id = _submit(lambda spec: actions.get_spec(spec, remote), opts)
     if job_id is not None:
         _show_finished(job_id, opts["as_json"], progress=not opts["as_json"],

@@ -10,6 +10,12 @@ A put is idempotent and atomic: the host's file is compared first (sha256, mode,
 and left alone when equal; otherwise the bytes go to a temporary file beside the target,
 are checked against the sha256, and renamed over it, so no reader ever sees part of a
 file, and an interrupted transfer leaves the old file in place.
+
+A host's other users may have planted names on the way (they are hostile to the worker,
+which often runs as root): a symbolic link is followed only when it belongs to root or to
+the user the program runs as, and then its target is what is compared and replaced (the
+link stays); a backup is a new name made with ``ln`` or ``mktemp``, never written through
+a name that exists; only a regular file is read or replaced.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ TIMEOUT_EXIT = 124
 BECOME_MARK = "opsq-become-ok"
 #: The only become method opsq implements.
 SUDO = "sudo"
+#: Symbolic links a put or get follows from the path it was given to the file itself.
+MAX_LINK_HOPS = 8
+#: Mode bits a new file may get without --mode (less the host's umask): never writable by
+#: group or others unless asked.
+NEW_FILE_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -146,8 +157,34 @@ def _failed(result: Exec, why: str | None, what: str) -> Outcome | None:
     return None
 
 
-_PUT_STATE = """t={t}
+# Sets $t to the file the path {t} names: each symbolic link on the way is followed only
+# when it belongs to root or to the user running the program (a link another user made
+# may point anywhere, e.g. at /etc/shadow, and this program often runs as root); a link
+# must end at an existing regular file. Exit 3 with the reason otherwise.
+_RESOLVE = """t={t}; p=$t; me=$(id -u); hops=0
+while [ -L "$t" ]; do
+  hops=$((hops + 1))
+  [ "$hops" -le {hops} ] || {{ echo "$p: more than {hops} symbolic links" >&2; exit 3; }}
+  o=$(stat -c %u "$t")
+  if [ "$o" != 0 ] && [ "$o" != "$me" ]; then
+    echo "$t is a symbolic link that belongs to another user (uid $o), not followed" >&2
+    exit 3
+  fi
+  l=$(readlink "$t")
+  case "$l" in /*) t=$l ;; *) t=$(dirname "$t")/$l ;; esac
+  [ -L "$t" ] || [ -f "$t" ] || {{
+    echo "$p is a symbolic link to $t, which is not an existing regular file" >&2
+    exit 3; }}
+done
 if [ -d "$t" ]; then echo "$t is a directory" >&2; exit 3; fi
+if [ -e "$t" ] && [ ! -f "$t" ]; then echo "$t is not a regular file" >&2; exit 3; fi"""
+
+
+def _resolve(path: str) -> str:
+    return _RESOLVE.format(t=_q(path), hops=MAX_LINK_HOPS)
+
+
+_PUT_STATE = """{resolve}
 if [ -e "$t" ]; then
   printf '%s %s %s\\n' "$(sha256sum < "$t" | cut -d' ' -f1)" "$(stat -c %a "$t")" \
     "$(stat -c %U:%G "$t")"
@@ -157,20 +194,32 @@ else
   echo absent
 fi"""
 
+# The owner is set before the mode: chown clears setuid and setgid bits. The backup is a
+# hard link of the old file (ln fails when the name exists, a planted link included, and
+# never writes through it); where that fails, a copy into a name mktemp made new.
 _PUT_WRITE = """set -e
-t={t}; d=$(dirname "$t")
+{resolve}
+d=$(dirname "$t")
 tmp=$(mktemp "$d/.opsq-put.XXXXXXXX")
 trap 'rm -f "$tmp"' EXIT
 cat > "$tmp"
 [ "$(sha256sum < "$tmp" | cut -d' ' -f1)" = {sha} ] || {{
   echo "the file arrived damaged (sha256 differs); the target is unchanged" >&2; exit 3; }}
+if [ -n {owner} ]; then chown {owner} "$tmp"
+elif [ -e "$t" ]; then chown "$(stat -c %u:%g "$t")" "$tmp" 2>/dev/null || true; fi
 if [ -n {mode} ]; then chmod {mode} "$tmp"
 elif [ -e "$t" ]; then chmod "$(stat -c %a "$t")" "$tmp"
-else chmod "$(printf '%o' $(( 0666 & ~$(umask) )))" "$tmp"; fi
-if [ -n {owner} ]; then chown {owner} "$tmp"
-elif [ -e "$t" ]; then chown --reference="$t" "$tmp" 2>/dev/null || true; fi
-if [ {backup} = 1 ] && [ -e "$t" ]; then cp -p "$t" "$t.opsq-$(date +%Y%m%d%H%M%S)"; fi
-mv -f "$tmp" "$t"
+else chmod "$(printf '%o' $(( {new_mode} & ~0$(umask) )))" "$tmp"; fi
+if [ {backup} = 1 ] && [ -e "$t" ]; then
+  b="$t.opsq-$(date +%Y%m%d%H%M%S)"
+  if ! ln -- "$t" "$b" 2>/dev/null; then
+    b=$(mktemp "$b.XXXXXXXX")
+    cp -p -- "$t" "$b"
+  fi
+  printf 'old file kept as %s\\n' "$b"
+fi
+if [ -d "$t" ]; then echo "$t is a directory" >&2; exit 3; fi
+mv -f -- "$tmp" "$t"
 trap - EXIT"""
 
 
@@ -187,7 +236,8 @@ def put(host: HostSide, action: Action, timeout: float) -> Outcome:
     p = action.params
     deadline = time.monotonic() + timeout
     sha, mode, owner = p["sha256"], p.get("mode") or "", p.get("owner") or ""
-    check, why = host.run(_PUT_STATE.format(t=_q(p["remote"])), b"", timeout, 4096)
+    check, why = host.run(_PUT_STATE.format(resolve=_resolve(p["remote"])), b"", timeout,
+                          4096)
     if failed := _failed(check, why, f"cannot look at {p['remote']}"):
         return failed
     fields = bytes(check.stdout.kept).decode("utf-8", "replace").split()
@@ -196,17 +246,20 @@ def put(host: HostSide, action: Action, timeout: float) -> Outcome:
             and _owner_matches(owner, fields[2])):
         return Outcome(status=HostStatus.OK, exit_code=0, changed=False, sha256=sha,
                        stdout=f"{p['remote']} unchanged (sha256 {sha})\n")
-    script = _PUT_WRITE.format(t=_q(p["remote"]), sha=_q(sha), mode=_q(mode),
-                               owner=_q(owner), backup=1 if p.get("backup") else 0)
+    script = _PUT_WRITE.format(resolve=_resolve(p["remote"]), sha=_q(sha), mode=_q(mode),
+                               owner=_q(owner), backup=1 if p.get("backup") else 0,
+                               new_mode=f"0{NEW_FILE_MODE:o}")
     wrote, why = host.run(script, action.payload, max(deadline - time.monotonic(), 0.001),
                           4096)
     if failed := _failed(wrote, why, f"cannot write {p['remote']}"):
         return failed
+    said = bytes(wrote.stdout.kept).decode("utf-8", "replace")
     return Outcome(status=HostStatus.OK, exit_code=0, changed=True, sha256=sha,
-                   stdout=f"{p['remote']} changed (sha256 {sha}, {len(action.payload)} bytes)\n")
+                   stdout=f"{p['remote']} changed (sha256 {sha}, {len(action.payload)} bytes)\n"
+                   + said)
 
 
-_GET = """t={t}
+_GET = """{resolve}
 [ -f "$t" ] || {{ echo "$t is not a regular file (or does not exist)" >&2; exit 3; }}
 exec cat -- "$t\""""
 
@@ -214,7 +267,7 @@ exec cat -- "$t\""""
 def get(host: HostSide, action: Action, timeout: float, limit: int) -> Outcome:
     """Fetch ``params['remote']`` (at most ``limit`` bytes: a larger file fails the host)."""
     remote = action.params["remote"]
-    result, why = host.run(_GET.format(t=_q(remote)), b"", timeout, limit)
+    result, why = host.run(_GET.format(resolve=_resolve(remote)), b"", timeout, limit)
     if failed := _failed(result, why, f"cannot fetch {remote}"):
         return failed
     if result.stdout.overflowed:

@@ -1,0 +1,340 @@
+"""Names a host's other users plant on a transfer's way: symbolic links at a put's target,
+a backup's predictable name taken in advance, '..' in a fetched path and files that would
+land outside DEST/<host>/. The users of a host are hostile to the worker, which often runs
+as root (--become), so each case is played against real sshd hosts and a real worker.
+
+The fleet's hosts share this machine's file system: a test plants files as the hostile
+user (``nobody``) would, directly, and looks at the victim afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from jobtools import rows
+from sqlalchemy import text
+
+from opsq import actions, db, jobs
+from opsq.devfleet import FLEET_USER
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+#: The host's hostile user: owns the links and names it plants.
+HOSTILE = "nobody"
+#: Seconds of backup names planted ahead of a put (its name has the time to the second).
+PLANTED_SECONDS = 40
+
+
+def _spec(pattern: str = "host01", become: bool = False, **kw) -> jobs.JobSpec:
+    params = actions.become_params(True, None) if become else {}
+    return jobs.JobSpec(command="", pattern=pattern, params=params, **kw)
+
+
+def _run(spec: jobs.JobSpec) -> tuple[dict, dict]:
+    summary = jobs.submit(spec).get(timeout=90)
+    return summary, rows(summary["job_id"])
+
+
+def _local(tmp_path: Path, data: bytes) -> str:
+    path = tmp_path / f"local-{secrets.token_hex(3)}"
+    path.write_bytes(data)
+    return str(path)
+
+
+def _own(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    os.lchown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def fleet_dir():
+    """A directory on the hosts that belongs to the fleet's login user."""
+    d = Path(tempfile.mkdtemp(prefix="opsq-links-"))
+    _own(d, FLEET_USER)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every user of the host may write in, as /tmp (sticky, 1777)."""
+    d = Path(tempfile.mkdtemp(prefix="opsq-shared-"))
+    d.chmod(0o1777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def victim():
+    """A root file outside the put's directory that no put should ever change."""
+    d = Path(tempfile.mkdtemp(prefix="opsq-victim-"))
+    d.chmod(0o755)
+    path = d / "shadow"
+    path.write_bytes(b"root:secret-hash:19000::::::\n")
+    path.chmod(0o600)
+    yield path
+    shutil.rmtree(d, ignore_errors=True)
+
+
+# -- put onto a symbolic link ------------------------------------------------------------------
+
+
+def test_put_onto_a_link_replaces_its_target_and_keeps_its_mode(tmp_path, fleet_dir):
+    real = fleet_dir / "real.conf"
+    real.write_bytes(b"old\n")
+    real.chmod(0o640)
+    _own(real, FLEET_USER)
+    link = fleet_dir / "app.conf"
+    link.symlink_to("real.conf")
+    _own(link, FLEET_USER)
+    local = _local(tmp_path, b"new\n")
+
+    summary, hosts = _run(actions.put_spec(_spec(), local, str(link)))
+    assert summary["succeeded"], hosts["host01"]
+    assert hosts["host01"]["changed"] is True
+    assert link.is_symlink() and os.readlink(link) == "real.conf"  # the link stays
+    assert real.read_bytes() == b"new\n"
+    assert oct(_mode(real)) == oct(0o640)  # the target's mode, never the link's 0777
+    assert real.stat().st_uid == pwd.getpwnam(FLEET_USER).pw_uid
+    assert list(fleet_dir.glob(".opsq-put.*")) == []
+
+    # compared through the link: the same file again is unchanged
+    _, hosts = _run(actions.put_spec(_spec(), local, str(link)))
+    assert hosts["host01"]["changed"] is False, hosts["host01"]
+    # --mode applies to the target; the link is still the link
+    _, hosts = _run(actions.put_spec(_spec(), local, str(link), mode="0600"))
+    assert hosts["host01"]["changed"] is True
+    assert oct(_mode(real)) == oct(0o600) and link.is_symlink()
+    _, hosts = _run(actions.put_spec(_spec(), local, str(link), mode="0600"))
+    assert hosts["host01"]["changed"] is False
+
+
+def test_put_with_become_onto_roots_link_replaces_the_target(tmp_path):
+    tag = secrets.token_hex(4)
+    real = Path("/etc") / f"opsq-test-{tag}.real"
+    link = Path("/etc") / f"opsq-test-{tag}.conf"
+    try:
+        real.write_bytes(b"old\n")
+        real.chmod(0o640)
+        link.symlink_to(real)
+        summary, hosts = _run(actions.put_spec(_spec(become=True), _local(tmp_path, b"v1\n"),
+                                               str(link)))
+        assert summary["succeeded"], hosts["host01"]
+        assert link.is_symlink() and real.read_bytes() == b"v1\n"
+        st = real.stat()
+        assert (st.st_uid, st.st_gid, oct(_mode(real))) == (0, 0, oct(0o640))
+        summary, hosts = _run(actions.put_spec(_spec(become=True), _local(tmp_path, b"v2\n"),
+                                               str(link), mode="0600", owner="root:root"))
+        assert summary["succeeded"], hosts["host01"]
+        assert link.is_symlink() and real.read_bytes() == b"v2\n"
+        assert oct(_mode(real)) == oct(0o600)
+    finally:
+        link.unlink(missing_ok=True)
+        real.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("mode", [None, "0644"])
+def test_a_link_another_user_planted_is_not_followed(tmp_path, shared_dir, victim, mode):
+    link = shared_dir / "app.conf"
+    link.symlink_to(victim)
+    _own(link, HOSTILE)
+    before = (_digest(victim), _mode(victim), victim.stat().st_uid)
+    summary, hosts = _run(actions.put_spec(_spec(become=True), _local(tmp_path, b"owned\n"),
+                                           str(link), mode=mode))
+    host = hosts["host01"]
+    assert not summary["succeeded"] and host["status"] == "failed"
+    assert "belongs to another user" in host["error"]
+    assert (_digest(victim), _mode(victim), victim.stat().st_uid) == before
+    assert link.is_symlink() and os.readlink(link) == str(victim)  # left as it was
+    assert sorted(p.name for p in shared_dir.iterdir()) == ["app.conf"]
+
+
+def test_a_link_to_nothing_is_not_followed(tmp_path, fleet_dir, shared_dir):
+    # Creating a file through a dangling link is how such an attack usually starts.
+    where = shared_dir / "not-yet"
+    link = fleet_dir / "app.conf"
+    link.symlink_to(where)
+    _own(link, FLEET_USER)
+    summary, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"x\n"), str(link)))
+    assert hosts["host01"]["status"] == "failed"
+    assert "not an existing regular file" in hosts["host01"]["error"]
+    assert not where.exists() and link.is_symlink()
+
+
+def test_a_new_file_is_never_writable_by_others(tmp_path, fleet_dir):
+    target = fleet_dir / "fresh.conf"
+    summary, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"x\n"), str(target)))
+    assert summary["succeeded"], hosts["host01"]
+    assert not target.is_symlink()
+    assert _mode(target) & 0o133 == 0, oct(_mode(target))  # at most 0644
+
+
+def test_a_fifo_at_the_target_is_refused_not_read(tmp_path, fleet_dir):
+    fifo = fleet_dir / "app.conf"
+    os.mkfifo(fifo)
+    began = time.monotonic()
+    summary, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"x\n"), str(fifo)))
+    assert time.monotonic() - began < 30
+    assert hosts["host01"]["status"] == "failed"
+    assert "not a regular file" in hosts["host01"]["error"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+# -- --backup never writes through a name that exists ------------------------------------
+
+
+def _plant_backup_names(target: Path, victim: Path, owner: str) -> list[Path]:
+    """Links to ``victim`` at every backup name a put may pick in the next seconds."""
+    now = datetime.now()
+    planted = []
+    for s in range(-2, PLANTED_SECONDS):
+        name = target.with_name(
+            f"{target.name}.opsq-{(now + timedelta(seconds=s)).strftime('%Y%m%d%H%M%S')}")
+        name.symlink_to(victim)
+        _own(name, owner)
+        planted.append(name)
+    return planted
+
+
+@pytest.mark.parametrize("become", [True, False])
+def test_a_planted_backup_name_is_not_written_through(tmp_path, shared_dir, victim, become):
+    if not become:  # the login user can write the victim: still never through a link
+        _own(victim, FLEET_USER)
+    target = shared_dir / "motd"
+    target.write_bytes(b"old\n")
+    _own(target, "root" if become else FLEET_USER)
+    planted = _plant_backup_names(target, victim, HOSTILE)
+    before = (_digest(victim), _mode(victim), victim.stat().st_uid)
+
+    summary, hosts = _run(actions.put_spec(_spec(become=become), _local(tmp_path, b"new\n"),
+                                           str(target), backup=True))
+    assert summary["succeeded"], hosts["host01"]
+    assert (_digest(victim), _mode(victim), victim.stat().st_uid) == before
+    assert all(p.is_symlink() and os.readlink(p) == str(victim) for p in planted)
+    assert target.read_bytes() == b"new\n"
+    kept = [p for p in shared_dir.glob("motd.opsq-*") if not p.is_symlink()]
+    assert [p.read_bytes() for p in kept] == [b"old\n"]
+    assert kept[0].name in hosts["host01"]["stdout"]  # the host's output names the backup
+
+
+def test_a_backup_is_the_old_file_itself(tmp_path, fleet_dir):
+    target = fleet_dir / "app.conf"
+    target.write_bytes(b"old\n")
+    target.chmod(0o640)
+    _own(target, FLEET_USER)
+    old = target.stat()
+    _, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"new\n"), str(target),
+                                     backup=True))
+    assert hosts["host01"]["changed"] is True
+    (kept,) = fleet_dir.glob("app.conf.opsq-*")
+    st = kept.stat()
+    assert (st.st_ino, st.st_mode, st.st_uid) == (old.st_ino, old.st_mode, old.st_uid)
+    assert kept.read_bytes() == b"old\n" and target.read_bytes() == b"new\n"
+
+
+# -- get: '..', DEST, and every file under its own host's directory ---------------------------
+
+
+def _job_count() -> int:
+    with db.session_scope() as s:
+        return s.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+
+
+@pytest.mark.parametrize("remote", ["/etc/../../../../etc/hostname", "/etc/..", "/../x"])
+def test_get_with_dot_dot_is_refused_before_a_job_exists(tmp_path, opsq_cli, remote):
+    before = _job_count()
+    dest = tmp_path / "fetched"
+    out = opsq_cli("get", remote, str(dest), "-t", "host01", "--wait")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("opsq: ")
+    assert _job_count() == before and not dest.exists()
+    with pytest.raises(actions.ActionError):
+        actions.get_spec(_spec(), remote)
+
+
+def test_get_into_an_existing_file_is_refused_before_a_job_exists(tmp_path, opsq_cli):
+    dest = tmp_path / "notes.txt"
+    dest.write_bytes(b"mine\n")
+    before = _job_count()
+    out = opsq_cli("get", "/etc/hostname", str(dest), "-t", "host01", "--wait")
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("opsq: ") and "not a directory" in last
+    assert _job_count() == before
+    assert dest.read_bytes() == b"mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_two_hosts_files_land_each_under_its_own_host(tmp_path, fleet_dir, opsq_cli):
+    source = fleet_dir / "app.log"
+    source.write_bytes(b"logged\n")
+    dest = tmp_path / "fetched"
+    out = opsq_cli("get", str(source), str(dest), "-t", "host01:host02", "--wait")
+    assert out.returncode == 0, out.stderr
+    for host in ("host01", "host02"):
+        assert (dest / host / str(source).lstrip("/")).read_bytes() == b"logged\n"
+    assert sorted(p.name for p in dest.iterdir()) == ["host01", "host02"]
+
+
+def test_a_stored_job_with_dot_dot_saves_nothing(tmp_path):
+    # A job stored before '..' was refused: its two hosts would write one file outside DEST.
+    spec = replace(_spec("host01:host02"), kind=actions.GET, command="get",
+                   params={"remote": "/etc/../../../../etc/hostname"})
+    summary, hosts = _run(spec)
+    assert summary["succeeded"], hosts
+    outside = tmp_path / "a"
+    dest = outside / "b" / "fetched"
+    with pytest.raises(actions.ActionError, match=r"'\.\.'"):
+        actions.save_fetched(summary["job_id"], str(dest))
+    assert not outside.exists()
+
+
+def test_a_link_in_dest_cannot_take_a_hosts_file_elsewhere(tmp_path, fleet_dir):
+    source = fleet_dir / "app.log"
+    source.write_bytes(b"logged\n")
+    summary, _ = _run(actions.get_spec(_spec(), str(source)))
+    dest = tmp_path / "fetched"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (dest / "host01").mkdir(parents=True)
+    (dest / "host01" / "tmp").symlink_to(elsewhere)
+    with pytest.raises(actions.ActionError, match="outside"):
+        actions.save_fetched(summary["job_id"], str(dest))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_host_names_never_share_a_directory():
+    names = ["a/b", "a_b", "a%2Fb", ".", "..", "%2E", "", "%", "x\x00y", "x%00y"]
+    parts = [actions._safe_part(n) for n in names]
+    assert len(set(parts)) == len(parts)
+    assert all("/" not in p and "\x00" not in p and p not in ("", ".", "..") for p in parts)
+
+
+def test_get_does_not_follow_a_link_another_user_planted(shared_dir, victim):
+    link = shared_dir / "report.txt"
+    link.symlink_to(victim)
+    _own(link, HOSTILE)
+    summary, hosts = _run(actions.get_spec(_spec(become=True), str(link)))
+    assert hosts["host01"]["status"] == "failed"
+    assert "belongs to another user" in hosts["host01"]["error"]
+    assert hosts["host01"]["sha256"] is None
