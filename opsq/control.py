@@ -132,6 +132,56 @@ def advance_batch(conn: Connection, job_id: str) -> BatchStep:
     return BatchStep(hosts=hosts, number=row.current_batch + 1, pause=pause)
 
 
+# -- long waits -------------------------------------------------------------------------
+
+_HOLD = text(
+    """
+    UPDATE host_results SET held = true
+    WHERE job_id = :job AND host = ANY(CAST(:hosts AS text[])) AND status = 'pending'
+    """
+)
+#: Held hosts that are due, oldest first; taken by one sweep (the others skip them).
+_DUE = text(
+    """
+    WITH due AS (
+        SELECT id FROM host_results
+        WHERE held AND status = 'pending' AND not_before <= now()
+        ORDER BY not_before, id
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE host_results h SET held = false
+    FROM due WHERE h.id = due.id
+    RETURNING h.job_id, h.host, h.id
+    """
+)
+
+
+def hold(conn: Connection, job_id: str, hosts: Sequence[str]) -> None:
+    """Keep the wait of these pending hosts (their ``not_before``) in PostgreSQL: the
+    sweep sends them when due (``release_due``) instead of a delayed message, which a
+    worker would hold unacknowledged for the whole wait."""
+    if hosts:
+        conn.execute(_HOLD, {"job": job_id, "hosts": list(hosts)})
+
+
+def release_due(conn: Connection, batch: int) -> dict[str, list[str]]:
+    """Held hosts whose wait is over, by job, in inventory order; no longer held. The
+    caller sends them in the same transaction's lifetime: if it cannot, the rollback
+    holds them again for the next sweep."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for r in conn.execute(_DUE, {"batch": batch}):
+        out.setdefault(r.job_id, []).append((r.id, r.host))
+    return {job: [h for _, h in sorted(hosts)] for job, hosts in out.items()}
+
+
+def wait_in_broker(delay: float) -> bool:
+    """Whether a wait of ``delay`` seconds may be a delayed message (else: ``hold``)."""
+    from opsq.settings import get_settings
+
+    return delay <= get_settings().max_broker_delay
+
+
 # -- retries ------------------------------------------------------------------------------
 
 _REQUEUE = text(

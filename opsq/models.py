@@ -152,6 +152,9 @@ class HostResult(Base):
     #: A pending host is not due before this (a later batch: infinity until its turn; a
     #: retry: after its delay); the sweep resends only due hosts nobody took.
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: A pending host whose wait (``not_before``) is kept here, not in a delayed message:
+    #: the sweep sends it when it is due (OPSQ_MAX_BROKER_DELAY).
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
 
 
 class HostAttempt(Base):

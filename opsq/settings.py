@@ -59,6 +59,10 @@ DEFAULT_MAX_FILE = 100 * 1024 * 1024
 #: Seconds before the second attempt of a job-end notification; later pauses double
 #: (up to 10 minutes) until the URL has been tried for an hour (opsq.webhooks).
 DEFAULT_WEBHOOK_RETRY_BASE = 5.0
+#: Longest wait (seconds) before a later batch or a retry that is left to the broker as a
+#: delayed message; a longer one is kept in PostgreSQL and sent by the sweep when due, so
+#: no message is held unacknowledged near RabbitMQ's consumer_timeout (30 min).
+DEFAULT_MAX_BROKER_DELAY = 60.0
 #: The web console's (``opsq web``) default port.
 DEFAULT_WEB_PORT = 8000
 #: Bytes of a request body the console reads at most (a larger one is refused unread).
@@ -92,6 +96,7 @@ class Settings(BaseSettings):
     host_concurrency: int = Field(DEFAULT_HOST_CONCURRENCY, ge=1)
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
     lease_ttl: float = Field(DEFAULT_LEASE_TTL, ge=1)
+    max_broker_delay: float = Field(DEFAULT_MAX_BROKER_DELAY, ge=0)
     retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1)
     #: Extra task modules workers and ``opsq schedule add --task`` import (comma-separated).
     task_modules: str = ""

@@ -391,6 +391,13 @@ def _flush(job_id: str, token: str, job: JobOptions, results: list[tuple[str, Ou
             step = control.BatchStep()
             if job.batch_size and final and not closed:
                 step = control.advance_batch(conn, job_id)
+            # A long wait is kept in PostgreSQL: the sweep sends the hosts when due.
+            if requeued and not control.wait_in_broker(job.retry_delay or 0):
+                control.hold(conn, job_id, requeued)
+                requeued = []
+            if step.hosts and not control.wait_in_broker(step.pause):
+                control.hold(conn, job_id, step.hosts)
+                step = replace(step, hosts=[])
             return closed or step.closed, requeued, step
 
     # The commands ran: wait out a database outage rather than lose their results.

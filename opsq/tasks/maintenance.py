@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from opsq import db, files, state
+from opsq import control, db, files, state
 from opsq.app import app
 from opsq.settings import get_settings
 
@@ -53,6 +53,7 @@ class SweepReport:
     closed: list[str] = field(default_factory=list)
     announced: list[str] = field(default_factory=list)
     resent: dict[str, list[str]] = field(default_factory=dict)
+    released: dict[str, list[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +74,8 @@ def sweep(grace: float | None = None) -> SweepReport:
       and was not taken by a redelivery meanwhile: ``interrupted``, or back to pending
       and published again for a re-run-safe job;
     * a queued job recorded ``grace`` seconds ago whose fan-out was never published;
+    * held hosts (a pause or retry delay longer than OPSQ_MAX_BROKER_DELAY) whose wait
+      is over: they are sent;
     * a job published STALL_PERIODS lease periods ago whose hosts nobody took yet: they
       are sent again;
     * a job closed ``grace`` seconds ago whose callback was never sent (the broker was
@@ -110,6 +113,13 @@ def sweep(grace: float | None = None) -> SweepReport:
                          job.command)
             state.mark_published(conn, job.id)
             report.published.append(job.id)
+    with _sweeping() as conn:
+        # Hosts whose long wait (a pause between batches, a retry delay) is over. Sent
+        # before the commit: if RabbitMQ refuses, they stay held for the next sweep.
+        for job_id, hosts in control.release_due(conn, SWEEP_BATCH).items():
+            command = jobs.job_action(job_id)[0]
+            jobs.send_hosts(job_id, hosts, command, f"due/{token}")
+            report.released[job_id] = hosts
     with _sweeping() as conn:
         for job_id, command, hosts in state.stalled_jobs(conn, stall=STALL_PERIODS * ttl,
                                                          batch=SWEEP_BATCH):
