@@ -34,7 +34,7 @@ from opsq.errors import HostKeyError
 from opsq.inventory import Host
 from opsq.remote import Capture, decode, local_env
 from opsq.settings import Settings
-from opsq.state import HostStatus, Outcome
+from opsq.state import CANCELLED_BEFORE, CANCELLED_WHILE, HostStatus, Outcome
 from opsq.stopper import Stopper
 
 #: What one host's run produced (kept under its historical name).
@@ -157,6 +157,15 @@ class RunOptions:
 
 # -- output capture -------------------------------------------------------------------
 
+#: Why opsq ended a running command (``_CappedOutput.ended_by``): its deadline passed.
+TIMEOUT_KILL = "timeout"
+#: Why opsq ended a running command: ``opsq cancel``.
+CANCEL_KILL = "cancel"
+
+
+class CancelledBeforeStart(Exception):
+    """``opsq cancel`` came before the command was sent to the host: it never ran."""
+
 
 class _CappedOutput:
     """Runner mixin: keep at most ``output_limit`` bytes per stream, count the rest.
@@ -170,18 +179,60 @@ class _CappedOutput:
 
     read_chunk_size = READ_CHUNK_SIZE
     output_limit: int = 1024 * 1024
-    _killed_by_timer = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._end_lock = threading.Lock()
+        #: What opsq ended the command for: TIMEOUT_KILL (its deadline) or CANCEL_KILL
+        #: (``opsq cancel``); None while it runs, or when it exited before either.
+        self.ended_by: str | None = None
+        #: Whether the command was sent to the host (a cancel may come first).
+        self.started = False
 
     def kill(self) -> None:
-        # Only the timeout timer calls kill(). invoke decides "timed out" by the timer
-        # thread having ended, which races with the main thread collecting the result
-        # (the timer may still be inside kill()); record it before killing instead.
-        self._killed_by_timer = True
-        super().kill()  # type: ignore[misc]
+        # invoke's timer calls kill() at the deadline.
+        self._end(TIMEOUT_KILL)
+
+    def cancel(self) -> None:
+        """Stop the command for ``opsq cancel``: at once when it runs, before it starts
+        when it has not (a cancel during channel setup is kept, not lost)."""
+        self._end(CANCEL_KILL)
+
+    def _end(self, why: str) -> None:
+        # One decision per run, under a lock: a command whose exit came first keeps it
+        # (a late kill is not recorded), else the reason is recorded and the command
+        # killed. No channel yet: start() applies the recorded reason.
+        with self._end_lock:
+            if self.ended_by is not None or (self.started and self._exited()):
+                return
+            self.ended_by = why
+            started = self.started
+        if started:
+            super().kill()  # type: ignore[misc]
+
+    def _exited(self) -> bool:
+        try:
+            return bool(self.process_is_finished)  # type: ignore[attr-defined]
+        except AttributeError:  # nothing started yet
+            return False
+
+    def start(self, *args: Any, **kwargs: Any) -> None:
+        with self._end_lock:
+            if self.ended_by is not None:
+                raise CancelledBeforeStart()
+        super().start(*args, **kwargs)  # type: ignore[misc]
+        with self._end_lock:
+            self.started = True
+            ended_during_setup = self.ended_by is not None
+        if ended_during_setup:  # the kill came while the channel opened: apply it now
+            super().kill()  # type: ignore[misc]
 
     @property
     def timed_out(self) -> bool:
-        return self._killed_by_timer or super().timed_out  # type: ignore[misc]
+        # invoke decides "timed out" by the timer thread having ended, which races with
+        # collecting the result, and holds a timer that fired after the command's exit
+        # for a timeout; opsq's own decision (_end) says it.
+        return self.ended_by == TIMEOUT_KILL
 
     def _handle_output(self, buffer_: list[str], hide: bool, output: Any, reader: Callable) -> None:
         name = "stdout" if buffer_ is getattr(self, "stdout", None) else "stderr"
@@ -212,21 +263,34 @@ def _stoppable(options: RunOptions, kill: Callable[[], None]) -> Any:
 
 
 def _execute(runner: Any, command: str, options: RunOptions) -> Outcome:
+    """Run ``command`` with ``runner`` (a _CappedOutput); its status follows what happened
+    to the command: its exit when it ended first, ``timeout`` or ``cancelled`` when opsq
+    killed it (or, cancelled, never started it)."""
     runner.output_limit = options.output_limit
     runner.live = options.live
     try:
-        with _stoppable(options, runner.kill):
+        with _stoppable(options, runner.cancel):
             result = runner.run(command, hide=True, warn=True, in_stream=False,
                                 timeout=options.command_timeout)
+    except CancelledBeforeStart:
+        return Outcome(status=HostStatus.CANCELLED, error=CANCELLED_BEFORE)
     except CommandTimedOut as exc:
-        outcome = _outcome_from(exc.result, runner, options)
-        outcome.status = HostStatus.TIMEOUT
-        outcome.exit_code = None
-        outcome.error = f"command still running after {options.command_timeout:g} s; killed"
-        return outcome
+        result = exc.result
+    except (paramiko.SSHException, EOFError, OSError):
+        if runner.ended_by != CANCEL_KILL:
+            raise
+        # The cancel closed the channel as it opened or as the command was sent.
+        return Outcome(status=HostStatus.CANCELLED,
+                       error=CANCELLED_WHILE if runner.started else CANCELLED_BEFORE)
     outcome = _outcome_from(result, runner, options)
-    outcome.status = HostStatus.OK if result.exited == 0 else HostStatus.FAILED
-    outcome.exit_code = result.exited
+    if runner.ended_by == TIMEOUT_KILL:
+        outcome.status = HostStatus.TIMEOUT
+        outcome.error = f"command still running after {options.command_timeout:g} s; killed"
+    elif runner.ended_by == CANCEL_KILL:
+        outcome.status, outcome.error = HostStatus.CANCELLED, CANCELLED_WHILE
+    else:
+        outcome.status = HostStatus.OK if result.exited == 0 else HostStatus.FAILED
+        outcome.exit_code = result.exited
     return outcome
 
 

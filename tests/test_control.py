@@ -5,6 +5,7 @@ stop after too many failures, retries run flaky hosts again. Real worker, real s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import secrets
@@ -307,3 +308,127 @@ def test_a_command_run_through_sudo_is_stopped_at_its_deadline_too():
                                        params={"become": True})).get(timeout=60)
     assert summary["hosts"]["host05"]["status"] == "timeout"
     wait_until(lambda: not _processes(marker), REMOTE_STOP_WITHIN, "the sudo'd sleep gone")
+
+
+# -- what a cancel or a deadline records ---------------------------------------------------
+# The runner opsq puts on Fabric's connections, tried on invoke's local runner (the same
+# Runner machinery, no SSH) where a race must be hit every time, and over SSH.
+
+
+def _capped_local(before_start=None, after_exit=None):
+    """A runner with opsq's capture and kill decisions over invoke's Local runner;
+    ``before_start(runner)`` runs as the process is being set up, ``after_exit(runner)``
+    once it has exited, before its result is collected."""
+    import invoke
+    from invoke.runners import Local
+
+    from opsq.ssh import _CappedOutput
+
+    class Hooked(Local):
+        def start(self, *args, **kwargs):
+            if before_start:
+                before_start(self)
+            return super().start(*args, **kwargs)
+
+        def returncode(self):
+            code = super().returncode()
+            if after_exit:
+                after_exit(self)
+            return code
+
+    class CappedLocal(_CappedOutput, Hooked):
+        pass
+
+    return CappedLocal(invoke.Context())
+
+
+def _options(stopper=None, timeout: float = 10):
+    from opsq.ssh import RunOptions
+
+    return RunOptions(command_timeout=timeout, connect_timeout=3, output_limit=4096,
+                      known_hosts=Path("/nonexistent"), stopper=stopper)
+
+
+@pytest.mark.parametrize("late", ["cancel", "kill"])
+@pytest.mark.parametrize(("command", "status", "code"),
+                         [("exit 0", "ok", 0), ("exit 3", "failed", 3)])
+def test_a_kill_landing_after_the_exit_keeps_the_exit(late, command, status, code):
+    from opsq.ssh import _execute
+
+    outcome = _execute(_capped_local(after_exit=lambda r: getattr(r, late)()), command,
+                       _options())
+    assert (outcome.status.value, outcome.exit_code, outcome.error) == (status, code, None)
+
+
+def test_a_cancel_before_the_start_runs_nothing(tmp_path):
+    from opsq.ssh import _execute
+    from opsq.state import CANCELLED_BEFORE
+    from opsq.stopper import Stopper
+
+    stopper = Stopper()
+    stopper.stop()
+    outcome = _execute(_capped_local(), f"touch {tmp_path}/ran", _options(stopper))
+    assert (outcome.status.value, outcome.error) == ("cancelled", CANCELLED_BEFORE)
+    time.sleep(0.5)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_cancel_during_setup_stops_the_command(tmp_path):
+    from opsq.ssh import _execute
+    from opsq.state import CANCELLED_WHILE
+    from opsq.stopper import Stopper
+
+    stopper = Stopper()
+    began = time.monotonic()
+    outcome = _execute(_capped_local(before_start=lambda r: stopper.stop()),
+                       f"sleep 1; touch {tmp_path}/ran", _options(stopper))
+    assert (outcome.status.value, outcome.exit_code, outcome.error) == \
+        ("cancelled", None, CANCELLED_WHILE)
+    time.sleep(1.5 - (time.monotonic() - began))
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_cancel_while_running_is_cancelled_and_a_deadline_a_timeout():
+    import threading
+
+    from opsq.ssh import _execute
+    from opsq.state import CANCELLED_WHILE
+    from opsq.stopper import Stopper
+
+    stopper = Stopper()
+    threading.Timer(0.3, stopper.stop).start()
+    outcome = _execute(_capped_local(), "exec sleep 5", _options(stopper))
+    assert (outcome.status.value, outcome.exit_code, outcome.error) == \
+        ("cancelled", None, CANCELLED_WHILE)
+    timed = _execute(_capped_local(), "exec sleep 5", _options(timeout=0.3))
+    assert (timed.status.value, timed.exit_code) == ("timeout", None)
+
+
+def test_a_cancel_while_the_ssh_channel_opens_is_not_lost(fleet, monkeypatch):
+    from fabric import Connection
+
+    from opsq.devfleet import FLEET_USER
+    from opsq.inventory import Host
+    from opsq.settings import get_settings
+    from opsq.ssh import ConnectionPool, RunOptions, run_on
+    from opsq.stopper import Stopper
+
+    h = fleet.hosts[0]
+    host = Host(name=h.name, address=h.address, port=h.port, user=FLEET_USER,
+                key_file=str(fleet.client_key_path))
+    stopper = Stopper()
+    opening = Connection.create_session
+
+    def create_session(self):
+        channel = opening(self)
+        stopper.stop()  # the cancel arrives before the runner holds the channel
+        return channel
+
+    monkeypatch.setattr(Connection, "create_session", create_session)
+    options = dataclasses.replace(RunOptions.resolve(host, get_settings()), stopper=stopper)
+    pool = ConnectionPool(idle_seconds=0)
+    began = time.monotonic()
+    outcome = run_on(host, "sleep 3; echo finished", options, pool)
+    pool.close_all()
+    assert outcome.status.value == "cancelled", (outcome.status, outcome.error)
+    assert "finished" not in outcome.stdout and time.monotonic() - began < 2.5
