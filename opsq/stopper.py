@@ -27,7 +27,9 @@ class Stopper:
             try:
                 kill()
             except Exception:  # the run may be ending on its own meanwhile
-                logger.debug("stopping a run failed", exc_info=True)
+                # Visible: a kill that fails here is a cancel the run never sees (one
+                # such failure let cancelled commands run to their end).
+                logger.warning("stopping a run failed", exc_info=True)
 
     @contextlib.contextmanager
     def watching(self, kill: Callable[[], None]) -> Iterator[None]:
