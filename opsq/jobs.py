@@ -474,18 +474,25 @@ class JobSummary:
         return d
 
 
-def summary(job_id: str) -> JobSummary:
-    """The job's summary: status, counts, and per host status and exit code."""
+def summary(job_id: str, with_hosts: bool = True) -> JobSummary:
+    """The job's summary: status, counts, and per host status and exit code (without
+    ``with_hosts``: the counts only, one grouped query however large the job)."""
     with db.session_scope() as session:
         job = _job(session, job_id)
-        rows = session.execute(
-            select(HostResult.host, HostResult.status, HostResult.exit_code, HostResult.error,
-                   HostResult.changed)
-            .where(HostResult.job_id == job_id).order_by(HostResult.id)
-        ).all()
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r.status] = counts.get(r.status, 0) + 1
+        if with_hosts:
+            rows = session.execute(
+                select(HostResult.host, HostResult.status, HostResult.exit_code,
+                       HostResult.error, HostResult.changed)
+                .where(HostResult.job_id == job_id).order_by(HostResult.id)
+            ).all()
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r.status] = counts.get(r.status, 0) + 1
+        else:
+            rows = []
+            counts = dict(session.execute(
+                select(HostResult.status, func.count()).where(HostResult.job_id == job_id)
+                .group_by(HostResult.status)).all())
         return JobSummary(
             job_id=job.id, status=JobStatus(job.status), command=mask_secrets(job.command),
             pattern=job.pattern, total=job.host_count, done=job.done_count, counts=counts,
@@ -500,6 +507,11 @@ def summary(job_id: str) -> JobSummary:
             kind=job.kind, batch=job.current_batch,
             batches=-(-job.host_count // job.batch_size) if job.batch_size else None,
         )
+
+
+def progress(job_id: str) -> JobSummary:
+    """The job's summary without its hosts: status and counts (``summary``)."""
+    return summary(job_id, with_hosts=False)
 
 
 #: Characters of each stream kept by ``host_runs(..., preview=True)``.

@@ -564,13 +564,25 @@ def send(row: Schedule, task_id: str | None = None) -> str:
 def masked_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """A schedule's kwargs as shown (CLI, console, API, Flower): commands and other text
     through ``mask_secrets``, webhook URLs cut to scheme, host and port."""
-    from opsq.jobs import mask_secrets
     from opsq.webhooks import shown
 
-    out = {k: mask_secrets(v) if isinstance(v, str) else v for k, v in (kwargs or {}).items()}
+    out = {k: masked(v) for k, v in (kwargs or {}).items()}
     if isinstance(out.get("notify"), list):
         out["notify"] = [shown(u) if isinstance(u, str) else u for u in out["notify"]]
     return out
+
+
+def masked(value: Any) -> Any:
+    """``value`` (JSON) with every string in it through ``mask_secrets``, at any depth."""
+    from opsq.jobs import mask_secrets
+
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    if isinstance(value, dict):
+        return {k: masked(v) for k, v in value.items()}
+    return value
 
 
 def run_now(name: str, on_change: OnChange | None = None) -> str:

@@ -63,17 +63,22 @@ def inventories(fleet, tmp_path_factory):
     local.write_text("all:\n  hosts:\n    worker-itself:\n      ansible_connection: local\n"
                      f"    {LONG_NAME}:\n      ansible_host: 127.0.0.1\n"
                      "  children:\n    web:\n      hosts:\n        web1:\n"
-                     "          ansible_host: 127.0.0.1\n          ansible_port: 9\n")
+                     "          ansible_host: 127.0.0.1\n          ansible_port: 9\n"
+                     "    win:\n      hosts:\n        box1:\n"
+                     "          ansible_connection: winrm\n")
+    hidden = where / "hidden.yml"  # an inventory the console does not offer
+    hidden.write_text("all:\n  hosts:\n    h1:\n      ansible_host: 127.0.0.1\n"
+                      "      ansible_port: 9\n")
     broken = where / "broken.ini"
     broken.write_text(f"[web]\nweb1 ansible_password={PLANTED_SECRET} ansible_port=x:y:z\n"
                       f"[web:children\n{PLANTED_SECRET}\n")
     return {"default": str(fleet.base_dir / "inventory.yml"), "withlocal": str(local),
-            "broken": str(broken)}
+            "broken": str(broken), "_hidden": str(hidden)}
 
 
 @pytest.fixture(scope="module")
 def web(accounts, inventories, tmp_path_factory):
-    setting = ",".join(f"{k}={v}" for k, v in inventories.items())
+    setting = ",".join(f"{k}={v}" for k, v in inventories.items() if not k.startswith("_"))
     w = Web(tmp_path_factory.mktemp("web") / "web.log",
             {"OPSQ_WEB_INVENTORIES": setting, "OPSQ_WEB_MAX_BODY": str(64 * 1024),
              # as deployed: no internal network allowed for webhooks
@@ -103,7 +108,7 @@ API_ATTACKS = [
     # operator -> shell on the worker: local hosts
     ("operator", "POST", "/jobs", {"command": "env", "pattern": "localhost"}, 422,
      "local connection"),
-    ("operator", "POST", "/jobs", {"command": "env", "pattern": "all",
+    ("operator", "POST", "/jobs", {"command": "env", "pattern": "all:!win",
                                    "inventory": "withlocal"}, 422, "local connection"),
     ("operator", "POST", "/schedules", {"name": "a2", "every": "1h", "command": "env",
                                         "pattern": "localhost"}, 422, "local connection"),
@@ -119,6 +124,14 @@ API_ATTACKS = [
     ("admin", "POST", "/schedules", {"name": "a5", "every": "1h", "task": "opsq.run_hosts",
                                      "args": ["x", ["localhost"]]}, 422,
      "cannot be scheduled here"),
+    # an operator and the schedules an admin or the command line made
+    ("operator", "PATCH", "/schedules/atk-task", {"every": "1s"}, 422, "only an admin"),
+    ("operator", "POST", "/schedules/atk-task/disable", {}, 422, "only an admin"),
+    ("operator", "POST", "/schedules/atk-task/run", {}, 422, "only an admin"),
+    ("operator", "DELETE", "/schedules/atk-task", None, 422, "only an admin"),
+    ("operator", "DELETE", "/schedules/opsq-reconcile", None, 422, "only an admin"),
+    ("operator", "PATCH", "/schedules/atk-cli", {"command": "env"}, 422,
+     "does not offer"),
     # webhooks to internal addresses
     ("operator", "POST", "/jobs", {**FLEET, "notify": ["http://169.254.169.254/latest"]}, 422,
      "169.254.169.254"),
@@ -138,13 +151,25 @@ API_ATTACKS = [
 
 @pytest.mark.parametrize("role,method,path,body,status,message", API_ATTACKS,
                          ids=[f"{r} {m} {p} {s}" for r, m, p, _, s, _m in API_ATTACKS])
-def test_api_attack_is_refused_and_changes_nothing(web, accounts, role, method, path, body,
-                                                   status, message):
+def test_api_attack_is_refused_and_changes_nothing(web, accounts, inventories, role, method,
+                                                   path, body, status, message):
+    from opsq import schedules
+
     with web.client(accounts["operator"].token) as op:
         if op.get(f"{API}/schedules/atk-keep").status_code == 404:
             made = op.post(f"{API}/schedules", json={"name": "atk-keep", "every": "1h",
                                                      **FLEET})
             assert made.status_code == 201, made.text
+    with web.client(accounts["admin"].token) as admin:
+        if admin.get(f"{API}/schedules/atk-task").status_code == 404:
+            made = admin.post(f"{API}/schedules", json={"name": "atk-task", "every": "1h",
+                                                        "task": "opsq.prune"})
+            assert made.status_code == 201, made.text
+    if not any(r.name == "atk-cli" for r in schedules.all_schedules()):
+        schedules.add("atk-cli", schedules.timing(every="1h"), schedules.SUBMIT_TASK, [],
+                      {"command": "uptime", "pattern": "h1",
+                       "inventory": inventories["_hidden"]})
+    schedules.ensure_builtin()
     path = path.format(**{r: a.name for r, a in accounts.items()})
     before = state()
     with web.client(accounts[role].token) as c:
@@ -187,6 +212,17 @@ def test_a_submitted_job_is_audited_in_its_own_transaction_with_every_option(web
     detail = entry[0].detail
     assert detail["command"] == "echo TOKEN=****" and detail["inventory"] == "default"
     assert (detail["timeout"], detail["batch_size"], detail["retries"]) == (20, 1, 1)
+
+
+def test_the_pattern_tester_lists_hosts_opsq_cannot_run_on_without_server_paths(
+        web, accounts, inventories):
+    with web.client(accounts["viewer"].token) as c:
+        r = c.get(f"{API}/hosts/resolve", params={"pattern": "win",
+                                                  "inventory": "withlocal"})
+    assert r.status_code == 200, r.text
+    box = r.json()["hosts"][0]
+    assert box["name"] == "box1" and "winrm" in box["problem"]
+    assert inventories["withlocal"] not in r.text
 
 
 def test_a_hostile_regex_gets_a_refusal_and_the_console_keeps_answering(web, accounts,
@@ -304,6 +340,13 @@ def test_tokens_are_named_listed_expire_and_are_revoked(web, accounts):
         assert dup.status_code == 422 and "already has a token" in dup.json()["error"]
     with web.client(token) as mine:
         assert mine.get(f"{API}/me").json()["token"] == "ci"
+        # a token cannot make one that outlives it
+        child = mine.post(f"{API}/users/{target.name}/tokens", json={"name": "child"})
+        assert child.status_code == 201, child.text
+        assert child.json()["expires_at"] == made.json()["expires_at"]
+        assert mine.delete(f"{API}/users/{target.name}/tokens/child").status_code == 204
+        digits = mine.post(f"{API}/users/{target.name}/tokens", json={"name": "7"})
+        assert digits.status_code == 422 and "needs a letter" in digits.json()["error"]
     used = rows("SELECT last_used_at FROM api_tokens WHERE name = 'ci' AND user_id = "
                 "(SELECT id FROM users WHERE name = :n)", n=target.name)[0].last_used_at
     assert used is not None
@@ -374,6 +417,26 @@ def test_guessing_one_password_does_not_lock_out_the_others(web):
     entries = rows("SELECT address FROM audit WHERE target = :v AND action LIKE 'login%'",
                    v=victim)
     assert {e.address for e in entries} == {"127.0.0.1"}
+
+
+def test_a_burst_of_guesses_is_held_to_the_limit(web):
+    """Checked and counted at once: 20 guesses sent together get at most 5 checks."""
+    import concurrent.futures
+
+    from opsq.web import users
+
+    victim = f"burst-{secrets.token_hex(3)}"
+    users.add(victim, "viewer", "the right password", by="test")
+
+    def guess(_: int) -> int:
+        with httpx.Client(base_url=web.url, timeout=60) as c:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
+            return c.post("/login", data={"csrf": csrf, "name": victim,
+                                          "password": "wrong"}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(guess, range(20)))
+    assert codes.count(401) <= 5 and codes.count(429) >= 15, codes
 
 
 def test_a_huge_login_name_makes_a_bounded_audit_row(web):

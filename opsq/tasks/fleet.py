@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from opsq import control, db, files, jobs, state, transfer, webhooks
 from opsq.app import app
-from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
+from opsq.errors import BackendUnavailable, InventoryError, JobNotFound, OpsqError
 from opsq.inventory import Host
 from opsq.live import Flusher, LiveOutput
 from opsq.settings import get_settings
@@ -521,7 +521,12 @@ def submit_job(
         # A redelivery after a crash between recording and fanning out, or a firing sent
         # twice: fan out again, idempotently.
     except OpsqError as exc:  # the pattern, the inventory or an option
-        jobs.record_failed_submission(spec, job_id, str(exc))
+        reason = str(exc)
+        if isinstance(exc, InventoryError):  # its lines may hold secrets; viewers read this
+            logger.warning("job %s: %s", job_id, exc)
+            reason = ("the inventory could not be read (the reason is in the worker's log; "
+                      "opsq hosts PATTERN -i PATH shows it)")
+        jobs.record_failed_submission(spec, job_id, reason)
         raise Ignore() from None
     try:
         jobs.fan_out(job_id)

@@ -18,6 +18,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from opsq import jobs
+from opsq.errors import OpsqError
 from opsq.models import JobStatus, Role
 from opsq.settings import get_settings
 from opsq.web import audit, operations, streams, users
@@ -135,7 +136,7 @@ async def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
     except streams.TooManyStreams as exc:
         raise HTTPException(429, str(exc)) from exc
     try:  # subscribed first, so that no change between this read and the stream is missed
-        first = await streams.read(jobs.summary, job_id)  # 404 before the stream starts
+        first = await streams.read(jobs.progress, job_id)  # 404 before the stream starts
     except BaseException:
         sub.close()
         raise
@@ -154,7 +155,7 @@ async def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
                     return
                 if not await sub.wait(EVENTS_KEEPALIVE):
                     yield ": keep-alive\n\n"
-                s = await streams.read(jobs.summary, job_id)
+                s = await streams.read(jobs.progress, job_id)
 
     return streams.EventStream(stream(), sub)
 
@@ -302,9 +303,15 @@ def create_token(name: Name, body: TokenIn, who: Caller, request: Request
                  ) -> dict[str, Any]:
     """A new API token for the user, shown this once (admin, or yourself)."""
     _self_or_admin(who, name)
-    token = users.new_token(name, by=who.name, address=client_address(request),
-                            token_name=body.name, lifetime=users.parse_lifetime(body.expires))
-    made = users.tokens(name)[-1]
+    address = client_address(request)
+    try:
+        made, token = users.new_token(name, by=who.name, address=address,
+                                      token_name=body.name,
+                                      lifetime=users.parse_lifetime(body.expires),
+                                      not_after=who.token_expires, returning=True)
+    except OpsqError as exc:
+        audit.refused(who, "user.token", name, str(exc), body.model_dump(), address)
+        raise
     return {**made.as_dict(), "token": token}
 
 
@@ -312,5 +319,10 @@ def create_token(name: Name, body: TokenIn, who: Caller, request: Request
 def revoke_token(name: Name, token: Name, who: Caller, request: Request) -> Response:
     """Revoke the user's token by its name or id (admin, or yourself)."""
     _self_or_admin(who, name)
-    users.revoke(name, token, by=who.name, address=client_address(request))
+    address = client_address(request)
+    try:
+        users.revoke(name, token, by=who.name, address=address)
+    except OpsqError as exc:
+        audit.refused(who, "user.revoke", name, str(exc), {"token_name": token}, address)
+        raise
     return Response(status_code=204)

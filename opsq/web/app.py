@@ -93,7 +93,9 @@ def _audit_forbidden(request: Request, reason: str) -> None:
             who = auth.session_principal(request)
         except OpsqError:
             who = None
-    audit.refused(who or "-", "access", f"{request.method} {request.url.path}", reason,
+    if who is None:  # an anonymous caller (a bad CSRF token at login) could flood the log
+        return
+    audit.refused(who, "access", f"{request.method} {request.url.path}", reason,
                   {}, auth.client_address(request))
 
 

@@ -134,7 +134,40 @@ class LoginLimiter:
 
     @staticmethod
     def keys(name: str, address: str) -> tuple[str, str]:
+        """The (name, address) and address keys. An IPv6 address counts as its /64: one
+        host commonly holds the whole network."""
+        try:
+            ip = ipaddress.ip_address(address)
+            if ip.version == 6:
+                address = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        except ValueError:
+            pass
         return f"user:{name[:64]}@{address}", f"address:{address}"
+
+    def attempt(self, name: str, address: str) -> bool:
+        """Count a login attempt before its password is checked; False (and nothing
+        counted) when the name or the address is blocked. Checking and counting at once
+        keeps a burst of concurrent guesses within the limits; a login that succeeds
+        takes its count back (``succeeded``)."""
+        now = time.monotonic()
+        pair, addr = self.keys(name, address)
+        with self._lock:
+            if (self._count(pair, now) >= self.attempts
+                    or self._count(addr, now) >= self.address_attempts):
+                return False
+            for key in (pair, addr):
+                self._failures.setdefault(key, deque()).append(now)
+                self._failures.move_to_end(key)
+            self._forget(now)
+            return True
+
+    def succeeded(self, name: str, address: str) -> None:
+        """A login that ``attempt`` counted succeeded: it was no failure."""
+        with self._lock:
+            for key in self.keys(name, address):
+                times = self._failures.get(key)
+                if times:
+                    times.pop()
 
     def _count(self, key: str, now: float) -> int:
         times = self._failures.get(key)

@@ -335,8 +335,12 @@ def create_schedule(who: Principal, s: ScheduleIn, address: str | None) -> Sched
                                           "(or give a task)")
         if s.args or s.kwargs:
             raise schedules.ScheduleError("args and kwargs go with a task")
+        path = inventory_path(s.inventory)
+        if not Path(path).is_file():
+            with inventory_errors(s.inventory):
+                raise InventoryError(f"{path}: not a file")
         kwargs = {"command": s.command, "pattern": s.pattern,
-                  "inventory": inventory_path(s.inventory), "timeout": s.timeout,
+                  "inventory": path, "timeout": s.timeout,
                   "connect_timeout": s.connect_timeout, "rerun_safe": s.rerun_safe,
                   "notify": list(s.notify), "local_hosts": _local_hosts()}
         with inventory_errors(s.inventory):
@@ -347,11 +351,31 @@ def create_schedule(who: Principal, s: ScheduleIn, address: str | None) -> Sched
         raise
 
 
+def _may_change(who: Principal, name: str, changes_what: bool = False) -> Schedule:
+    """The schedule, if ``who`` may change it: a registered task's (opsq's own upkeep
+    among them) only an admin; what a fleet command runs (``changes_what``) only on an
+    inventory the console offers. Raises ScheduleError."""
+    row = schedules.get(name)
+    if row.task != schedules.SUBMIT_TASK and not who.can(Role.ADMIN):
+        raise schedules.ScheduleError(f"{name!r} runs the registered task {row.task}: "
+                                      "only an admin changes, fires or removes it")
+    if changes_what and row.task == schedules.SUBMIT_TASK:
+        path = row.kwargs.get("inventory") or str(get_settings().inventory_path())
+        if path not in inventories().values():
+            raise schedules.ScheduleError(
+                f"{name!r} runs on an inventory the console does not offer (it was made on "
+                "the command line): change its command or pattern there (opsq schedule "
+                "edit)")
+    return row
+
+
 def edit_schedule(who: Principal, name: str, e: ScheduleEdit, address: str | None,
                   action: str = "schedule.edit") -> Schedule:
     """Change a schedule as ``schedule edit/enable/disable`` do. Raises OpsqError."""
     detail = e.model_dump(exclude_none=True)
     try:
+        _may_change(who, name, changes_what=e.command is not None or e.pattern is not None
+                    or e.notify is not None or e.timeout is not None)
         _finite(e.timeout, "the timeout")
         when = None
         if e.cron is not None or e.every is not None or e.at is not None:
@@ -376,6 +400,7 @@ def edit_schedule(who: Principal, name: str, e: ScheduleEdit, address: str | Non
 
 def remove_schedule(who: Principal, name: str, address: str | None) -> None:
     try:
+        _may_change(who, name)
         schedules.remove(name, on_change=_audited(who, "schedule.remove", {}, address))
     except OpsqError as exc:
         audit.refused(who, "schedule.remove", name, str(exc), {}, address)
@@ -388,6 +413,7 @@ def run_schedule(who: Principal, name: str, address: str | None) -> str:
                      address)
 
     try:
+        _may_change(who, name)
         return schedules.run_now(name, on_change=write)
     except OpsqError as exc:
         audit.refused(who, "schedule.run", name, str(exc), {}, address)
@@ -420,7 +446,8 @@ def schedule_dict(row: Schedule) -> dict[str, Any]:
         kwargs["inventory"] = inventory_name(kwargs["inventory"])
     return {"name": row.name, "kind": row.kind, "expression": row.expression,
             "timezone": row.timezone, "when": describe_timing(row), "task": row.task,
-            "args": list(row.args or []), "kwargs": kwargs, "enabled": row.enabled,
+            "args": schedules.masked(list(row.args or [])), "kwargs": kwargs,
+            "enabled": row.enabled,
             "next_run_at": _iso(row.next_run_at), "last_run_at": _iso(row.last_run_at),
             "run_count": row.run_count, "last_task_id": row.last_task_id,
             "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
@@ -434,10 +461,13 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def host_dict(h: Any) -> dict[str, Any]:
-    """A host without its variables (they may hold passwords)."""
+    """A host without its variables (they may hold passwords), and why opsq cannot run
+    on it if it cannot (without the inventory's path on the server)."""
+    problem = getattr(h, "problem", None)
+    if problem:
+        problem = problem.partition(": ")[2] or problem
     return {"name": h.name, "address": h.address, "port": h.port, "user": h.user,
-            "groups": list(h.groups), "local": h.connection == "local",
-            "problem": getattr(h, "problem", None)}
+            "groups": list(h.groups), "local": h.connection == "local", "problem": problem}
 
 
 def inventory_view(name: str | None = None) -> dict[str, Any]:

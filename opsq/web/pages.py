@@ -124,18 +124,18 @@ async def login(request: Request) -> Response:
     target = _local(form.get("next", "/jobs"))
     address = client_address(request) or "-"
     limiter = request.app.state.limiter
-    if limiter.blocked(name, address):
+    if not limiter.attempt(name, address):
         await run_in_threadpool(audit.record, None, name or "-", "login.blocked", name,
                                 {}, address)
         return _render(request, "login.html", None, 429, next=target,
                        error="too many failed logins: wait a minute and try again")
     found = await run_in_threadpool(users.login, name, password)
     if found is None:
-        limiter.failed(name, address)
         await run_in_threadpool(audit.record, None, name or "-", "login.failure", name,
                                 {}, address)
         return _render(request, "login.html", None, 401, next=target,
                        error="wrong user name or password")
+    limiter.succeeded(name, address)
     who, held = found
     start_session(request, held)  # a new session (and CSRF token) for the new login
     await run_in_threadpool(audit.record, None, who.name, "login.success", who.name, {},
@@ -322,7 +322,9 @@ def _form_of(row: Any) -> dict[str, str]:
             "tz": row.timezone, "what": "fleet" if fleet else "task",
             "enabled": "on" if row.enabled else ""}
     if fleet:
-        form.update(command=row.kwargs.get("command", ""),
+        # The command is not shown as stored (it may hold a secret): the field stays
+        # empty, which keeps it; its masked text is the placeholder.
+        form.update(command="", command_shown=jobs.mask_secrets(row.kwargs.get("command", "")),
                     pattern=row.kwargs.get("pattern", ""),
                     timeout=str(row.kwargs.get("timeout", "")))
     else:

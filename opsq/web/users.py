@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -36,10 +38,16 @@ TOKEN_BYTES = 32
 TOKEN_PREFIX = "opsq_"
 #: Longest API token lifetime accepted, in days.
 MAX_TOKEN_DAYS = 3650
+#: API tokens one user may hold at once.
+MAX_TOKENS_PER_USER = 50
+#: Password hashes verified at once: each argon2 check takes 64 MiB and a core, so a
+#: burst of logins queues here instead of exhausting memory.
+CONCURRENT_HASHES = 4
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 _LIFETIME = re.compile(r"([0-9]{1,5})([hdw])")
 _LIFETIME_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 _hasher = PasswordHasher()
+_hashing = threading.BoundedSemaphore(CONCURRENT_HASHES)
 #: Verified against when the user does not exist, so that a login takes as long for an
 #: unknown name as for a wrong password (no user enumeration by timing).
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
@@ -57,6 +65,8 @@ class Principal:
     name: str
     role: Role
     token: str | None = None
+    #: When the token the request came with expires (None: never, or no token).
+    token_expires: datetime | None = None
 
     def can(self, needed: Role) -> bool:
         return self.role.rank >= needed.rank
@@ -135,29 +145,45 @@ def parse_lifetime(text: str | None) -> timedelta | None:
 
 
 def new_token(name: str, by: str, address: str | None = None, token_name: str | None = None,
-              lifetime: timedelta | None = None) -> str:
+              lifetime: timedelta | None = None, not_after: datetime | None = None,
+              returning: bool = False) -> Any:
     """A new API token for the user, named ``token_name`` (default: token-<random>), valid
-    for ``lifetime`` (None: until revoked). Only its hash is kept, so it is shown once.
-    Raises UserError for an unknown user or a name the user's tokens already have."""
+    for ``lifetime`` (None: until revoked), and never past ``not_after`` (the expiry of
+    the token used to ask: a token cannot make one that outlives it). Only its hash is
+    kept, so it is shown once. Returns the token (``returning``: its TokenInfo too).
+    Raises UserError for an unknown user, a name taken or all digits (ids are), or a
+    user holding MAX_TOKENS_PER_USER tokens."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
     label = check_name(token_name, "token name") if token_name else \
         f"token-{secrets.token_hex(3)}"
+    if label.isdigit():
+        raise UserError(f"a token name needs a letter ({label[:16]!r} reads as a token id)")
     expires = datetime.now(UTC) + lifetime if lifetime is not None else None
+    if not_after is not None and (expires is None or expires > not_after):
+        expires = not_after
     try:
         with db.session_scope() as session:
-            user = session.scalar(select(User).where(User.name == name))
+            user = session.scalar(select(User).where(User.name == name).with_for_update())
             if user is None:
                 raise _no_such(name)
-            session.add(ApiToken(user_id=user.id, token_sha256=token_hash(token), name=label,
-                                 expires_at=expires))
+            held = session.scalar(select(func.count()).select_from(ApiToken)
+                                  .where(ApiToken.user_id == user.id)) or 0
+            if held >= MAX_TOKENS_PER_USER:
+                raise UserError(f"{name} holds {held} tokens, the most allowed: revoke one "
+                                f"first (opsq users tokens {name})")
+            row = ApiToken(user_id=user.id, token_sha256=token_hash(token), name=label,
+                           expires_at=expires)
+            session.add(row)
             session.flush()
+            info = TokenInfo(row.id, row.name, row.created_at or datetime.now(UTC), None,
+                             expires)
             audit.record(session, by, "user.token", name,
                          {"token_name": label,
                           "expires_at": expires.isoformat() if expires else None}, address)
     except IntegrityError:
         raise UserError(f"{name} already has a token named {label!r} (opsq users tokens "
                         f"{name})") from None
-    return token
+    return (info, token) if returning else token
 
 
 @dataclass(frozen=True)
@@ -277,21 +303,28 @@ def count() -> int:
 
 def login(name: str, password: str) -> tuple[Principal, Session] | None:
     """The user and a session for them if ``password`` is theirs (and they are not
-    disabled), else None."""
+    disabled), else None. The hash is checked with no database connection held, at most
+    CONCURRENT_HASHES at a time."""
     if len(password) > MAX_PASSWORD_LENGTH or len(name) > MAX_NAME_LENGTH:
         return None
     with db.session_scope() as session:
-        user = session.scalar(select(User).where(User.name == name))
-        stored = user.password_hash if user is not None else _DUMMY_HASH
+        user = session.execute(
+            select(User.id, User.name, User.role, User.password_hash, User.disabled,
+                   User.session_epoch).where(User.name == name)).first()
+    stored = user.password_hash if user is not None else _DUMMY_HASH
+    with _hashing:
         try:
             _hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             return None
-        if user is None or user.disabled:
-            return None
-        if _hasher.check_needs_rehash(stored):
-            user.password_hash = _hasher.hash(password)
-        return Principal(user.name, Role(user.role)), Session(user.id, user.session_epoch)
+        rehashed = _hasher.hash(password) if _hasher.check_needs_rehash(stored) else None
+    if user is None or user.disabled:
+        return None
+    if rehashed is not None:
+        with db.session_scope() as session:
+            session.execute(update(User).where(User.id == user.id)
+                            .values(password_hash=rehashed))
+    return Principal(user.name, Role(user.role)), Session(user.id, user.session_epoch)
 
 
 def by_name(name: str) -> Principal | None:
@@ -320,7 +353,8 @@ def by_token(token: str) -> Principal | None:
         return None
     with db.session_scope() as session:
         row = session.execute(
-            select(User, ApiToken.id, ApiToken.name).join(ApiToken, ApiToken.user_id == User.id)
+            select(User, ApiToken.id, ApiToken.name, ApiToken.expires_at)
+            .join(ApiToken, ApiToken.user_id == User.id)
             .where(ApiToken.token_sha256 == token_hash(token),
                    (ApiToken.expires_at.is_(None)) | (ApiToken.expires_at > func.now()))
         ).first()
@@ -328,7 +362,7 @@ def by_token(token: str) -> Principal | None:
             return None
         session.execute(update(ApiToken).where(ApiToken.id == row[1])
                         .values(last_used_at=func.now()))
-        return Principal(row[0].name, Role(row[0].role), token=row[2])
+        return Principal(row[0].name, Role(row[0].role), token=row[2], token_expires=row[3])
 
 
 def token_hash(token: str) -> str:
