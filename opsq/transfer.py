@@ -7,9 +7,9 @@ password is the first line of stdin (sudo reads it a byte at a time, so the rest
 for the program). Nothing secret is ever in an argument list, on either machine.
 
 A put is idempotent and atomic: the host's file is compared first (sha256, mode, owner)
-and left alone when equal; otherwise the bytes go to a temporary file beside the target,
-are checked against the sha256, and renamed over it, so no reader ever sees part of a
-file, and an interrupted transfer leaves the old file in place.
+and left alone when equal; otherwise the bytes go to a temporary file in a private
+directory beside the target, are checked against the sha256, and renamed over it, so no
+reader ever sees part of a file, and an interrupted transfer leaves the old file in place.
 
 A host's other users may have planted names on the way (they are hostile to the worker,
 which often runs as root): a symbolic link is followed only when it belongs to root or to
@@ -50,6 +50,9 @@ BECOME_MARK = "opsq-become-ok"
 SUDO = "sudo"
 #: Symbolic links a put or get follows from the path it was given to the file itself.
 MAX_LINK_HOPS = 8
+#: Names a put tries for a backup before it fails the host (each a new name: a taken one
+#: may be a link another user planted).
+BACKUP_TRIES = 10
 #: Mode bits a new file may get without --mode (less the host's umask): never writable by
 #: group or others unless asked.
 NEW_FILE_MODE = 0o644
@@ -194,33 +197,47 @@ else
   echo absent
 fi"""
 
-# The owner is set before the mode: chown clears setuid and setgid bits. The backup is a
-# hard link of the old file (ln fails when the name exists, a planted link included, and
-# never writes through it); where that fails, a copy into a name mktemp made new.
+# The bytes are written, checked, given their owner and mode in a directory of the
+# program's own (mktemp -d, 0700, checked after cd): another user who can write the
+# target's directory cannot swap the temporary file for a link that chown or chmod would
+# follow. The owner is set before the mode: chown clears setuid and setgid bits. The
+# backup is a hard link of the old file, to a name that does not exist yet (ln fails on a
+# taken name, a planted link included, and never writes through it); where the file
+# system refuses hard links of that file, of a copy made in the private directory.
 _PUT_WRITE = """set -e
 {resolve}
 d=$(dirname "$t")
-tmp=$(mktemp "$d/.opsq-put.XXXXXXXX")
-trap 'rm -f "$tmp"' EXIT
-cat > "$tmp"
-[ "$(sha256sum < "$tmp" | cut -d' ' -f1)" = {sha} ] || {{
+w=$(mktemp -d "$d/.opsq-put.XXXXXXXX")
+cd "$w"
+trap 'rm -f ./new ./old; cd /; rmdir "$w" 2>/dev/null || true' EXIT
+[ "$(stat -c %u:%a .)" = "$me:700" ] || {{
+  echo "$w was changed by someone else; the target is unchanged" >&2; exit 3; }}
+cat > new
+[ "$(sha256sum < new | cut -d' ' -f1)" = {sha} ] || {{
   echo "the file arrived damaged (sha256 differs); the target is unchanged" >&2; exit 3; }}
-if [ -n {owner} ]; then chown {owner} "$tmp"
-elif [ -e "$t" ]; then chown "$(stat -c %u:%g "$t")" "$tmp" 2>/dev/null || true; fi
-if [ -n {mode} ]; then chmod {mode} "$tmp"
-elif [ -e "$t" ]; then chmod "$(stat -c %a "$t")" "$tmp"
-else chmod "$(printf '%o' $(( {new_mode} & ~0$(umask) )))" "$tmp"; fi
+if [ -n {owner} ]; then chown {owner} new
+elif [ -e "$t" ]; then chown "$(stat -c %u:%g "$t")" new 2>/dev/null || true; fi
+if [ -n {mode} ]; then chmod {mode} new
+elif [ -e "$t" ]; then chmod "$(stat -c %a "$t")" new
+else chmod "$(printf '%o' $(( {new_mode} & ~0$(umask) )))" new; fi
 if [ {backup} = 1 ] && [ -e "$t" ]; then
-  b="$t.opsq-$(date +%Y%m%d%H%M%S)"
-  if ! ln -- "$t" "$b" 2>/dev/null; then
-    b=$(mktemp "$b.XXXXXXXX")
-    cp -p -- "$t" "$b"
-  fi
-  printf 'old file kept as %s\\n' "$b"
+  b="$t.opsq-$(date +%Y%m%d%H%M%S)"; c=$b; src=$t; n=0
+  until ln -- "$src" "$c" 2>/dev/null; do
+    if [ "$src" = "$t" ] && [ ! -e "$c" ] && [ ! -L "$c" ]; then
+      cp -p -- "$t" old; src=old
+    else
+      c=$(mktemp -u "$b.XXXXXXXX")
+    fi
+    n=$((n + 1))
+    [ "$n" -le {backup_tries} ] || {{
+      echo "cannot keep a backup of $t (no new name took a hard link); the file is unchanged" >&2
+      exit 3; }}
+  done
+  printf 'old file kept as %s\\n' "$c"
 fi
 if [ -d "$t" ]; then echo "$t is a directory" >&2; exit 3; fi
-mv -f -- "$tmp" "$t"
-trap - EXIT"""
+mv -f -- new "$t"
+"""
 
 
 def _owner_matches(wanted: str, actual: str) -> bool:
@@ -248,7 +265,7 @@ def put(host: HostSide, action: Action, timeout: float) -> Outcome:
                        stdout=f"{p['remote']} unchanged (sha256 {sha})\n")
     script = _PUT_WRITE.format(resolve=_resolve(p["remote"]), sha=_q(sha), mode=_q(mode),
                                owner=_q(owner), backup=1 if p.get("backup") else 0,
-                               new_mode=f"0{NEW_FILE_MODE:o}")
+                               new_mode=f"0{NEW_FILE_MODE:o}", backup_tries=BACKUP_TRIES)
     wrote, why = host.run(script, action.payload, max(deadline - time.monotonic(), 0.001),
                           4096)
     if failed := _failed(wrote, why, f"cannot write {p['remote']}"):

@@ -370,7 +370,7 @@ def test_a_put_killed_mid_transfer_never_leaves_a_truncated_file(tmp_path, remot
 
     def writing() -> bool:
         # bytes are arriving: in the temporary file, or (were it written in place) the target
-        partial = [p.stat().st_size for p in remote_dir.glob(".opsq-put.*")]
+        partial = [p.stat().st_size for p in remote_dir.glob(".opsq-put.*/new")]
         return any(partial) or (target.exists() and target.stat().st_size != old_size)
 
     wait_until(writing, 60, "the transfer under way", every=0.005)

@@ -199,6 +199,44 @@ def test_a_fifo_at_the_target_is_refused_not_read(tmp_path, fleet_dir):
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
+def test_the_temporary_file_cannot_be_swapped_for_a_link(tmp_path, victim):
+    # A directory others may write in without the sticky bit: they can rename its entries.
+    open_dir = Path(tempfile.mkdtemp(prefix="opsq-open-"))
+    open_dir.chmod(0o777)
+    try:
+        data = secrets.token_bytes(90 * 1024 * 1024)
+        target = open_dir / "app.bin"
+        before = (_digest(victim), _mode(victim), victim.stat().st_uid)
+        job = jobs.submit(actions.put_spec(_spec(become=True), _local(tmp_path, data),
+                                           str(target), mode="0644"))
+        swapped = None
+        deadline = time.monotonic() + 60
+        while swapped is None and time.monotonic() < deadline and not job.ready():
+            for work in open_dir.glob(".opsq-put.*"):
+                # as the hostile user would: move the put's work away, put a link in its place
+                work.rename(open_dir / "moved-away")
+                if (open_dir / "moved-away").is_dir():
+                    work.mkdir()
+                    (work / "new").symlink_to(victim)
+                    _own(work / "new", HOSTILE)
+                    _own(work, HOSTILE)
+                else:
+                    work.symlink_to(victim)
+                    _own(work, HOSTILE)
+                swapped = work
+                break
+            time.sleep(0.002)
+        summary = job.get(timeout=90)
+        assert swapped is not None, "the put's temporary name never appeared"
+        assert (_digest(victim), _mode(victim), victim.stat().st_uid) == before
+        host = rows(summary["job_id"])["host01"]
+        assert host["status"] == "ok", host  # the put's own directory kept its work safe
+        assert _digest(target) == hashlib.sha256(data).hexdigest()
+        assert oct(_mode(target)) == oct(0o644)
+    finally:
+        shutil.rmtree(open_dir, ignore_errors=True)
+
+
 # -- --backup never writes through a name that exists ------------------------------------
 
 
@@ -249,6 +287,19 @@ def test_a_backup_is_the_old_file_itself(tmp_path, fleet_dir):
     st = kept.stat()
     assert (st.st_ino, st.st_mode, st.st_uid) == (old.st_ino, old.st_mode, old.st_uid)
     assert kept.read_bytes() == b"old\n" and target.read_bytes() == b"new\n"
+
+
+def test_a_backup_where_no_hard_link_is_allowed_is_a_copy(tmp_path, fleet_dir):
+    # The login user may not hard-link root's file (fs.protected_hardlinks): a copy, linked.
+    target = fleet_dir / "app.conf"
+    target.write_bytes(b"old\n")
+    target.chmod(0o644)
+    _, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"new\n"), str(target),
+                                     backup=True))
+    assert hosts["host01"]["changed"] is True, hosts["host01"]
+    (kept,) = fleet_dir.glob("app.conf.opsq-*")
+    assert kept.read_bytes() == b"old\n" and target.read_bytes() == b"new\n"
+    assert list(fleet_dir.glob(".opsq-put.*")) == []
 
 
 # -- get: '..', DEST, and every file under its own host's directory ---------------------------
