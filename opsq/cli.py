@@ -150,6 +150,8 @@ def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
         from opsq import prompted
         from opsq.app import app
 
+        jobs.plan(spec)  # so is anything else, and a job that would outlive the password
+
         password = click.prompt("sudo password", hide_input=True, err=True)
 
         def hand_over(job_id: str) -> None:

@@ -158,8 +158,19 @@ def check_timeouts(command_timeout: float | None, connect_timeout: float | None)
             "together with consumer_timeout (deploy/README.md)")
 
 
-def _record(spec: JobSpec, job_id: str | None = None, on_record: OnRecord | None = None
-            ) -> tuple[str, list[str]]:
+@dataclass(frozen=True)
+class Plan:
+    """A job spec, checked: its notification URLs, inventory, hosts and rollout."""
+
+    notify: list[str]
+    inventory: Inventory
+    hosts: list[Host]
+    rollout: rolling.Rollout
+
+
+def plan(spec: JobSpec) -> Plan:
+    """Check ``spec`` as submitting it would, writing nothing (the CLI does so before
+    asking for a password). Raises OpsqError naming what is refused."""
     if not spec.command.strip():
         raise OpsqError("the command is empty")
     check_timeouts(spec.command_timeout, spec.connect_timeout)
@@ -171,6 +182,15 @@ def _record(spec: JobSpec, job_id: str | None = None, on_record: OnRecord | None
                            max_fail=spec.max_fail, retries=spec.retries,
                            retry_delay=spec.retry_delay, retry_on=spec.retry_on,
                            rerun_safe=spec.rerun_safe)
+    if spec.params.get("become_prompt"):
+        check_prompt_lifetime(roll, len(hosts), spec.command_timeout, spec.connect_timeout)
+    return Plan(notify, inv, hosts, roll)
+
+
+def _record(spec: JobSpec, job_id: str | None = None, on_record: OnRecord | None = None
+            ) -> tuple[str, list[str]]:
+    checked = plan(spec)
+    notify, inv, hosts, roll = checked.notify, checked.inventory, checked.hosts, checked.rollout
     job_id = job_id or str(uuid.uuid4())
     with db.session_scope() as session:
         if spec.payload is not None:
@@ -192,6 +212,28 @@ def _record(spec: JobSpec, job_id: str | None = None, on_record: OnRecord | None
         if on_record is not None:
             on_record(session.connection(), job_id)
     return job_id, first_batch([h.name for h in hosts], roll.batch_size)
+
+
+def check_prompt_lifetime(roll: rolling.Rollout, hosts: int, command_timeout: float | None,
+                          connect_timeout: float | None) -> None:
+    """Refuse a job with a typed sudo password (-K) that could outlive the broker queue
+    keeping it (``opsq.prompted.SECRET_QUEUE_EXPIRES``): its later hosts would find no
+    password. The worst case counts every batch's deadlines, the pauses between batches
+    and every retry with its delay. Raises OpsqError."""
+    from opsq.prompted import SECRET_QUEUE_EXPIRES
+
+    s = get_settings()
+    per_run = (command_timeout or s.command_timeout) + (connect_timeout or s.connect_timeout)
+    batches = -(-hosts // roll.batch_size) if roll.batch_size else 1
+    worst = (batches * per_run + (batches - 1) * (roll.batch_pause or 0)
+             + roll.retries * ((roll.retry_delay or 0) + per_run))
+    if worst > SECRET_QUEUE_EXPIRES:
+        raise OpsqError(
+            f"with -K the typed password is kept {SECRET_QUEUE_EXPIRES} s, and this job may "
+            f"run {worst:g} s ({batches} batch(es) with their deadlines, pauses and "
+            "retries): give the workers the password another way (OPSQ_BECOME_PASSWORD_FILE "
+            "or ansible_become_pass), or shorten it (--timeout, --pause, --batch-size, "
+            "--retries)")
 
 
 def first_batch(hosts: list[str], batch_size: int | None) -> list[str]:

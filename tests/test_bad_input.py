@@ -52,6 +52,11 @@ INVENTORIES = {
 
 #: (case id, argv after ``opsq``, words one of which the reason must contain).
 CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
+    # run: a typed sudo password (-K) kept shorter than the job may run; refused before
+    # the prompt (the test gives no password)
+    ("run-K-outlives-password", ["run", "true", "-t", "all", "-i", "{dir}/good.yml",
+                                 "--become", "-K", "--batch-size", "1", "--pause", "3600"],
+     ("is kept 3600 s",)),
     # run: deadlines
     ("run-timeout-nan", ["run", "true", "-t", "all", "-i", "{dir}/good.yml",
                          "--timeout", "nan"], ("finite",)),

@@ -358,6 +358,10 @@ def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper, token: str
         target = Host.from_dict(claimed.target)
         options = replace(RunOptions.resolve(target, settings, job.command_timeout,
                                              job.connect_timeout), stopper=stopper, live=live)
+        # The SSH command runner decides itself whether a cancel stopped its command
+        # (an exit before the kill keeps its status); the others are told here.
+        decides = job.kind == "command" and not job.params.get("become") \
+            and target.connection != "local"
         if job.kind == "command" and not job.params.get("become"):
             outcome = run_on(target, job.command, options, connection_pool())
         else:
@@ -365,10 +369,12 @@ def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper, token: str
     except Exception as exc:  # a bug in opsq: record it on the host, keep the job alive
         logger.exception("host %s: unexpected error", claimed.host)
         outcome = Outcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
+        decides = False
     finally:
         flusher.forget(live)
     outcome.duration = time.monotonic() - began
-    if stopper.stopped.is_set() and not outcome.succeeded:
+    if stopper.stopped.is_set() and not outcome.succeeded and not decides \
+            and outcome.status != HostStatus.CANCELLED:
         outcome.status, outcome.exit_code = HostStatus.CANCELLED, None
         outcome.error = state.CANCELLED_WHILE
     return outcome
