@@ -230,9 +230,12 @@ def test_the_temporary_file_cannot_be_swapped_for_a_link(tmp_path, victim):
         assert swapped is not None, "the put's temporary name never appeared"
         assert (_digest(victim), _mode(victim), victim.stat().st_uid) == before
         host = rows(summary["job_id"])["host01"]
-        assert host["status"] == "ok", host  # the put's own directory kept its work safe
-        assert _digest(target) == hashlib.sha256(data).hexdigest()
-        assert oct(_mode(target)) == oct(0o644)
+        if host["status"] == "ok":  # swapped after the put went into its own directory
+            assert _digest(target) == hashlib.sha256(data).hexdigest()
+            assert oct(_mode(target)) == oct(0o644)
+        else:  # swapped before: the put saw the directory is not its own and wrote nothing
+            assert "changed by someone else" in host["error"], host
+            assert not target.exists()
     finally:
         shutil.rmtree(open_dir, ignore_errors=True)
 
@@ -332,6 +335,20 @@ def test_get_into_an_existing_file_is_refused_before_a_job_exists(tmp_path, opsq
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("opsq: ") and "not a directory" in last
     assert _job_count() == before
+    assert dest.read_bytes() == b"mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_saving_a_finished_get_into_an_existing_file_is_refused(tmp_path, fleet_dir,
+                                                                opsq_cli):
+    source = fleet_dir / "app.log"
+    source.write_bytes(b"logged\n")
+    summary, _ = _run(actions.get_spec(_spec(), str(source)))
+    dest = tmp_path / "notes.txt"
+    dest.write_bytes(b"mine\n")
+    out = opsq_cli("result", summary["job_id"], "--save", str(dest))
+    assert out.returncode == 2, out.stderr
+    assert "not a directory" in out.stderr.strip().splitlines()[-1]
     assert dest.read_bytes() == b"mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
