@@ -184,10 +184,11 @@ def run(command: str, **opts: Any) -> None:
 @click.argument("remote", metavar="REMOTE")
 @_job_options
 @click.option("--mode", metavar="OCTAL", help="File mode, e.g. 0644 (default: the "
-              "existing file's, else the host's umask).")
+              "existing file's, else 0644 less the host's umask).")
 @click.option("--owner", metavar="USER[:GROUP]", help="Owner (needs --become unless it is "
               "the login user).")
-@click.option("--backup", is_flag=True, help="Keep the old file as REMOTE.opsq-<time>.")
+@click.option("--backup", is_flag=True, help="Keep the old file beside it as "
+              "<file>.opsq-<time> (hard-linked; a taken name gets a random suffix).")
 @_errors
 def put(local: str, remote: str, mode: str | None, owner: str | None, backup: bool,
         **opts: Any) -> None:
