@@ -309,6 +309,8 @@ def test_a_session_ends_for_good(web, accounts, ending, opsq_cli):
         assert _replay(web, cookie) == 200
         if ending == "logout":
             assert c.post("/logout", data={"csrf": _csrf(c)}).status_code == 303
+            assert rows("SELECT count(*) AS n FROM audit WHERE action = 'user.logout' AND "
+                        "target = :n", n=name)[0].n == 1
         elif ending == "password":
             r = subprocess.run([sys.executable, "-m", "opsq.cli", "users", "passwd", name],
                                cwd=ROOT, input="another long password\n", text=True,
@@ -576,3 +578,56 @@ def test_the_console_refuses_to_start_with_a_short_key(tmp_path):
                        capture_output=True, text=True, timeout=60,
                        env={**os.environ, "OPSQ_WEB_SECRET": "short"})
     assert r.returncode == 2 and "at least 32" in r.stderr
+
+
+def test_secure_cookies_when_asked(web, tmp_path):
+    w = Web(tmp_path / "web.log", {"OPSQ_WEB_SECURE_COOKIES": "1"})
+    try:
+        with httpx.Client(base_url=w.url, timeout=30) as c:
+            assert "secure" in c.get("/login").headers["set-cookie"].lower()
+    finally:
+        w.stop()
+    # not by default: a console on plain HTTP must still log in
+    with httpx.Client(base_url=web.url, timeout=30) as c:
+        assert "secure" not in c.get("/login").headers["set-cookie"].lower()
+
+
+def test_a_jobs_hosts_come_one_page_at_a_time(web, accounts, worker):
+    with web.client(accounts["operator"].token) as c:
+        job_id = c.post(f"{API}/jobs", json={"command": "true", "pattern": "fleet"}
+                        ).json()["job_id"]
+        for _ in range(600):
+            if c.get(f"{API}/jobs/{job_id}").json()["status"] == "succeeded":
+                break
+            time.sleep(0.1)
+        every = [h["host"] for h in c.get(f"{API}/jobs/{job_id}/hosts").json()]
+        page = c.get(f"{API}/jobs/{job_id}/hosts", params={"offset": 2, "limit": 2}).json()
+        assert [h["host"] for h in page] == every[2:4]
+        one = c.get(f"{API}/jobs/{job_id}/hosts", params={"host": every[-1]}).json()
+        assert [h["host"] for h in one] == [every[-1]]
+        assert c.get(f"{API}/jobs/{job_id}/hosts", params={"limit": 5000}).status_code == 422
+    session = _login(web, accounts["viewer"].name, accounts["viewer"].password)
+    try:
+        host_page = session.get(f"/jobs/{job_id}/hosts/{every[0]}")
+        assert host_page.status_code == 200 and every[0] in host_page.text
+        assert session.get(f"/jobs/{job_id}/hosts/nosuchhost").status_code == 404
+    finally:
+        session.close()
+
+
+def test_the_login_limiter_forgets(monkeypatch):
+    from opsq.web.auth import LoginLimiter
+
+    limiter = LoginLimiter(attempts=2, window=0.2, address_attempts=3, max_keys=10)
+    for i in range(50):  # many names from many addresses: at most max_keys are kept
+        limiter.failed(f"user{i}", f"10.0.0.{i}")
+    assert len(limiter) <= 10
+    assert not limiter.attempt("x", "10.9.9.9") or limiter.attempt("x", "10.9.9.9")
+    assert not limiter.attempt("x", "10.9.9.9")  # two attempts for one name: blocked
+    assert limiter.attempt("y", "10.9.9.9")  # another name from that address: not yet
+    time.sleep(0.25)
+    limiter.failed("z", "10.1.1.1")  # any later failure drops what the window forgot
+    assert len(limiter) == 2 and limiter.attempt("x", "10.9.9.9")
+    # IPv6: a /64 is one address
+    pair, addr = LoginLimiter.keys("n", "2001:db8::1")
+    assert addr == LoginLimiter.keys("n", "2001:db8::ffff")[1]
