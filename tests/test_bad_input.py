@@ -57,6 +57,30 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("run-K-outlives-password", ["run", "true", "-t", "all", "-i", "{dir}/good.yml",
                                  "--become", "-K", "--batch-size", "1", "--pause", "3600"],
      ("is kept 3600 s",)),
+    # put, get, script, logs, cancel, users: one refusal each at least
+    ("put-missing-file", ["put", "{dir}/no-such-file", "/tmp/x", "-t", "all",
+                          "-i", "{dir}/good.yml"], ("no-such-file",)),
+    ("get-dot-dot", ["get", "/etc/../../etc/hostname", "{dir}/fetched", "-t", "all",
+                     "-i", "{dir}/good.yml"], ("..",)),
+    ("get-dest-is-a-file", ["get", "/etc/hostname", "{dir}/good.yml", "-t", "all",
+                            "-i", "{dir}/good.yml"], ("not a directory", "directory")),
+    ("script-missing-file", ["script", "{dir}/no-such-script", "-t", "all",
+                             "-i", "{dir}/good.yml"], ("no-such-script",)),
+    ("logs-unknown-job", ["logs", "00000000-0000-0000-0000-000000000000"], ("no job",)),
+    ("cancel-unknown-job", ["cancel", "00000000-0000-0000-0000-000000000000"], ("no job",)),
+    ("schedule-disable-unknown", ["schedule", "disable", "no-such-schedule"],
+     ("no schedule",)),
+    ("users-add-bad-name", ["users", "add", "no spaces", "--role", "viewer"],
+     ("invalid user name",)),
+    ("users-token-unknown", ["users", "token", "no-such-user"], ("no user",)),
+    ("users-token-bad-lifetime", ["users", "token", "no-such-user", "--expires", "forever"],
+     ("lifetime",)),
+    ("users-tokens-unknown", ["users", "tokens", "no-such-user"], ("no user",)),
+    ("users-revoke-unknown", ["users", "revoke", "no-such-user", "t1"], ("no user",)),
+    ("users-role-unknown", ["users", "role", "no-such-user", "admin"], ("no user",)),
+    ("users-role-bad", ["users", "role", "no-such-user", "root"], ("root",)),
+    ("users-passwd-bad-name", ["users", "passwd", "no spaces"], ("invalid user name",)),
+    ("users-rm-unknown", ["users", "rm", "no-such-user"], ("no user",)),
     # run: deadlines
     ("run-timeout-nan", ["run", "true", "-t", "all", "-i", "{dir}/good.yml",
                          "--timeout", "nan"], ("finite",)),
@@ -283,9 +307,34 @@ def setup(services, inventories):
     return {"dir": str(inventories), "queued": queued}
 
 
-def test_the_table_is_large_enough():
-    assert len(CASES) >= 60
-    assert len({c[0] for c in CASES}) == len(CASES)
+#: Commands that take input but have no case here, and why.
+NO_CASE = {
+    ("schedule", "list"): "its only option is a flag (--json)",
+    ("daemons", "start"): "its only option is a flag; starting daemons is test_deploy's",
+    ("daemons", "stop"): "its only option is a flag",
+    ("daemons", "restart"): "its only option is a flag",
+}
+
+
+def _commands(group=None, path=()):
+    """Every ``opsq`` command that takes an argument or option, as its words."""
+    import click
+
+    from opsq.cli import main
+
+    for name, cmd in (group or main).commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*path, name))
+        elif [p for p in cmd.params if p.name != "help"]:
+            yield (*path, name)
+
+
+def test_every_command_that_takes_input_has_a_case():
+    assert len({c[0] for c in CASES}) == len(CASES)  # ids are unique
+    covered = {tuple(c[1][:2]) for c in CASES} | {tuple(c[1][:1]) for c in CASES}
+    missing = [" ".join(cmd) for cmd in _commands()
+               if cmd not in covered and cmd not in NO_CASE]
+    assert not missing, f"commands with no refusal case in CASES: {missing}"
 
 
 @pytest.mark.parametrize(("argv", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

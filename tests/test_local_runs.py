@@ -43,9 +43,12 @@ def test_deadline_kills_the_whole_process_group(tmp_path):
 def test_output_is_capped_counted_and_decoded_once():
     big = run_local("head -c 100000 /dev/zero | tr '\\0' b", options(limit=4096))
     assert (big.stdout_bytes, len(big.stdout), big.truncated) == (100000, 4096, True)
-    # a multi-byte character cut at the limit becomes one U+FFFD
-    cut = run_local("printf 'aaa\\342\\202\\254'", options(limit=4096 // 1024 * 1024))
-    assert cut.stdout == "aaa\u20ac"
+    # a multi-byte character cut at the limit becomes one U+FFFD: "aaa" and the first two
+    # of the euro sign's three bytes are kept
+    cut = run_local("printf 'aaa\\342\\202\\254'", options(limit=5))
+    assert (cut.stdout, cut.stdout_bytes, cut.truncated) == ("aaa\ufffd", 6, True)
+    whole = run_local("printf 'aaa\\342\\202\\254'", options(limit=6))
+    assert (whole.stdout, whole.truncated) == ("aaa\u20ac", False)
     raw = run_local(r"printf 'caf\351 ok'", options())
     assert raw.stdout == "caf\ufffd ok"
 

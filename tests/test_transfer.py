@@ -344,6 +344,7 @@ def test_the_password_appears_nowhere(fleet, worker, start_flower):
         time.sleep(0.05)
     summary = job.get(timeout=60)
     assert summary["succeeded"]
+    assert rows(job.id)["host01"]["stdout"] == "0\n"  # it ran as root: sudo took the password
     assert not seen_in_ps
     with db.session_scope() as s:
         for table in ("jobs", "host_results", "celery_taskmeta", "files"):
