@@ -83,6 +83,8 @@ class Job(Base):
         ForeignKey("schedules.id", ondelete="SET NULL"), index=True)
     #: The schedule's name, kept after the schedule is removed.
     schedule: Mapped[str | None] = mapped_column(Text)
+    #: The job this one runs again (``opsq rerun``); kept after that job is pruned.
+    rerun_of: Mapped[str | None] = mapped_column(String(36))
     #: What the job does on each host: 'command', 'put', 'get' or 'script'.
     kind: Mapped[str] = mapped_column(String(16), default="command", server_default="command")
     #: The action's parameters (remote path, mode, owner, the carried file's sha256,
@@ -246,6 +248,11 @@ class Schedule(Base):
     run_count: Mapped[int] = mapped_column(Integer, default=0)
     #: The task id of the last firing: for a fleet command, the job id.
     last_task_id: Mapped[str | None] = mapped_column(String(64))
+    #: 'skip': a firing while the previous job still runs starts nothing (counted
+    #: below); 'allow': it starts another.
+    overlap: Mapped[str] = mapped_column(String(8), default="skip", server_default="skip")
+    skipped_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_skipped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ChordCounter(Base):
