@@ -11,6 +11,11 @@ FLEET_DIR ?= $(VAR)/fleet
 N        ?= 5
 CONCURRENCY ?= 64
 
+# The fleet, the demo and the example tasks live in devtools/, outside the opsq package
+# (and its wheel): every target runs with the repository root importable, so workers
+# started here can load OPSQ_TASK_MODULES=devtools.examples.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
 # Use the local fleet's inventory and host keys when it exists and nothing else is set.
 ifneq ($(wildcard $(FLEET_DIR)/inventory.yml),)
 export OPSQ_INVENTORY ?= $(abspath $(FLEET_DIR)/inventory.yml)
@@ -43,11 +48,11 @@ db: venv services  ## create the database and apply the migrations
 
 .PHONY: fleet-up
 fleet-up: venv services  ## start a local fleet of N sshd hosts on 127.0.1.K (N=5)
-	$(BIN)/python -m opsq.devfleet up --dir $(FLEET_DIR) -n $(N)
+	$(BIN)/python -m devtools.devfleet up --dir $(FLEET_DIR) -n $(N)
 
 .PHONY: fleet-down
 fleet-down: venv  ## stop the local fleet
-	$(BIN)/python -m opsq.devfleet down --dir $(FLEET_DIR)
+	$(BIN)/python -m devtools.devfleet down --dir $(FLEET_DIR)
 
 .PHONY: worker
 worker: db  ## run a worker in the foreground (both queues, threads pool)
@@ -131,7 +136,7 @@ demo: db  ## everything from scratch, then one real job across the local fleet
 
 .PHONY: demo-job
 demo-job: venv  # (a sub-make, so it sees the inventory fleet-up just wrote)
-	$(BIN)/python -m opsq.demo
+	$(BIN)/python -m devtools.demo
 
 .PHONY: test
 test: venv services  ## the whole suite, against real RabbitMQ, PostgreSQL, workers and sshd
@@ -148,4 +153,4 @@ bench: venv services  ## benchmark: opsq jobs vs. what their parts allow, same r
 
 .PHONY: lint
 lint: venv
-	$(BIN)/ruff check opsq tests
+	$(BIN)/ruff check opsq tests devtools

@@ -536,7 +536,7 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
     opsq schedule add disk --cron '0 2 * * *' --tz Europe/Paris -t db -- df -h /
     opsq schedule add ping --every 10m -t web -- true
     opsq schedule add once --at 2026-12-01T09:00 -t all -- reboot
-    opsq schedule add bday --cron '0 9 * * *' --task opsq.examples.birthday_greetings
+    opsq schedule add report --cron '0 9 * * *' --task mypkg.tasks.daily_report
     """
     from opsq import schedules
 

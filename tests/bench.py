@@ -120,7 +120,7 @@ def ssh_jobs(rows: Rows, fleet) -> None:
     """Jobs over SSH with the worker's connections already open, against Fabric's."""
     from fabric import Connection, ThreadingGroup
 
-    from opsq.devfleet import FLEET_USER
+    from devtools.devfleet import FLEET_USER
 
     kw = {"user": FLEET_USER, "port": fleet.hosts[0].port,
           "connect_kwargs": {"key_filename": [str(fleet.client_key_path)]}}
@@ -144,7 +144,7 @@ def ssh_jobs(rows: Rows, fleet) -> None:
 
 def cli_runs(rows: Rows, fleet) -> None:
     """Whole processes: the opsq command against a fresh Python running Fabric."""
-    from opsq.devfleet import FLEET_USER
+    from devtools.devfleet import FLEET_USER
 
     group = "CLI, 1 SSH host"
     h = fleet.hosts[0]
@@ -181,7 +181,7 @@ def report(rows: Rows, notes: list[str]) -> None:
 def main() -> None:
     conftest.FLEET_SUBNET = "127.0.3"
     conftest.create_services()
-    from opsq.devfleet import Fleet
+    from devtools.devfleet import Fleet
 
     fleet = Fleet(conftest.FLEET_DIR, n=SSH_HOSTS, subnet=conftest.FLEET_SUBNET)
     fleet.up()

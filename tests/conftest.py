@@ -52,6 +52,8 @@ os.environ.update({
     # The tests' webhook receivers listen on loopback, which webhooks may not reach unless
     # an admin lists it.
     "OPSQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+    # The example task, which workers load only when asked (tests/test_schedules.py).
+    "OPSQ_TASK_MODULES": "devtools.examples",
 })
 
 
@@ -102,7 +104,7 @@ def services():
 @pytest.fixture(scope="session")
 def fleet(services):
     """A fleet of real sshd hosts on 127.0.2.K, stopped at the end."""
-    from opsq.devfleet import Fleet
+    from devtools.devfleet import Fleet
 
     f = Fleet(FLEET_DIR, n=FLEET_SIZE, subnet=FLEET_SUBNET)
     f.up()

@@ -407,7 +407,7 @@ def test_a_cancel_while_running_is_cancelled_and_a_deadline_a_timeout():
 def test_a_cancel_while_the_ssh_channel_opens_is_not_lost(fleet, monkeypatch):
     from fabric import Connection
 
-    from opsq.devfleet import FLEET_USER
+    from devtools.devfleet import FLEET_USER
     from opsq.inventory import Host
     from opsq.settings import get_settings
     from opsq.ssh import ConnectionPool, RunOptions, run_on

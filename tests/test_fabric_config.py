@@ -148,7 +148,7 @@ def test_each_connection_has_its_own_config_and_the_template_stays_as_loaded(tmp
 def test_commands_over_fresh_connections_from_many_threads(fleet):
     """Real runs on the sshd fleet, a new connection each (no pool), from many threads,
     while other threads build connections and write to their configs."""
-    from opsq.devfleet import FLEET_USER
+    from devtools.devfleet import FLEET_USER
     from opsq.settings import get_settings
     from opsq.state import HostStatus
 

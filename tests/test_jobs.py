@@ -321,7 +321,7 @@ def test_ssh_config_gateway_is_refused_not_half_checked(tmp_path, start_worker):
 
 
 def test_idle_connections_of_hosts_not_used_again_are_closed(fleet):
-    from opsq.devfleet import FLEET_USER
+    from devtools.devfleet import FLEET_USER
     from opsq.inventory import Host
     from opsq.settings import get_settings
     from opsq.ssh import ConnectionPool, RunOptions, open_connection

@@ -138,3 +138,54 @@ def test_upgrade_from_the_console_release_keeps_users_and_names_their_tokens(ser
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
                         f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
                        check=False, capture_output=True)
+
+
+def _example_tables(url: str) -> dict[str, str | None]:
+    """The old example's tables that exist in ``url``'s database, with their comments."""
+    with db.get_engine(url).connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.relname, obj_description(c.oid, 'pg_class') AS note FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
+            "AND c.relkind = 'r' AND c.relname IN ('customers', 'greetings')")).all()
+    return {r.relname: r.note for r in rows}
+
+
+def test_a_fresh_database_has_no_example_tables(services):
+    assert _example_tables(db.database_url()) == {}
+
+
+def test_upgrade_drops_the_example_tables_where_they_are_empty(old_database):
+    command.upgrade(schema.alembic_config(old_database), "head")
+    assert _example_tables(old_database) == {}
+
+
+def test_upgrade_keeps_example_tables_with_rows_and_says_so(old_database, caplog):
+    with create_engine(old_database).begin() as conn:
+        conn.execute(text("INSERT INTO customers (name, phone, birthday) VALUES "
+                          "('Ada', '+100', '1990-03-14'), ('Bob', '+200', '1985-03-15')"))
+        conn.execute(text("INSERT INTO greetings (customer_id, sent_on, phone, message) "
+                          "SELECT id, '2026-03-14', phone, 'Happy birthday' FROM customers "
+                          "WHERE name = 'Ada'"))
+    with caplog.at_level("WARNING", logger="opsq.migrations"):
+        command.upgrade(schema.alembic_config(old_database), "head")
+    kept = _example_tables(old_database)
+    assert set(kept) == {"customers", "greetings"}
+    assert all("old birthday example" in note and "DROP TABLE greetings, customers" in note
+               for note in kept.values())
+    assert "kept greetings and customers" in caplog.text
+    with db.get_engine(old_database).connect() as conn:
+        assert conn.execute(text("SELECT name FROM customers ORDER BY id")).scalars().all() \
+            == ["Ada", "Bob"]
+        assert conn.execute(text("SELECT count(*) FROM greetings")).scalar_one() == 1
+
+
+def test_upgrade_keeps_customers_with_rows_and_drops_empty_greetings(old_database):
+    with create_engine(old_database).begin() as conn:
+        conn.execute(text("INSERT INTO customers (name, phone, birthday) "
+                          "VALUES ('Ada', '+100', '1990-03-14')"))
+    command.upgrade(schema.alembic_config(old_database), "head")
+    kept = _example_tables(old_database)
+    assert list(kept) == ["customers"] and "DROP TABLE customers" in kept["customers"]
+    # Down again, the example's tables are back as 0003 made them, without the note.
+    command.downgrade(schema.alembic_config(old_database), "0010")
+    assert _example_tables(old_database) == {"customers": None, "greetings": None}

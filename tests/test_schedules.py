@@ -248,8 +248,9 @@ def test_schedule_whose_pattern_stopped_matching_records_an_error_job(tmp_path):
 
 
 def test_birthday_example_greets_the_right_customers_once():
-    from opsq.tasks.examples import birthday_greetings
+    from devtools.examples import birthday_greetings, ensure_tables
 
+    ensure_tables()  # the example's own tables: opsq's migrations no longer make them
     with db.session_scope() as s:
         s.execute(text("DELETE FROM customers"))
         s.execute(text(
@@ -277,12 +278,26 @@ def test_birthday_example_greets_the_right_customers_once():
 
 def test_birthday_task_can_be_scheduled_from_the_cli(opsq_cli):
     out = opsq_cli("schedule", "add", "birthdays", "--cron", "0 9 * * *", "--tz",
-                   "Europe/Paris", "--task", "opsq.examples.birthday_greetings",
+                   "Europe/Paris", "--task", "devtools.examples.birthday_greetings",
                    "--kwargs", '{"tz": "Europe/Paris"}')
     assert out.returncode == 0, out.stderr
     row = schedules.get("birthdays")
-    assert (row.task, row.kwargs) == ("opsq.examples.birthday_greetings", {"tz": "Europe/Paris"})
+    assert (row.task, row.kwargs) == ("devtools.examples.birthday_greetings",
+                                      {"tz": "Europe/Paris"})
     assert row.next_run_at.astimezone(schedules.ZoneInfo("Europe/Paris")).hour == 9
+
+
+def test_the_example_task_is_not_loaded_unless_asked(opsq_cli):
+    """opsq's own task modules leave the example out: without OPSQ_TASK_MODULES naming it,
+    no worker knows it, so it cannot be scheduled."""
+    from opsq.app import OPSQ_TASK_MODULES
+
+    assert not any("example" in m or "devtools" in m for m in OPSQ_TASK_MODULES)
+    out = opsq_cli("schedule", "add", "bdays-unasked", "--every", "1h", "--task",
+                   "devtools.examples.birthday_greetings", env={"OPSQ_TASK_MODULES": ""})
+    assert out.returncode == 2 and "unknown task" in out.stderr, out.stderr
+    assert "birthday" not in out.stderr.split("registered tasks:")[1]
+    assert "bdays-unasked" not in {r.name for r in schedules.all_schedules()}
 
 
 def test_retention_prunes_old_finished_jobs_only():

@@ -90,7 +90,7 @@ def test_flower_control_is_an_explicit_setting(start_flower):
 
 
 def _fleet_host(fleet, name: str):
-    from opsq.devfleet import FLEET_USER
+    from devtools.devfleet import FLEET_USER
     from opsq.inventory import Host
 
     h = next(h for h in fleet.hosts if h.name == name)

@@ -29,8 +29,8 @@ from helpers import wait_until
 from jobtools import rows, submit_spec_via, wait_for_status
 from sqlalchemy import text
 
+from devtools.devfleet import FLEET_USER
 from opsq import actions, db, jobs
-from opsq.devfleet import FLEET_USER
 
 pytestmark = pytest.mark.usefixtures("worker")
 

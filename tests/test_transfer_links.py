@@ -25,8 +25,8 @@ import pytest
 from jobtools import rows
 from sqlalchemy import text
 
+from devtools.devfleet import FLEET_USER
 from opsq import actions, db, jobs
-from opsq.devfleet import FLEET_USER
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -15,9 +15,9 @@ fleet's base directory.
 
 CLI::
 
-    python -m opsq.devfleet up --dir DIR [-n N] [--subnet 127.0.1] [--port 2222]
-    python -m opsq.devfleet status --dir DIR
-    python -m opsq.devfleet down --dir DIR
+    python -m devtools.devfleet up --dir DIR [-n N] [--subnet 127.0.1] [--port 2222]
+    python -m devtools.devfleet status --dir DIR
+    python -m devtools.devfleet down --dir DIR
 
 Modules, each importing only those listed before it:
 
@@ -33,8 +33,8 @@ Modules, each importing only those listed before it:
 
 from __future__ import annotations
 
-from opsq.devfleet.cli import EXIT_ERROR, EXIT_NOT_INSTALLED, main
-from opsq.devfleet.constants import (
+from devtools.devfleet.cli import EXIT_ERROR, EXIT_NOT_INSTALLED, main
+from devtools.devfleet.constants import (
     DEFAULT_HOSTS,
     DEFAULT_PORT,
     DEFAULT_SUBNET,
@@ -68,10 +68,10 @@ from opsq.devfleet.constants import (
     TOOL_TIMEOUT_S,
     UP_DEADLINE_S,
 )
-from opsq.devfleet.errors import FleetError, SshdNotInstalledError
-from opsq.devfleet.fleet import Fleet
-from opsq.devfleet.host import FleetHost
-from opsq.devfleet.system import ensure_fleet_user
+from devtools.devfleet.errors import FleetError, SshdNotInstalledError
+from devtools.devfleet.fleet import Fleet
+from devtools.devfleet.host import FleetHost
+from devtools.devfleet.system import ensure_fleet_user
 
 __all__ = [
     "DEFAULT_HOSTS",

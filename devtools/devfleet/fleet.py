@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from opsq.devfleet.constants import (
+from devtools.devfleet.constants import (
     BECOME_PASSWORD_FILE,
     DEFAULT_HOSTS,
     DEFAULT_PORT,
@@ -37,8 +37,8 @@ from opsq.devfleet.constants import (
     START_TIMEOUT_S,
     UP_DEADLINE_S,
 )
-from opsq.devfleet.errors import FleetError
-from opsq.devfleet.files import (
+from devtools.devfleet.errors import FleetError
+from devtools.devfleet.files import (
     FleetFiles,
     _generate_key,
     _have_key,
@@ -46,8 +46,8 @@ from opsq.devfleet.files import (
     _tail,
     _write_if_changed,
 )
-from opsq.devfleet.host import FleetHost
-from opsq.devfleet.processes import (
+from devtools.devfleet.host import FleetHost
+from devtools.devfleet.processes import (
     _descendants,
     _holders_of,
     _parent_map,
@@ -55,7 +55,7 @@ from opsq.devfleet.processes import (
     _signal_all,
     _terminate,
 )
-from opsq.devfleet.system import (
+from devtools.devfleet.system import (
     _check_bindable,
     _check_installed,
     _check_root,
@@ -119,7 +119,7 @@ class Fleet(FleetFiles):
             record = json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise FleetError(f"no fleet in {path.parent}: {FLEET_JSON} is missing "
-                             f"(run `python -m opsq.devfleet up --dir {path.parent}`)") from exc
+                             f"(run `python -m devtools.devfleet up --dir {path.parent}`)") from exc
         return cls(base_dir, n=int(record["n"]), subnet=record["subnet"], port=int(record["port"]))
 
     # ----------------------------------------------------------------- lookup

@@ -1,4 +1,4 @@
-"""The dev fleet's command line: ``python -m opsq.devfleet up|down|status --dir DIR``."""
+"""The dev fleet's command line: ``python -m devtools.devfleet up|down|status --dir DIR``."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import sys
 import time
 from pathlib import Path
 
-from opsq.devfleet.constants import DEFAULT_HOSTS, DEFAULT_PORT, DEFAULT_SUBNET, FLEET_JSON
-from opsq.devfleet.errors import FleetError, SshdNotInstalledError
-from opsq.devfleet.fleet import Fleet
+from devtools.devfleet.constants import DEFAULT_HOSTS, DEFAULT_PORT, DEFAULT_SUBNET, FLEET_JSON
+from devtools.devfleet.errors import FleetError, SshdNotInstalledError
+from devtools.devfleet.fleet import Fleet
 
 EXIT_ERROR = 1
 EXIT_NOT_INSTALLED = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m opsq.devfleet``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m opsq.devfleet",
+    """Entry point of ``python -m devtools.devfleet``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m devtools.devfleet",
                                      description="Local fleet of sshd hosts on loopback.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="create and start the fleet (idempotent)")

@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from opsq.devfleet.constants import FLEET_USER, KILL_GRACE_S, POLL_INTERVAL_S, TERM_GRACE_S
-from opsq.devfleet.errors import FleetError
+from devtools.devfleet.constants import FLEET_USER, KILL_GRACE_S, POLL_INTERVAL_S, TERM_GRACE_S
+from devtools.devfleet.errors import FleetError
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:

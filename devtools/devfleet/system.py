@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from opsq.devfleet.constants import (
+from devtools.devfleet.constants import (
     DIR_MODE,
     FLEET_HOME,
     FLEET_SHELL,
@@ -34,8 +34,8 @@ from opsq.devfleet.constants import (
     SUDOERS_FILE,
     TOOL_TIMEOUT_S,
 )
-from opsq.devfleet.errors import FleetError, SshdNotInstalledError
-from opsq.devfleet.files import _run_tool
+from devtools.devfleet.errors import FleetError, SshdNotInstalledError
+from devtools.devfleet.files import _run_tool
 
 
 def _check_installed() -> None:

@@ -1,15 +1,19 @@
 """An example of a business-style periodic task, and how to add your own.
 
-``opsq.examples.birthday_greetings`` finds the customers whose birthday is today and
+``devtools.examples.birthday_greetings`` finds the customers whose birthday is today and
 "sends" each a greeting by recording it in ``greetings`` (a stand-in for an SMS gateway:
-swap ``_deliver`` for the real call). Schedule it every morning at 9 in your zone::
+swap ``_deliver`` for the real call). Its two tables are the example's, not opsq's: the
+task creates them on first use (``ensure_tables``). Workers load it only when asked, from
+the repository root (the Makefile puts the root on PYTHONPATH, so ``devtools`` imports)::
 
-    opsq schedule add birthdays --cron '0 9 * * *' --tz Europe/Paris \\
-        --task opsq.examples.birthday_greetings --kwargs '{"tz": "Europe/Paris"}'
+    export OPSQ_TASK_MODULES=devtools.examples PYTHONPATH=$PWD
+    make restart
+    .venv/bin/opsq schedule add birthdays --cron '0 9 * * *' --tz Europe/Paris \\
+        --task devtools.examples.birthday_greetings --kwargs '{"tz": "Europe/Paris"}'
 
 Your own tasks: write a module like this one (``@app.task(name=...)``, JSON-able
-arguments, no secrets in them), put its dotted path in ``OPSQ_TASK_MODULES``, restart
-the workers, and schedule it by name.
+arguments, no secrets in them) in a package of yours, put its dotted path in
+``OPSQ_TASK_MODULES``, restart the workers, and schedule it by name.
 """
 
 from __future__ import annotations
@@ -24,6 +28,36 @@ from opsq import db
 from opsq.app import app
 
 GREETING = "Happy birthday, {name}! Best wishes from all of us."
+#: Any number: the advisory lock that keeps two first uses from creating the tables at once.
+_TABLES_LOCK = 0x6F707371
+
+# The same tables opsq's migration 0003 used to create, so a database that kept them
+# (migration 0011 keeps them when they hold rows) goes on working unchanged.
+_TABLES = [
+    """
+    CREATE TABLE IF NOT EXISTS customers (
+        id serial PRIMARY KEY,
+        name text NOT NULL,
+        phone text NOT NULL,
+        birthday date NOT NULL
+    )
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS customers_birthday_md_idx
+        ON customers ((extract(month FROM birthday)), (extract(day FROM birthday)))
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS greetings (
+        id serial PRIMARY KEY,
+        customer_id integer NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
+        sent_on date NOT NULL,
+        phone text NOT NULL,
+        message text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        CONSTRAINT greetings_once_a_day UNIQUE (customer_id, sent_on)
+    )
+    """,
+]
 
 # Customers born on 29 February are greeted on 28 February in common years.
 _BIRTHDAYS = text(
@@ -43,6 +77,14 @@ _RECORD = text(
     RETURNING id
     """
 )
+
+
+def ensure_tables() -> None:
+    """Create the example's ``customers`` and ``greetings`` tables if they are missing."""
+    with db.get_engine().begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _TABLES_LOCK})
+        for ddl in _TABLES:
+            conn.execute(text(ddl))
 
 
 def _is_leap(year: int) -> bool:
@@ -66,10 +108,11 @@ def _deliver(conn: Any, customer: dict[str, Any], day: date) -> bool:
                         ).first() is not None
 
 
-@app.task(name="opsq.examples.birthday_greetings")
+@app.task(name="devtools.examples.birthday_greetings")
 def birthday_greetings(on: str | None = None, tz: str = "UTC") -> dict[str, Any]:
     """Greet today's (or ``on``'s, ISO date) birthdays once; returns who was greeted."""
     day = date.fromisoformat(on) if on else datetime.now(ZoneInfo(tz)).date()
+    ensure_tables()
     greeted = []
     with db.get_engine().begin() as conn:
         for customer in birthdays_on(day):

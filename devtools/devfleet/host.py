@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from opsq.devfleet.constants import HOST_KEY_FILE, LOG_FILE, PID_FILE, SSHD_CONFIG_FILE
-from opsq.devfleet.processes import _alive, _stopped
+from devtools.devfleet.constants import HOST_KEY_FILE, LOG_FILE, PID_FILE, SSHD_CONFIG_FILE
+from devtools.devfleet.processes import _alive, _stopped
 
 
 @dataclass
