@@ -419,6 +419,40 @@ def cancel_cmd(job_id: str) -> None:
                                                 if running else ""))
 
 
+@main.command("rerun")
+@click.argument("job_id")
+@click.option("--failed", is_flag=True,
+              help="Only the hosts that did not end ok (failed, timeout, unreachable...).")
+@click.option("--wait", "wait_", is_flag=True, help="Wait and print the results.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_errors
+def rerun_cmd(job_id: str, failed: bool, wait_: bool, as_json: bool) -> None:
+    """Run job JOB_ID again, as it was submitted, on the same hosts (or only the failed
+    ones); the new job records which job it repeats. Prints the new job's id."""
+    from opsq import jobs
+
+    spec = jobs.rerun_spec(job_id, failed_only=failed)
+    hand_over = None
+    if spec.params.get("become_prompt"):
+        from opsq import prompted
+        from opsq.app import app
+
+        jobs.plan(spec)
+        password = click.prompt("sudo password", hide_input=True, err=True)
+
+        def hand_over(new_id: str) -> None:
+            prompted.hand_over(app, new_id, password)
+
+    result = jobs.submit(spec, before_publish=hand_over)
+    if not wait_:
+        click.echo(json.dumps({"job_id": result.id, "rerun_of": job_id}) if as_json
+                   else result.id)
+        return
+    if not as_json:
+        click.echo(f"job {result.id} (again: {job_id})", err=True)
+    _show_finished(result.id, as_json, progress=not as_json, stream=False)
+
+
 @main.command("jobs")
 @click.option("-n", "--limit", default=20, show_default=True,
               type=click.IntRange(1, MAX_LISTED))
@@ -523,13 +557,16 @@ def _timing_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--args", "args_json", metavar="JSON", help="--task positional args (array).")
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="--task keyword args (object).")
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
+@click.option("--overlap", type=click.Choice(["skip", "allow"]), default="skip",
+              show_default=True, help="While its previous job still runs, a firing starts "
+                                      "nothing (skip, counted) or another job (allow).")
 @_notify_option
 @_errors
 def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: str | None,
                  at: str | None, tz: str | None, pattern: str | None, inventory: str | None,
                  timeout: float | None, connect_timeout: float | None, task: str | None,
                  args_json: str | None, kwargs_json: str | None, disabled: bool,
-                 notify: tuple[str, ...]) -> None:
+                 overlap: str, notify: tuple[str, ...]) -> None:
     """Add schedule NAME: '-t PATTERN -- COMMAND' or '--task NAME'.
 
     \b
@@ -547,7 +584,8 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
         if notify:
             raise click.UsageError("--notify goes with '-t PATTERN -- COMMAND'")
         row = schedules.add(name, when, task, schedules.parse_json(args_json, "args", list),
-                            schedules.parse_json(kwargs_json, "kwargs", dict), not disabled)
+                            schedules.parse_json(kwargs_json, "kwargs", dict), not disabled,
+                            overlap=overlap)
     else:
         if not pattern or not command:
             raise click.UsageError("a fleet schedule needs -t PATTERN and '-- COMMAND'")
@@ -557,7 +595,8 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
         kwargs = {"command": " ".join(command), "pattern": pattern, "inventory": inventory,
                   "timeout": timeout, "connect_timeout": connect_timeout,
                   "notify": list(notify)}
-        row = schedules.add(name, when, schedules.SUBMIT_TASK, [], kwargs, not disabled)
+        row = schedules.add(name, when, schedules.SUBMIT_TASK, [], kwargs, not disabled,
+                            overlap=overlap)
     click.echo(f"schedule {row.name} added; next run {_when(row.next_run_at)}")
 
 
@@ -609,7 +648,8 @@ def _schedule_dict(r: Any) -> dict[str, Any]:
 
     shown = {k: getattr(r, k) for k in (
         "name", "kind", "expression", "timezone", "task", "args", "kwargs", "enabled",
-        "created_at", "updated_at", "last_run_at", "next_run_at", "run_count", "last_task_id")}
+        "created_at", "updated_at", "last_run_at", "next_run_at", "run_count", "last_task_id",
+        "overlap", "skipped_count", "last_skipped_at")}
     shown["kwargs"] = masked_kwargs(r.kwargs)
     shown["args"] = [mask_secrets(a) if isinstance(a, str) else a for a in r.args or []]
     return shown
@@ -641,10 +681,13 @@ def schedule_show(name: str, limit: int) -> None:
 @click.option("--timeout", type=float, metavar="SECONDS")
 @_notify_option
 @click.option("--no-notify", is_flag=True, help="Drop the schedule's --notify URLs.")
+@click.option("--overlap", type=click.Choice(["skip", "allow"]),
+              help="While its previous job still runs: skip the firing, or allow another.")
 @_errors
 def schedule_edit(name: str, cron: str | None, every: str | None, at: str | None,
                   tz: str | None, pattern: str | None, command: str | None,
-                  timeout: float | None, notify: tuple[str, ...], no_notify: bool) -> None:
+                  timeout: float | None, notify: tuple[str, ...], no_notify: bool,
+                  overlap: str | None) -> None:
     """Change a schedule's timing or command; beat picks it up within a second."""
     from opsq import schedules
 
@@ -657,9 +700,9 @@ def schedule_edit(name: str, cron: str | None, every: str | None, at: str | None
         raise click.UsageError("give either --notify or --no-notify")
     if notify or no_notify:
         update["notify"] = list(notify)  # the new list replaces the old one
-    if when is None and not update:
+    if when is None and not update and overlap is None:
         raise click.UsageError("nothing to change")
-    r = schedules.edit(name, when=when, kwargs_update=update)
+    r = schedules.edit(name, when=when, kwargs_update=update, overlap=overlap)
     click.echo(f"schedule {r.name}: {_expr(r)}; next run {_when(r.next_run_at)}")
 
 

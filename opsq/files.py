@@ -90,6 +90,12 @@ def load(sha: str) -> bytes:
     return content
 
 
+def exists(conn: Connection, sha: str) -> bool:
+    """Whether content ``sha`` is stored."""
+    return conn.execute(text("SELECT 1 FROM files WHERE sha256 = :sha"), {"sha": sha}
+                        ).first() is not None
+
+
 def prune(conn: Connection) -> int:
     """Delete the files no remaining job refers to; how many."""
     return conn.execute(_UNREFERENCED).rowcount

@@ -97,6 +97,11 @@ class JobSpec:
     #: Whether the job may run on hosts with a local connection (on the worker itself).
     #: Jobs from the console and API may not, unless OPSQ_WEB_LOCAL_HOSTS says so.
     local_hosts: bool = True
+    #: These hosts by name instead of what the pattern selects (a re-run: the pattern is
+    #: kept to show what the first job meant).
+    hosts: list[str] | None = field(default=None, hash=False)
+    #: The job this one runs again.
+    rerun_of: str | None = None
 
 
 class LocalHostRefused(OpsqError):
@@ -176,7 +181,7 @@ def plan(spec: JobSpec) -> Plan:
     check_timeouts(spec.command_timeout, spec.connect_timeout)
     notify = webhooks.check_urls(spec.notify)
     inv = load_inventory(spec.inventory)
-    hosts = inv.resolve(spec.pattern)
+    hosts = inv.resolve(spec.pattern) if spec.hosts is None else _named(inv, spec.hosts)
     check_local_hosts(hosts, spec.local_hosts)
     roll = rolling.resolve(len(hosts), batch=spec.batch_size, pause=spec.batch_pause,
                            max_fail=spec.max_fail, retries=spec.retries,
@@ -185,6 +190,22 @@ def plan(spec: JobSpec) -> Plan:
     if spec.params.get("become_prompt"):
         check_prompt_lifetime(roll, len(hosts), spec.command_timeout, spec.connect_timeout)
     return Plan(notify, inv, hosts, roll)
+
+
+def _named(inv: Inventory, names: list[str]) -> list[Host]:
+    """The hosts named, as the inventory has them now. Raises OpsqError for a name it no
+    longer has, or a host opsq cannot run on."""
+    gone = [n for n in names if n not in inv.hosts]
+    found = inv.resolve(",".join(gone)) if gone and all(
+        n in ("localhost", "127.0.0.1", "::1") for n in gone) else []
+    if gone and not found:
+        raise OpsqError(f"{', '.join(gone[:5])} no longer in the inventory {inv.source}: "
+                        "run the command again with a pattern instead")
+    chosen = [inv.hosts[n] for n in names if n in inv.hosts] + found
+    problems = [h.problem for h in chosen if getattr(h, "problem", None)]
+    if problems:
+        raise OpsqError(problems[0])
+    return chosen
 
 
 def _record(spec: JobSpec, job_id: str | None = None, on_record: OnRecord | None = None
@@ -201,7 +222,7 @@ def _record(spec: JobSpec, job_id: str | None = None, on_record: OnRecord | None
             status=JobStatus.QUEUED.value, submitted_by=spec.submitted_by or _whoami(),
             command_timeout=spec.command_timeout, connect_timeout=spec.connect_timeout,
             rerun_safe=spec.rerun_safe, schedule_id=spec.schedule_id, schedule=spec.schedule,
-            kind=spec.kind, params=spec.params, notify=notify,
+            kind=spec.kind, params=spec.params, notify=notify, rerun_of=spec.rerun_of,
             batch_size=roll.batch_size, batch_pause=roll.batch_pause,
             current_batch=1 if roll.batch_size else None, max_fail=roll.max_fail,
             retries=roll.retries, retry_delay=roll.retry_delay, retry_on=roll.retry_on,
@@ -389,6 +410,37 @@ def submit(spec: JobSpec, before_publish: Callable[[str], None] | None = None,
     return AsyncResult(job_id, app=app)
 
 
+def rerun_spec(job_id: str, failed_only: bool = False) -> JobSpec:
+    """The spec of job ``job_id`` again, on every host it had or (``failed_only``) on those
+    that did not end ``ok``, recording which job it repeats. Raises JobNotFound, or
+    OpsqError: the job is not finished, nothing failed, or the file it carried is gone."""
+    with db.session_scope() as session:
+        job = _job(session, job_id)
+        if not JobStatus(job.status).finished:
+            raise OpsqError(f"job {job_id} is still {job.status}: re-run it once it ends "
+                            f"(opsq cancel {job_id} stops it)")
+        names = list(job.hosts or [])
+        if failed_only:
+            ok = set(session.scalars(select(HostResult.host).where(
+                HostResult.job_id == job_id, HostResult.status == HostStatus.OK.value)))
+            names = [n for n in names if n not in ok]
+            if not names:
+                raise OpsqError(f"every host of job {job_id} ended ok: nothing to run again")
+        if not names:
+            raise OpsqError(f"job {job_id} ran on no host ({job.error or 'it never started'})")
+        params = dict(job.params or {})
+        if params.get("sha256") and not files.exists(session.connection(), params["sha256"]):
+            raise OpsqError(f"the file job {job_id} carried is no longer kept: run the "
+                            f"{job.kind} again from its file")
+        return JobSpec(
+            command=job.command, pattern=job.pattern, inventory=job.inventory or None,
+            command_timeout=job.command_timeout, connect_timeout=job.connect_timeout,
+            rerun_safe=job.rerun_safe, kind=job.kind, params=params,
+            batch_size=job.batch_size, batch_pause=job.batch_pause, max_fail=job.max_fail,
+            retries=job.retries or 0, retry_delay=job.retry_delay, retry_on=job.retry_on,
+            notify=list(job.notify or []), hosts=names, rerun_of=job.id)
+
+
 def cancel(job_id: str, on_record: OnRecord | None = None) -> JobSummary:
     """Stop a queued or running job: hosts not started end ``cancelled`` now, running ones
     are stopped on their hosts by their workers within about a second (``CancelWatcher``)
@@ -497,6 +549,8 @@ class JobSummary:
     #: A rolling job: the batch in progress (or the last one) and how many there are.
     batch: int | None = None
     batches: int | None = None
+    #: The job this one runs again (``opsq rerun``).
+    rerun_of: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -513,6 +567,8 @@ class JobSummary:
         d["succeeded"] = self.succeeded
         for k in ("submitted_at", "finished_at"):
             d[k] = d[k].isoformat() if d[k] else None
+        if d["rerun_of"] is None:  # the summary of a first run is as it always was
+            del d["rerun_of"]
         return d
 
 
@@ -546,7 +602,7 @@ def summary(job_id: str, with_hosts: bool = True) -> JobSummary:
                 if r.status != HostStatus.OK.value and HostStatus(r.status).finished},
             submitted_by=job.submitted_by, submitted_at=job.submitted_at,
             finished_at=job.finished_at, duration=job.duration, error=job.error,
-            kind=job.kind, batch=job.current_batch,
+            kind=job.kind, batch=job.current_batch, rerun_of=job.rerun_of,
             batches=-(-job.host_count // job.batch_size) if job.batch_size else None,
         )
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from opsq import db
 from opsq.models import Schedule, ScheduleKind
-from opsq.schedules import Timing, firing_id, send
+from opsq.schedules import Timing, firing_id, send, still_running
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ class DatabaseScheduler(Scheduler):
 
 
 def fire_due(now: datetime) -> list[str]:
-    """Send every enabled schedule whose next run is due; returns their names."""
+    """Send every enabled schedule whose next run is due; returns the names of those that
+    sent their task (a firing skipped by ``--overlap skip`` is not among them)."""
     fired = []
     with db.session_scope() as session:
         due = session.scalars(
@@ -135,10 +136,20 @@ def fire_due(now: datetime) -> list[str]:
                 with session.begin_nested():
                     when = Timing(ScheduleKind(row.kind), row.expression, row.timezone)
                     due_at = row.next_run_at
-                    task_id = send(row, task_id=firing_id(row.id, due_at))
-                    row.last_run_at = now
-                    row.run_count += 1
-                    row.last_task_id = task_id
+                    running = still_running(session, row) if row.overlap == "skip" else None
+                    if running is not None:
+                        # The previous job still runs: this firing starts nothing, and
+                        # says so (opsq schedule show, the console, the API).
+                        logger.warning("beat: schedule %s: job %s still %s; firing of %s "
+                                       "skipped (--overlap skip)", row.name, running.id,
+                                       running.status, due_at.isoformat())
+                        row.skipped_count += 1
+                        row.last_skipped_at = now
+                    else:
+                        task_id = send(row, task_id=firing_id(row.id, due_at))
+                        row.last_run_at = now
+                        row.run_count += 1
+                        row.last_task_id = task_id
                     row.next_run_at = when.next_after(now, previous_due=due_at)
                     if row.next_run_at is None or when.kind is ScheduleKind.ONCE:
                         row.enabled, row.next_run_at = False, None
@@ -146,7 +157,8 @@ def fire_due(now: datetime) -> list[str]:
                 logger.exception("beat: schedule %s could not fire; retrying next tick",
                                  row.name)
                 continue
-            fired.append(row.name)
+            if running is None:
+                fired.append(row.name)
     return fired
 
 

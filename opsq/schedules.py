@@ -447,20 +447,43 @@ def check_name(name: str) -> str:
 OnChange = Callable[[Any, Schedule], None]
 
 
+#: What a firing does while the schedule's previous job still runs: start nothing
+#: (counted in ``skipped_count``), or start another.
+OVERLAP_POLICIES = ("skip", "allow")
+
+
+def check_overlap(value: str) -> str:
+    """Raises ScheduleError unless ``value`` is an overlap policy."""
+    if value not in OVERLAP_POLICIES:
+        raise ScheduleError(f"--overlap must be skip or allow, not {_shown(str(value))}")
+    return value
+
+
+def still_running(session: Any, row: Schedule) -> Job | None:
+    """The schedule's previous job if it has not ended (a fleet command's firing id is
+    its job id); None otherwise, and for registered tasks, which make no job."""
+    if row.task != SUBMIT_TASK or not row.last_task_id:
+        return None
+    job = session.get(Job, row.last_task_id)
+    return job if job is not None and job.status in ("queued", "running") else None
+
+
 def add(name: str, when: Timing, task: str, args: list[Any] | None = None,
         kwargs: dict[str, Any] | None = None, enabled: bool = True,
-        on_change: OnChange | None = None) -> Schedule:
+        on_change: OnChange | None = None, overlap: str = "skip") -> Schedule:
     """Create a schedule. Raises ScheduleError (or another OpsqError) before writing
     anything if it could not fire: a bad name, timing, task or arguments (see
     ``task_call``), or a duplicate name."""
     check_name(name)
+    check_overlap(overlap)
     when = timing_checked(when)
     args, kwargs = task_call(task, [] if args is None else args,
                              {} if kwargs is None else kwargs)
     now = _now()
     row = Schedule(name=name, kind=when.kind.value, expression=when.expression,
                    timezone=when.timezone, task=task, args=args, kwargs=kwargs,
-                   enabled=enabled, next_run_at=when.next_after(now) if enabled else None)
+                   enabled=enabled, overlap=overlap,
+                   next_run_at=when.next_after(now) if enabled else None)
     try:
         with db.session_scope() as session:
             session.add(row)
@@ -491,7 +514,8 @@ def all_schedules() -> list[Schedule]:
 
 
 def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | None = None,
-         enabled: bool | None = None, on_change: OnChange | None = None) -> Schedule:
+         enabled: bool | None = None, on_change: OnChange | None = None,
+         overlap: str | None = None) -> Schedule:
     """Change timing, the fleet command's kwargs, or enabled; the next run is recomputed.
 
     The new timing and kwargs are checked as ``add`` checks them; nothing changes if they
@@ -499,10 +523,14 @@ def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | 
     """
     if when is not None:
         when = timing_checked(when)
+    if overlap is not None:
+        check_overlap(overlap)
     with db.session_scope() as session:
         row = session.scalar(select(Schedule).where(Schedule.name == name).with_for_update())
         if row is None:
             raise _no_such(name)
+        if overlap is not None:
+            row.overlap = overlap
         if when is not None:
             row.kind, row.expression, row.timezone = (
                 when.kind.value, when.expression, when.timezone)

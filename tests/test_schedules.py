@@ -602,3 +602,44 @@ def test_show_refuses_a_negative_count(opsq_cli):
     out = opsq_cli("schedule", "show", "shown", "-n", "-1")
     assert_refused(out, "at least 0")
     assert out.stdout == ""
+
+
+@pytest.mark.parametrize("overlap", ["skip", "allow"])
+def test_a_firing_while_the_previous_job_runs_follows_the_overlap_policy(overlap, opsq_cli):
+    name = f"overlap-{overlap}"
+    added = opsq_cli("schedule", "add", name, "--every", "1h", "--overlap", overlap,
+                     "-t", "host01", "--", "sleep", "5")
+    assert added.returncode == 0, added.stderr
+    first = schedules.run_now(name)  # the previous job, still running below
+    wait_until(lambda: jobs.job_status(first) is jobs.JobStatus.RUNNING, 20,
+               "the first job to run")
+    now = datetime.now(UTC)
+    with db.session_scope() as s:
+        s.execute(text("UPDATE schedules SET next_run_at = :t WHERE name = :n"),
+                  {"t": now - timedelta(seconds=1), "n": name})
+    fired = fire_due(now)
+    row = schedules.get(name)
+    if overlap == "skip":
+        assert fired == [] and row.skipped_count == 1 and row.last_skipped_at is not None
+        assert row.last_task_id == first and len(jobs_of(name)) == 1
+        shown = opsq_cli("schedule", "show", name)
+        assert "skipped_count 1" in " ".join(shown.stdout.split())
+    else:
+        assert fired == [name] and row.skipped_count == 0 and row.last_task_id != first
+        wait_until(lambda: len(jobs_of(name)) == 2, 20, "the second job")
+    assert now < row.next_run_at  # the firing is over either way: next one in an hour
+    jobs.wait(first, timeout=30)
+    # once the previous job has ended, a firing starts a job again
+    with db.session_scope() as s:
+        s.execute(text("UPDATE schedules SET next_run_at = :t WHERE name = :n"),
+                  {"t": now, "n": name})
+    assert fire_due(datetime.now(UTC)) == [name]
+
+
+def test_an_overlap_policy_that_is_not_one_is_refused(opsq_cli):
+    r = opsq_cli("schedule", "add", "bad-overlap", "--every", "1h", "--overlap", "queue",
+                 "-t", "host01", "--", "true")
+    assert r.returncode == 2 and "queue" in r.stderr
+    with pytest.raises(schedules.ScheduleError, match="skip or allow"):
+        schedules.add("bad-overlap", schedules.timing(every="1h"), schedules.SUBMIT_TASK,
+                      kwargs=schedules.fleet_kwargs("true", "host01"), overlap="queue")

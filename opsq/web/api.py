@@ -160,6 +160,25 @@ async def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
     return streams.EventStream(stream(), sub)
 
 
+class RerunIn(BaseModel):
+    """Which hosts a re-run takes: every host of the job, or (``failed``) those that did
+    not end ok."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failed: bool = False
+
+
+@router.post("/jobs/{job_id}/rerun", status_code=201, response_model=JobCreated,
+             tags=["jobs"])
+def rerun_job(job_id: JobId, who: Operator, request: Request,
+              body: RerunIn | None = None) -> dict[str, str]:
+    """Run a finished job again, as it was submitted (operator); the new job records
+    which job it repeats (``rerun_of``)."""
+    failed = bool(body and body.failed)
+    return {"job_id": operations.rerun(who, job_id, failed, client_address(request))}
+
+
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
 def cancel_job(job_id: JobId, who: Operator, request: Request) -> dict[str, Any]:
     """Cancel a queued or running job (operator)."""

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -107,6 +108,9 @@ class ScheduleIn(BaseModel):
     args: list[Any] | Text | None = None
     kwargs: dict[str, Any] | Text | None = None
     enabled: bool = True
+    overlap: Literal["skip", "allow"] = Field(
+        "skip", description="While the previous job still runs: skip the firing, or allow "
+                            "another job.")
 
 
 class ScheduleEdit(BaseModel):
@@ -123,6 +127,7 @@ class ScheduleEdit(BaseModel):
     timeout: float | None = None
     notify: list[ShortText] | None = Field(None, max_length=100)
     enabled: bool | None = None
+    overlap: Literal["skip", "allow"] | None = None
 
 
 def _finite(value: float | None, what: str) -> None:
@@ -235,6 +240,33 @@ def submit(who: Principal, job: JobIn, address: str | None) -> str:
         raise
 
 
+def rerun(who: Principal, job_id: str, failed_only: bool, address: str | None) -> str:
+    """Run job ``job_id`` again as ``who`` (its hosts, or the failed ones); the new job's
+    id. Refused (OpsqError, audited) as a new submission would be, and for a job with a
+    typed sudo password or on an inventory the console does not offer."""
+    detail = {"rerun_of": job_id, "failed_only": failed_only}
+    try:
+        spec = jobs.rerun_spec(job_id, failed_only)
+        if spec.params.get("become_prompt"):
+            raise OpsqError(f"job {job_id} used a typed sudo password (-K), which the "
+                            "console cannot give: run it again with opsq rerun")
+        path = spec.inventory or str(get_settings().inventory_path())
+        if path not in inventories().values():
+            raise OpsqError(f"job {job_id} ran on an inventory the console does not offer: "
+                            "run it again with opsq rerun")
+        spec = replace(spec, submitted_by=SUBMITTED_BY_PREFIX + who.name,
+                       local_hosts=_local_hosts())
+
+        def audited(conn: Any, new_id: str) -> None:
+            audit.record(conn, who, "job.rerun", new_id, detail, address)
+
+        with inventory_errors(inventory_name(path)):
+            return jobs.submit(spec, on_record=audited).id
+    except OpsqError as exc:
+        audit.refused(who, "job.rerun", job_id, str(exc), detail, address)
+        raise
+
+
 def cancel(who: Principal, job_id: str, address: str | None) -> jobs.JobSummary:
     def audited(conn: Any, job_id: str) -> None:
         audit.record(conn, who, "job.cancel", job_id, {}, address)
@@ -329,7 +361,7 @@ def create_schedule(who: Principal, s: ScheduleIn, address: str | None) -> Sched
             _check_task(who, s.task)
             return schedules.add(s.name, when, s.task, _json_value(s.args, "args", list),
                                  _json_value(s.kwargs, "kwargs", dict), s.enabled,
-                                 on_change=on_change)
+                                 on_change=on_change, overlap=s.overlap)
         if not s.pattern or not s.command:
             raise schedules.ScheduleError("a fleet schedule needs a command and a pattern "
                                           "(or give a task)")
@@ -345,7 +377,7 @@ def create_schedule(who: Principal, s: ScheduleIn, address: str | None) -> Sched
                   "notify": list(s.notify), "local_hosts": _local_hosts()}
         with inventory_errors(s.inventory):
             return schedules.add(s.name, when, schedules.SUBMIT_TASK, [], kwargs, s.enabled,
-                                 on_change=on_change)
+                                 on_change=on_change, overlap=s.overlap)
     except OpsqError as exc:
         audit.refused(who, "schedule.create", s.name, str(exc), detail, address)
         raise
@@ -385,14 +417,15 @@ def edit_schedule(who: Principal, name: str, e: ScheduleEdit, address: str | Non
         update = {k: v for k, v in (("command", e.command), ("pattern", e.pattern),
                                     ("timeout", e.timeout), ("notify", e.notify))
                   if v is not None}
-        if when is None and not update and e.enabled is None:
+        if when is None and not update and e.enabled is None and e.overlap is None:
             raise schedules.ScheduleError("nothing to change")
         if update:
             # What the console changes runs under the console's rules, whoever made it.
             update["local_hosts"] = _local_hosts()
         with inventory_errors(None):
             return schedules.edit(name, when=when, kwargs_update=update, enabled=e.enabled,
-                                  on_change=_audited(who, action, detail, address))
+                                  on_change=_audited(who, action, detail, address),
+                                  overlap=e.overlap)
     except OpsqError as exc:
         audit.refused(who, action, name, str(exc), detail, address)
         raise
@@ -450,6 +483,8 @@ def schedule_dict(row: Schedule) -> dict[str, Any]:
             "enabled": row.enabled,
             "next_run_at": _iso(row.next_run_at), "last_run_at": _iso(row.last_run_at),
             "run_count": row.run_count, "last_task_id": row.last_task_id,
+            "overlap": row.overlap, "skipped_count": row.skipped_count,
+            "last_skipped_at": _iso(row.last_skipped_at),
             "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
 
 

@@ -207,6 +207,16 @@ def host_page(request: Request, job_id: str, host: str) -> Response:
     return _render(request, "host.html", who, job_id=job_id, run=runs[0])
 
 
+@router.post("/jobs/{job_id}/rerun")
+async def rerun_job(request: Request, job_id: str) -> Response:
+    who = await _who(request, Role.OPERATOR)
+    form = await _form(request)
+    _text(job_id)
+    new_id = await run_in_threadpool(operations.rerun, who, job_id,
+                                     form.get("failed") == "on", client_address(request))
+    return _see(f"/jobs/{quote(new_id)}")
+
+
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(request: Request, job_id: str) -> Response:
     who = await _who(request, Role.OPERATOR)
@@ -286,7 +296,8 @@ def schedules_page(request: Request) -> Response:
                    fleet_task=schedules.SUBMIT_TASK, quote=quote)
 
 
-_SCHEDULE_FIELDS = ("name", "tz", "command", "pattern", "timeout", "task", "args", "kwargs")
+_SCHEDULE_FIELDS = ("name", "tz", "command", "pattern", "timeout", "task", "args", "kwargs",
+                    "overlap")
 
 
 def _timing_fields(form: dict[str, str]) -> dict[str, str]:
@@ -320,7 +331,7 @@ def _form_of(row: Any) -> dict[str, str]:
     fleet = row.task == schedules.SUBMIT_TASK
     form = {"name": row.name, "when_kind": kind, "expression": expression,
             "tz": row.timezone, "what": "fleet" if fleet else "task",
-            "enabled": "on" if row.enabled else ""}
+            "enabled": "on" if row.enabled else "", "overlap": row.overlap}
     if fleet:
         # The command is not shown as stored (it may hold a secret): the field stays
         # empty, which keeps it; its masked text is the placeholder.
@@ -394,6 +405,8 @@ def _edit_schedule(request: Request, who: Principal, name: str, form: dict[str, 
                 if form.get(k, "").strip():
                     values[k] = form[k] if k == "command" else form[k].strip()
         values["enabled"] = form.get("enabled") == "on"
+        if form.get("overlap", "").strip():
+            values["overlap"] = form["overlap"].strip()
         operations.edit_schedule(who, name, operations.ScheduleEdit(**values),
                                  client_address(request))
     except ValidationError as exc:
