@@ -140,19 +140,27 @@ _HOLD = text(
     WHERE job_id = :job AND host = ANY(CAST(:hosts AS text[])) AND status = 'pending'
     """
 )
-#: Held hosts that are due, oldest first; taken by one sweep (the others skip them).
-_DUE = text(
+#: Jobs with held hosts that are due, the longest waiting first.
+_DUE_JOBS = text(
+    """
+    SELECT job_id FROM host_results
+    WHERE held AND status = 'pending' AND not_before <= now()
+    GROUP BY job_id ORDER BY min(not_before) LIMIT :batch
+    """
+)
+#: One job's held hosts that are due, no longer held; taken by one sweep (the others
+#: skip the rows it locked).
+_RELEASE = text(
     """
     WITH due AS (
         SELECT id FROM host_results
-        WHERE held AND status = 'pending' AND not_before <= now()
-        ORDER BY not_before, id
-        LIMIT :batch
+        WHERE job_id = :job AND held AND status = 'pending' AND not_before <= now()
+        ORDER BY id
         FOR UPDATE SKIP LOCKED
     )
     UPDATE host_results h SET held = false
     FROM due WHERE h.id = due.id
-    RETURNING h.job_id, h.host, h.id
+    RETURNING h.host, h.id
     """
 )
 
@@ -165,14 +173,17 @@ def hold(conn: Connection, job_id: str, hosts: Sequence[str]) -> None:
         conn.execute(_HOLD, {"job": job_id, "hosts": list(hosts)})
 
 
-def release_due(conn: Connection, batch: int) -> dict[str, list[str]]:
-    """Held hosts whose wait is over, by job, in inventory order; no longer held. The
-    caller sends them in the same transaction's lifetime: if it cannot, the rollback
-    holds them again for the next sweep."""
-    out: dict[str, list[tuple[int, str]]] = {}
-    for r in conn.execute(_DUE, {"batch": batch}):
-        out.setdefault(r.job_id, []).append((r.id, r.host))
-    return {job: [h for _, h in sorted(hosts)] for job, hosts in out.items()}
+def due_jobs(conn: Connection, batch: int) -> list[str]:
+    """Jobs with held hosts whose wait is over (at most ``batch``)."""
+    return [r.job_id for r in conn.execute(_DUE_JOBS, {"batch": batch})]
+
+
+def release(conn: Connection, job_id: str) -> list[str]:
+    """The job's held hosts whose wait is over, in inventory order, no longer held. The
+    caller sends them before this transaction commits: if it cannot, the rollback holds
+    them again for the next sweep."""
+    return [r.host for r in sorted(conn.execute(_RELEASE, {"job": job_id}),
+                                   key=lambda r: r.id)]
 
 
 def wait_in_broker(delay: float) -> bool:

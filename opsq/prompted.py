@@ -38,8 +38,10 @@ EMPTY_RETRY_INTERVAL = 0.05
 GONE = ("the password typed at the prompt is no longer held by the broker (the job "
         f"waited longer than {SECRET_QUEUE_EXPIRES} s, or it ended)")
 
-#: job id -> password, the most recently used last.
-_cache: OrderedDict[str, str] = OrderedDict()
+#: job id -> (password, when this copy is dropped: time.monotonic()), the most recently
+#: used last. A copy lasts no longer than the broker keeps the queue (SECRET_QUEUE_EXPIRES):
+#: a worker that is not the job's callback never hears that the job ended.
+_cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
 #: job id -> the lock its hosts in this process wait on while one reads the broker.
 _reading: dict[str, threading.Lock] = {}
 #: Guards _cache and _reading.
@@ -78,25 +80,35 @@ def read(app, job_id: str) -> str:
     job's other hosts in the process wait for that read, then share it). Raises
     OpsqError when it is gone (expired, or the job ended)."""
     with _lock:
-        if job_id in _cache:
-            _cache.move_to_end(job_id)
-            return _cache[job_id]
+        if (held := _cached(job_id)) is not None:
+            return held
         job_lock = _reading.setdefault(job_id, threading.Lock())
     with job_lock:
         with _lock:
-            if job_id in _cache:  # read by the host this one waited for
-                _cache.move_to_end(job_id)
-                return _cache[job_id]
+            if (held := _cached(job_id)) is not None:  # read by the host this one waited for
+                return held
         try:
             password = _fetch(app, job_id)
             with _lock:
-                _cache[job_id] = password
+                _cache[job_id] = (password, time.monotonic() + SECRET_QUEUE_EXPIRES)
                 while len(_cache) > CACHE_SIZE:
                     _cache.popitem(last=False)
         finally:
             with _lock:
                 _reading.pop(job_id, None)
     return password
+
+
+def _cached(job_id: str) -> str | None:
+    """This process's copy of the job's password, unless it is past its time (under
+    _lock); expired copies of every job are dropped on the way."""
+    now = time.monotonic()
+    for stale in [j for j, (_, until) in _cache.items() if until <= now]:
+        del _cache[stale]
+    if job_id not in _cache:
+        return None
+    _cache.move_to_end(job_id)
+    return _cache[job_id][0]
 
 
 def _fetch(app, job_id: str) -> str:

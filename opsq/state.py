@@ -215,7 +215,7 @@ _CLAIM_PENDING = text(
         UPDATE host_results SET status = 'running', attempt = attempt + 1,
             started_at = now(), finished_at = NULL, worker = :worker, task_id = :task,
             lease_token = :token
-        WHERE job_id = :job AND host = ANY(:hosts) AND status = 'pending'
+        WHERE job_id = :job AND host = ANY(:hosts) AND status = 'pending' AND NOT held
         RETURNING host, target, attempt
     ), started AS (
         UPDATE jobs SET status = 'running', started_at = now()
@@ -532,7 +532,7 @@ _STALLED = text(
     WHERE j.status IN ('queued', 'running')
       AND j.published_at < now() - make_interval(secs => :stall)
       AND EXISTS (SELECT 1 FROM host_results h
-                  WHERE h.job_id = j.id AND h.status = 'pending'
+                  WHERE h.job_id = j.id AND h.status = 'pending' AND NOT h.held
                     AND (h.not_before IS NULL
                          OR h.not_before < now() - make_interval(secs => :stall)))
     ORDER BY j.published_at
@@ -543,7 +543,7 @@ _STALLED = text(
 #: A job's pending hosts that are due (a later batch or a retry waits its turn).
 _PENDING = text(
     """
-    SELECT host FROM host_results WHERE job_id = :job AND status = 'pending'
+    SELECT host FROM host_results WHERE job_id = :job AND status = 'pending' AND NOT held
       AND (not_before IS NULL OR not_before < now() - make_interval(secs => :stall))
     ORDER BY id
     """

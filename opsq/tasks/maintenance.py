@@ -15,6 +15,7 @@ from sqlalchemy import Connection, text
 
 from opsq import control, db, files, state
 from opsq.app import app
+from opsq.errors import BackendUnavailable
 from opsq.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -114,12 +115,21 @@ def sweep(grace: float | None = None) -> SweepReport:
             state.mark_published(conn, job.id)
             report.published.append(job.id)
     with _sweeping() as conn:
-        # Hosts whose long wait (a pause between batches, a retry delay) is over. Sent
-        # before the commit: if RabbitMQ refuses, they stay held for the next sweep.
-        for job_id, hosts in control.release_due(conn, SWEEP_BATCH).items():
-            command = jobs.job_action(job_id)[0]
-            jobs.send_hosts(job_id, hosts, command, f"due/{token}")
-            report.released[job_id] = hosts
+        due = control.due_jobs(conn, SWEEP_BATCH)
+    for job_id in due:
+        # Hosts whose long wait (a pause between batches, a retry delay) is over, a job
+        # at a time: sent before the commit, so a job RabbitMQ refuses stays held for the
+        # next sweep while the others go.
+        try:
+            with _sweeping() as conn:
+                hosts = control.release(conn, job_id)
+                if hosts:
+                    command = conn.execute(text("SELECT command FROM jobs WHERE id = :j"),
+                                           {"j": job_id}).scalar_one()
+                    jobs.send_hosts(job_id, hosts, command, f"due/{token}")
+                    report.released[job_id] = hosts
+        except BackendUnavailable as exc:
+            logger.warning("job %s: held hosts not sent yet (%s)", job_id, exc)
     with _sweeping() as conn:
         for job_id, command, hosts in state.stalled_jobs(conn, stall=STALL_PERIODS * ttl,
                                                          batch=SWEEP_BATCH):
