@@ -73,6 +73,53 @@ def _read_local(path: str, what: str) -> tuple[bytes, str]:
         raise ActionError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+#: Parameters each kind may carry (besides become's), as the command line makes them.
+_KIND_PARAMS = {
+    COMMAND: set(),
+    PUT: {"remote", "sha256", "size", "source", "mode", "owner", "backup"},
+    GET: {"remote"},
+    SCRIPT: {"name", "args", "sha256", "size", "source"},
+}
+
+
+def check_params(kind: str, params: Any) -> dict[str, Any]:
+    """A stored job's kind and parameters (a schedule's, a by-name client's), checked as
+    the command line checks what it makes: the same paths, modes, owners and user names,
+    a file's sha256, and nothing else. No typed password (-K) can be stored. Raises
+    ActionError."""
+    if kind not in _KIND_PARAMS:
+        raise ActionError(f"unknown job kind {str(kind)[:16]!r}: command, put, get or script")
+    if not isinstance(params, dict):
+        raise ActionError("the job's parameters must be an object")
+    if params.get("become_prompt"):
+        raise ActionError("a typed sudo password (-K) cannot be stored: give the workers "
+                          "OPSQ_BECOME_PASSWORD_FILE or ansible_become_pass")
+    become = become_params(bool(params.get("become")), params.get("become_user"))
+    extra = set(params) - _KIND_PARAMS[kind] - {"become", "become_user"}
+    if extra:
+        raise ActionError(f"a {kind} job takes no {', '.join(sorted(extra))[:64]}")
+    out = {k: params[k] for k in _KIND_PARAMS[kind] if k in params}
+    if kind in (PUT, GET):
+        out["remote"] = _remote_path(str(params.get("remote", "")))
+    if kind in (PUT, SCRIPT) and not _SHA256.match(str(params.get("sha256", ""))):
+        raise ActionError(f"a {kind} job needs the sha256 of its stored file")
+    if kind == PUT:
+        if "mode" in out and not _MODE.match(str(out["mode"])):
+            raise ActionError(f"--mode must be an octal file mode such as 0644, not "
+                              f"{str(out['mode'])[:16]!r}")
+        if "owner" in out and not _OWNER.match(str(out["owner"])):
+            raise ActionError(f"--owner must be USER or USER:GROUP, not "
+                              f"{str(out['owner'])[:40]!r}")
+    if kind == SCRIPT:
+        args = params.get("args", [])
+        if not _SCRIPT_NAME.match(str(params.get("name", ""))) or not isinstance(args, list) \
+                or not all(isinstance(a, str) and "\x00" not in a for a in args):
+            raise ActionError("a script job needs a plain script name and text arguments")
+    return {**out, **become}
+
+
 def become_params(become: bool, become_user: str | None, prompt: bool = False
                   ) -> dict[str, Any]:
     """The job parameters of ``--become [--become-user USER] [--ask-become-pass]``."""

@@ -7,6 +7,7 @@ not finished yet), 3 RabbitMQ or PostgreSQL unreachable.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import sys
@@ -132,9 +133,45 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+#: Set while ``schedule add/edit`` reads a job line: the job commands then hand their
+#: spec over instead of submitting it.
+_captured: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "opsq_captured", default=None)
+#: The commands a schedule's job line may start with.
+JOB_COMMANDS = ("run", "put", "get", "script")
+
+
+def job_line_spec(words: list[str]) -> Any:
+    """The JobSpec an opsq job line (``put app.conf /etc/app.conf -t web --become``) makes,
+    checked as the command would check it, without submitting anything. Raises
+    click.UsageError or OpsqError."""
+    if not words or words[0] not in JOB_COMMANDS:
+        raise click.UsageError(f"a job line starts with {', '.join(JOB_COMMANDS)}")
+    captured: list[Any] = []
+    token = _captured.set(captured)
+    try:
+        main.commands[words[0]].main(args=list(words[1:]), prog_name=f"opsq {words[0]}",
+                                     standalone_mode=False)
+    except click.exceptions.Exit:
+        pass
+    finally:
+        _captured.reset(token)
+    if not captured:
+        raise click.UsageError(f"opsq {words[0]} made no job from {' '.join(words[1:])!r}")
+    return captured[0]
+
+
 def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
     """Build the job from the shared options, submit it, print its id (or wait for it)."""
     from opsq import actions, jobs
+
+    capturing = _captured.get()
+    if capturing is not None and opts["ask_become_pass"]:
+        raise click.UsageError("-K cannot be scheduled (no typed password is stored): "
+                               "give the workers OPSQ_BECOME_PASSWORD_FILE or "
+                               "ansible_become_pass")
+    if capturing is not None and opts["wait_"]:
+        raise click.UsageError("--wait means nothing in a schedule")
 
     params = actions.become_params(opts["become"], opts["become_user"],
                                    opts["ask_become_pass"])
@@ -145,6 +182,9 @@ def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
         batch_size=opts["batch_size"], batch_pause=opts["pause"], max_fail=opts["max_fail"],
         retries=opts["retries"], retry_delay=opts["retry_delay"], retry_on=opts["retry_on"])
     spec = spec_for(base)  # a bad file or path is refused before the prompt
+    if capturing is not None:
+        capturing.append(spec)
+        return None
     hand_over = None
     if opts["ask_become_pass"]:
         from opsq import prompted
@@ -567,9 +607,16 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
                  timeout: float | None, connect_timeout: float | None, task: str | None,
                  args_json: str | None, kwargs_json: str | None, disabled: bool,
                  overlap: str, notify: tuple[str, ...]) -> None:
-    """Add schedule NAME: '-t PATTERN -- COMMAND' or '--task NAME'.
+    """Add schedule NAME: '-- JOB LINE', '-t PATTERN -- COMMAND' or '--task NAME'.
+
+    A job line is an opsq run, put, get or script as typed at the command line, with all
+    its options but -K and --wait; a put's or script's file is read now and kept with the
+    schedule.
 
     \b
+    opsq schedule add conf --every 1h -- put app.conf /etc/app.conf -t web --become
+    opsq schedule add upgrade --cron '0 3 * * *' -- run 'apt-get -y upgrade' -t web \\
+        --batch-size 25% --max-fail 1
     opsq schedule add disk --cron '0 2 * * *' --tz Europe/Paris -t db -- df -h /
     opsq schedule add ping --every 10m -t web -- true
     opsq schedule add once --at 2026-12-01T09:00 -t all -- reboot
@@ -578,6 +625,15 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
     from opsq import schedules
 
     when = schedules.timing(cron, every, at, tz)
+    if command and command[0] in JOB_COMMANDS and not pattern and not task:
+        if inventory or timeout is not None or connect_timeout is not None or notify \
+                or args_json or kwargs_json:
+            raise click.UsageError("with a job line, give its options in the line (after "
+                                   f"'-- {command[0]}')")
+        row = schedules.add(name, when, schedules.SUBMIT_TASK, [],
+                            _job_line_kwargs(list(command)), not disabled, overlap=overlap)
+        click.echo(f"schedule {row.name} added; next run {_when(row.next_run_at)}")
+        return
     if task:
         if command or pattern:
             raise click.UsageError("give either --task or '-t PATTERN -- COMMAND', not both")
@@ -600,6 +656,17 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
     click.echo(f"schedule {row.name} added; next run {_when(row.next_run_at)}")
 
 
+def _job_line_kwargs(words: list[str]) -> dict[str, Any]:
+    """A schedule's kwargs for a job line, its file (a put's, a script's) stored now."""
+    from opsq import db, files, jobs
+
+    spec = job_line_spec(words)
+    if spec.payload is not None:
+        with db.session_scope() as session:
+            files.store(session.connection(), [spec.payload])
+    return {"spec": jobs.spec_to_dict(spec)}
+
+
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
 
@@ -609,6 +676,9 @@ def _what(row: Any) -> str:
     from opsq.schedules import masked_kwargs
 
     kwargs = masked_kwargs(row.kwargs)
+    if row.task == "opsq.submit_job" and isinstance(kwargs.get("spec"), dict):
+        spec = kwargs["spec"]
+        return f"{spec.get('pattern')}: {spec.get('command')}"
     if row.task == "opsq.submit_job":
         return f"{kwargs.get('pattern')}: {kwargs.get('command')}"
     args = mask_secrets(repr(tuple(row.args))) if row.args else "()"
@@ -680,6 +750,7 @@ def schedule_show(name: str, limit: int) -> None:
 @click.option("--command", metavar="COMMAND")
 @click.option("--timeout", type=float, metavar="SECONDS")
 @_notify_option
+@click.argument("job", nargs=-1)
 @click.option("--no-notify", is_flag=True, help="Drop the schedule's --notify URLs.")
 @click.option("--overlap", type=click.Choice(["skip", "allow"]),
               help="While its previous job still runs: skip the firing, or allow another.")
@@ -687,9 +758,19 @@ def schedule_show(name: str, limit: int) -> None:
 def schedule_edit(name: str, cron: str | None, every: str | None, at: str | None,
                   tz: str | None, pattern: str | None, command: str | None,
                   timeout: float | None, notify: tuple[str, ...], no_notify: bool,
-                  overlap: str | None) -> None:
-    """Change a schedule's timing or command; beat picks it up within a second."""
+                  overlap: str | None, job: tuple[str, ...]) -> None:
+    """Change a schedule's timing, command or whole job ('-- JOB LINE'); beat picks it
+    up within a second."""
     from opsq import schedules
+
+    if job:
+        if pattern or command or timeout is not None or notify or no_notify:
+            raise click.UsageError("with a job line, give its options in the line")
+        when = schedules.timing(cron, every, at, tz) if (cron or every or at) else None
+        r = schedules.edit(name, when=when, kwargs_update=_job_line_kwargs(list(job)),
+                           overlap=overlap)
+        click.echo(f"schedule {r.name}: {_expr(r)}; next run {_when(r.next_run_at)}")
+        return
 
     when = schedules.timing(cron, every, at, tz) if (cron or every or at) else None
     if tz and when is None:

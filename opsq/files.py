@@ -26,12 +26,14 @@ _INSERT = text("""
 """)
 _SELECT = text("SELECT content FROM files WHERE sha256 = :sha")
 #: Files no job refers to any more (its job pruned): neither as the file it carried nor
-#: as one a host returned.
+#: as one a host returned, nor as the file a schedule's put or script carries.
 _UNREFERENCED = text("""
     DELETE FROM files f
     WHERE f.created_at < now() - interval '1 hour'
       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.params->>'sha256' = f.sha256)
       AND NOT EXISTS (SELECT 1 FROM host_results h WHERE h.sha256 = f.sha256)
+      AND NOT EXISTS (SELECT 1 FROM schedules s
+                      WHERE s.kwargs->'spec'->'params'->>'sha256' = f.sha256)
 """)
 
 

@@ -104,6 +104,54 @@ class JobSpec:
     rerun_of: str | None = None
 
 
+#: The JobSpec fields a stored job (a schedule's, a by-name client's) may set: everything
+#: but who submits it, the schedule it comes from, the file's bytes and re-run bookkeeping.
+STORED_FIELDS = ("kind", "command", "pattern", "inventory", "command_timeout",
+                 "connect_timeout", "rerun_safe", "params", "batch_size", "batch_pause",
+                 "max_fail", "retries", "retry_delay", "retry_on", "notify", "local_hosts")
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    """The stored form of ``spec`` (JSON): its STORED_FIELDS that are set."""
+    default = JobSpec(command="", pattern="")
+    return {k: getattr(spec, k) for k in STORED_FIELDS
+            if getattr(spec, k) != getattr(default, k) or k in ("kind", "command", "pattern")}
+
+
+def spec_from_dict(data: Any) -> JobSpec:
+    """A JobSpec from its stored form, checked: known fields of the right types, the
+    kind's parameters as the command line makes them (``actions.check_params``), and a
+    stored file for a put or script. Raises OpsqError naming what is wrong."""
+    from opsq import actions
+
+    if not isinstance(data, dict):
+        raise OpsqError("a job spec must be an object")
+    unknown = set(data) - set(STORED_FIELDS)
+    if unknown:
+        raise OpsqError(f"a job spec takes no {', '.join(sorted(map(str, unknown)))[:80]}")
+    for key in ("command", "pattern"):
+        if not isinstance(data.get(key), str):
+            raise OpsqError(f"a job spec needs {key} as text")
+    kind = data.get("kind", "command")
+    params = actions.check_params(kind, data.get("params") or {})
+    if params.get("sha256"):
+        with db.session_scope() as session:
+            if not files.exists(session.connection(), params["sha256"]):
+                raise OpsqError(f"the {kind} job's file {params['sha256'][:12]}… is not "
+                                "stored: add the schedule from the command line, which "
+                                "stores it")
+    for key in ("rerun_safe", "local_hosts"):
+        if key in data and not isinstance(data[key], bool):
+            raise OpsqError(f"{key} must be true or false")
+    if data.get("inventory") is not None and not isinstance(data["inventory"], str):
+        raise OpsqError("the inventory must be a file path")
+    notify = data.get("notify", [])
+    if not isinstance(notify, list):
+        raise OpsqError("notify must be a list of URLs")
+    return JobSpec(**{**{k: v for k, v in data.items() if k != "params"},
+                      "kind": kind, "params": params, "notify": list(notify)})
+
+
 class LocalHostRefused(OpsqError):
     """The pattern selects a host with a local connection where those are not allowed."""
 

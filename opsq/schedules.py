@@ -24,7 +24,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -380,11 +380,30 @@ def task_call(task: str, args: list[Any], kwargs: dict[str, Any]
     return args, kwargs
 
 
-def fleet_kwargs(command: str, pattern: str, inventory: str | None = None,
+def job_kwargs(spec: Any) -> dict[str, Any]:
+    """The submit_job kwargs of a whole job (any kind, every option but -K), checked as
+    submitting it would check it: ``{"spec": <its stored form>}``, the inventory made
+    absolute. Raises OpsqError naming what is refused."""
+    from opsq import jobs
+
+    checked = jobs.spec_from_dict(spec)
+    if checked.inventory is not None:
+        inventory = os.path.abspath(os.path.expanduser(checked.inventory))
+        if not os.path.isfile(inventory):
+            raise ScheduleError(f"inventory file not found: {inventory}")
+        checked = replace(checked, inventory=inventory)
+    jobs.plan(checked)
+    return {"spec": jobs.spec_to_dict(checked)}
+
+
+def fleet_kwargs(command: str | None = None, pattern: str | None = None,
+                 inventory: str | None = None,
                  timeout: float | None = None, connect_timeout: float | None = None,
                  rerun_safe: bool = False, notify: list[str] | None = None,
-                 local_hosts: bool = True) -> dict[str, Any]:
-    """The submit_job kwargs of a fleet command, checked so that it can run when fired.
+                 local_hosts: bool = True, spec: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """The submit_job kwargs of a fleet command, checked so that it can run when fired;
+    or, with ``spec`` alone, of a whole job (``job_kwargs``).
 
     The inventory is made absolute (the worker resolving it runs in another directory)
     and must exist; the pattern must resolve against it; the timeouts must be in range;
@@ -394,6 +413,14 @@ def fleet_kwargs(command: str, pattern: str, inventory: str | None = None,
     from opsq import jobs, webhooks
     from opsq.settings import get_settings
 
+    if spec is not None:
+        if command is not None or pattern is not None or inventory is not None \
+                or timeout is not None or connect_timeout is not None or rerun_safe \
+                or notify or not local_hosts:
+            raise ScheduleError("a schedule runs either a whole job (spec) or a command "
+                                "and a pattern; to change a whole job, give it again "
+                                "(opsq schedule edit NAME -- run|put|get|script ...)")
+        return job_kwargs(spec)
     if not isinstance(command, str) or not isinstance(pattern, str):
         raise ScheduleError("the command and the pattern must be text")
     if not command.strip():
@@ -538,7 +565,10 @@ def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | 
             if row.task != SUBMIT_TASK:
                 raise ScheduleError(f"{name!r} runs task {row.task}; only fleet-command "
                                     "schedules have a command and a pattern")
-            row.kwargs = task_call(SUBMIT_TASK, [], {**row.kwargs, **kwargs_update})[1]
+            # A whole job replaces what the schedule ran; anything else is merged in.
+            merged = {**kwargs_update} if "spec" in kwargs_update else \
+                {**row.kwargs, **kwargs_update}
+            row.kwargs = task_call(SUBMIT_TASK, [], merged)[1]
         if enabled is not None:
             row.enabled = enabled
         t = Timing(ScheduleKind(row.kind), row.expression, row.timezone)
@@ -578,11 +608,7 @@ def send(row: Schedule, task_id: str | None = None) -> str:
         kwargs.update(schedule_id=row.id, schedule=row.name,
                       submitted_by=f"{SUBMITTED_BY_PREFIX}{row.name}")
     # Flower and celery_taskmeta show what argsrepr/kwargsrepr say, not the raw values.
-    shown = {k: mask_secrets(v) if isinstance(v, str) else v for k, v in kwargs.items()}
-    if "notify" in shown:  # webhook URLs often carry a token in their path
-        from opsq.webhooks import shown as shown_url
-
-        shown["notify"] = [shown_url(u) for u in shown["notify"]]
+    shown = masked_kwargs(kwargs)
     result = app.send_task(row.task, args=list(row.args), kwargs=kwargs, task_id=task_id,
                            argsrepr=mask_secrets(repr(list(row.args))),
                            kwargsrepr=repr(shown))
@@ -595,8 +621,10 @@ def masked_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
     from opsq.webhooks import shown
 
     out = {k: masked(v) for k, v in (kwargs or {}).items()}
-    if isinstance(out.get("notify"), list):
-        out["notify"] = [shown(u) if isinstance(u, str) else u for u in out["notify"]]
+    for holder in (out, out.get("spec")):  # a whole job's URLs are in its spec
+        if isinstance(holder, dict) and isinstance(holder.get("notify"), list):
+            holder["notify"] = [shown(u) if isinstance(u, str) else u
+                                for u in holder["notify"]]
     return out
 
 

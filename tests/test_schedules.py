@@ -643,3 +643,76 @@ def test_an_overlap_policy_that_is_not_one_is_refused(opsq_cli):
     with pytest.raises(schedules.ScheduleError, match="skip or allow"):
         schedules.add("bad-overlap", schedules.timing(every="1h"), schedules.SUBMIT_TASK,
                       kwargs=schedules.fleet_kwargs("true", "host01"), overlap="queue")
+
+
+def test_a_schedule_runs_a_whole_job_line(opsq_cli, tmp_path):
+    """After '--', an opsq job line as typed at the command line: a put with its mode and
+    become, its file read when the schedule is added."""
+    import secrets as _secrets
+
+    target_dir = Path(f"/tmp/opsq-sched-{_secrets.token_hex(4)}")
+    target_dir.mkdir(mode=0o777)
+    target_dir.chmod(0o777)
+    local = tmp_path / "app.conf"
+    local.write_text("version 1\n")
+    r = opsq_cli("schedule", "add", "conf", "--every", "1h", "--", "put", str(local),
+                 str(target_dir / "app.conf"), "-t", "host01", "--mode", "0640")
+    assert r.returncode == 0, r.stderr
+    local.write_text("version 2, written after the schedule was added\n")
+    row = schedules.get("conf")
+    assert row.kwargs["spec"]["kind"] == "put"
+    assert row.kwargs["spec"]["params"]["mode"] == "0640"
+    job_id = schedules.run_now("conf")
+    summary = jobs.wait(wait_until(lambda: jobs_of("conf") and job_id, 15, "the job"),
+                        timeout=60)
+    assert summary.succeeded and summary.kind == "put"
+    placed = target_dir / "app.conf"
+    assert placed.read_text() == "version 1\n"  # the file as it was when added
+    assert placed.stat().st_mode & 0o777 == 0o640
+    listed = opsq_cli("schedule", "list")
+    assert "conf" in listed.stdout and "put app.conf" in listed.stdout
+    # the same schedule made a rolling command with retries
+    r = opsq_cli("schedule", "edit", "conf", "--", "run", "echo rolled", "-t", "fleet",
+                 "--batch-size", "3", "--max-fail", "1", "--retries", "1", "--rerun-safe")
+    assert r.returncode == 0, r.stderr
+    job_id = schedules.run_now("conf")
+    summary = jobs.wait(wait_until(lambda: len(jobs_of("conf")) == 2 and job_id, 15,
+                                   "the second job"), timeout=60)
+    assert summary.succeeded and summary.batches == 2 and summary.kind == "command"
+    with db.session_scope() as s:
+        retries = s.execute(text("SELECT retries, batch_size FROM jobs WHERE id = :j"),
+                            {"j": job_id}).one()
+    assert tuple(retries) == (1, 3)
+
+
+@pytest.mark.parametrize("line,message", [
+    (["run", "true", "-t", "fleet", "--become", "-K"], "-K cannot be scheduled"),
+    (["run", "true", "-t", "fleet", "--wait"], "--wait means nothing"),
+    (["put", "/nonexistent/app.conf", "/tmp/x", "-t", "host01"], "cannot read"),
+    (["run", "true", "-t", "nosuchgroup"], "nosuchgroup"),
+    (["get", "/etc/../etc/hostname", "x", "-t", "host01"], ".."),
+    (["run", "true", "-t", "fleet", "--batch-size", "0"], "batch"),
+])
+def test_a_job_line_is_refused_as_the_command_would_be(opsq_cli, line, message):
+    r = opsq_cli("schedule", "add", "refused", "--every", "1h", "--", *line)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr
+    assert all(row.name != "refused" for row in schedules.all_schedules())
+
+
+def test_a_by_name_client_submits_any_job(worker):
+    """opsq.submit_job by name takes a whole job as 'spec'; a bad one becomes an error job
+    with the reason, never a task failure with its arguments on record."""
+    from opsq.app import app
+
+    good = app.send_task("opsq.submit_job", kwargs={"spec": {
+        "kind": "get", "command": "get /etc/hostname", "pattern": "host01",
+        "params": {"remote": "/etc/hostname"}, "retries": 0}})
+    summary = jobs.wait(wait_until(lambda: jobs.job_status(good.id) and good.id, 15,
+                                   "the job"), timeout=60)
+    assert summary.succeeded and summary.kind == "get"
+    bad = app.send_task("opsq.submit_job", kwargs={"spec": {
+        "kind": "get", "command": "get", "pattern": "host01",
+        "params": {"remote": "/etc/hostname", "mode": "0777"}}})
+    wait_until(lambda: jobs.job_status(bad.id) is jobs.JobStatus.ERROR, 15, "the error job")
+    assert "takes no mode" in jobs.summary(bad.id).error

@@ -478,8 +478,8 @@ def send_notification(self: Task, job_id: str, index: int) -> None:
           **WAIT_FOR_SERVICES)
 def submit_job(
     self: Task,
-    command: str,
-    pattern: str,
+    command: str | None = None,
+    pattern: str | None = None,
     *,
     inventory: str | None = None,
     timeout: float | None = None,
@@ -490,6 +490,7 @@ def submit_job(
     schedule: str | None = None,
     notify: list[str] | None = None,
     local_hosts: bool = True,
+    spec: dict[str, Any] | None = None,
 ) -> None:
     """Resolve, record and fan out a job from a worker; this task's id is the job id, so
     ``AsyncResult(id).get()`` returns the job summary as with ``opsq.jobs.submit``.
@@ -502,14 +503,29 @@ def submit_job(
     the sweep. A second delivery of the same firing (same task id) fans the recorded job
     out again, idempotently, unless it is finished.
     """
-    spec = jobs.JobSpec(
-        command=command, pattern=pattern, inventory=inventory, command_timeout=timeout,
-        connect_timeout=connect_timeout, rerun_safe=rerun_safe,
-        submitted_by=submitted_by or f"celery:{self.request.hostname}",
-        schedule_id=schedule_id, schedule=schedule, notify=list(notify or []),
-        local_hosts=local_hosts is not False,
-    )
     job_id = self.request.id
+    who = submitted_by or f"celery:{self.request.hostname}"
+    try:
+        if spec is not None:  # a whole job: any kind, every option but -K
+            if command is not None or pattern is not None:
+                raise OpsqError("give either spec or command and pattern, not both")
+            job = replace(jobs.spec_from_dict(spec), submitted_by=who,
+                          schedule_id=schedule_id, schedule=schedule)
+        else:
+            if not isinstance(command, str) or not isinstance(pattern, str):
+                raise OpsqError("opsq.submit_job needs a command and a pattern (or spec)")
+            job = jobs.JobSpec(
+                command=command, pattern=pattern, inventory=inventory,
+                command_timeout=timeout, connect_timeout=connect_timeout,
+                rerun_safe=rerun_safe, submitted_by=who, schedule_id=schedule_id,
+                schedule=schedule, notify=list(notify or []),
+                local_hosts=local_hosts is not False)
+    except OpsqError as exc:
+        bare = jobs.JobSpec(command=str(command or "?"), pattern=str(pattern or "?"),
+                            submitted_by=who, schedule_id=schedule_id, schedule=schedule)
+        jobs.record_failed_submission(bare, job_id, str(exc))
+        raise Ignore() from None
+    spec = job
     try:
         jobs.create(spec, job_id=job_id)
     except BackendUnavailable:

@@ -392,7 +392,9 @@ def _may_change(who: Principal, name: str, changes_what: bool = False) -> Schedu
         raise schedules.ScheduleError(f"{name!r} runs the registered task {row.task}: "
                                       "only an admin changes, fires or removes it")
     if changes_what and row.task == schedules.SUBMIT_TASK:
-        path = row.kwargs.get("inventory") or str(get_settings().inventory_path())
+        spec = row.kwargs.get("spec") if isinstance(row.kwargs.get("spec"), dict) else {}
+        path = row.kwargs.get("inventory") or spec.get("inventory") \
+            or str(get_settings().inventory_path())
         if path not in inventories().values():
             raise schedules.ScheduleError(
                 f"{name!r} runs on an inventory the console does not offer (it was made on "
@@ -467,6 +469,9 @@ def describe_timing(row: Schedule) -> str:
 
 
 def describe_target(row: Schedule) -> str:
+    spec = (row.kwargs or {}).get("spec")
+    if row.task == schedules.SUBMIT_TASK and isinstance(spec, dict):
+        return f"{spec.get('pattern')}: {jobs.mask_secrets(str(spec.get('command')))}"
     if row.task == schedules.SUBMIT_TASK:
         return (f"{row.kwargs.get('pattern')}: "
                 f"{jobs.mask_secrets(str(row.kwargs.get('command')))}")
@@ -475,8 +480,11 @@ def describe_target(row: Schedule) -> str:
 
 def schedule_dict(row: Schedule) -> dict[str, Any]:
     kwargs = schedules.masked_kwargs(row.kwargs)
-    if isinstance(kwargs.get("inventory"), str):  # a name, never a path of the server
-        kwargs["inventory"] = inventory_name(kwargs["inventory"])
+    for holder in (kwargs, kwargs.get("spec")):  # a name, never a path of the server
+        if isinstance(holder, dict) and isinstance(holder.get("inventory"), str):
+            holder["inventory"] = inventory_name(holder["inventory"])
+        if isinstance(holder, dict) and isinstance(holder.get("params"), dict):
+            holder["params"].pop("source", None)  # the file's path on the machine it came from
     return {"name": row.name, "kind": row.kind, "expression": row.expression,
             "timezone": row.timezone, "when": describe_timing(row), "task": row.task,
             "args": schedules.masked(list(row.args or [])), "kwargs": kwargs,
