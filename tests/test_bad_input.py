@@ -68,6 +68,8 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
                              "-i", "{dir}/good.yml"], ("no-such-script",)),
     ("logs-unknown-job", ["logs", "00000000-0000-0000-0000-000000000000"], ("no job",)),
     ("cancel-unknown-job", ["cancel", "00000000-0000-0000-0000-000000000000"], ("no job",)),
+    ("rerun-unknown-job", ["rerun", "00000000-0000-0000-0000-000000000000"], ("no job",)),
+    ("rerun-unfinished", ["rerun", "{queued}", "--failed"], ("still",)),
     ("schedule-disable-unknown", ["schedule", "disable", "no-such-schedule"],
      ("no schedule",)),
     ("users-add-bad-name", ["users", "add", "no spaces", "--role", "viewer"],
