@@ -56,6 +56,9 @@ BACKUP_TRIES = 10
 #: Mode bits a new file may get without --mode (less the host's umask): never writable by
 #: group or others unless asked.
 NEW_FILE_MODE = 0o644
+#: Seconds a get waits for the host's file to open (a regular file opens at once; a fifo
+#: swapped in would block until a writer comes).
+GET_OPEN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,14 @@ def _q(value: str) -> str:
     return shlex.quote(value)
 
 
-def sudo(script: str, become: Become) -> str:
-    """``script`` run by sh as ``become.user`` through sudo, marking stderr first."""
+def sudo(script: str, become: Become, password: bool = False) -> str:
+    """``script`` run by sh as ``become.user`` through sudo, marking stderr first. With
+    ``password`` (a line of it comes first on stdin) sudo is told to ask for it whatever
+    it has cached (``-k``): a cached credential would leave the line unread, and the
+    program would get it on its stdin."""
     inner = f"printf '%s\\n' {BECOME_MARK} >&2; eval \"$1\""
-    return (f"sudo -S -p '' -H -u {_q(become.user)} -- /bin/sh -c {_q(inner)} "
+    ask = "-k " if password else ""
+    return (f"sudo {ask}-S -p '' -H -u {_q(become.user)} -- /bin/sh -c {_q(inner)} "
             f"sh {_q(script)}")
 
 
@@ -115,8 +122,8 @@ class HostSide:
         if self.become is None:
             return self._run(script, stdin, timeout, limit, keep_stdin=keep_stdin), None
         prefix = (self._password + "\n").encode() if self._password is not None else b""
-        result = self._run(sudo(script, self.become), prefix + stdin, timeout, limit,
-                           keep_stdin=keep_stdin)
+        result = self._run(sudo(script, self.become, self._password is not None),
+                           prefix + stdin, timeout, limit, keep_stdin=keep_stdin)
         return result, _unmark(result, self.become)
 
 
@@ -125,9 +132,11 @@ def probe_become(run: Run, become: Become, timeout: float) -> tuple[bool, str | 
 
     Asked once per host before the action, so a wrong password is one refused sudo,
     never several attempts fed from the file the action carries."""
+    # The same command the action runs (/bin/sh through sudo): a rule without a password
+    # for `true` alone must not make the action's sudo read the payload as a password.
     user = _q(become.user)
-    script = (f"if sudo -n -u {user} true 2>/dev/null; then echo nopass; exit 0; fi; "
-              f"sudo -S -p '' -u {user} true && echo pass")
+    script = (f"if sudo -n -H -u {user} -- /bin/sh -c true 2>/dev/null; then echo nopass; "
+              f"exit 0; fi; sudo -k -S -p '' -H -u {user} -- /bin/sh -c true && echo pass")
     stdin = b"" if become.password is None else (become.password + "\n").encode()
     result = run(script, stdin, timeout, 64)
     answer = bytes(result.stdout.kept).decode("utf-8", "replace").strip()
@@ -189,8 +198,8 @@ def _resolve(path: str) -> str:
 
 _PUT_STATE = """{resolve}
 if [ -e "$t" ]; then
-  printf '%s %s %s\\n' "$(sha256sum < "$t" | cut -d' ' -f1)" "$(stat -c %a "$t")" \
-    "$(stat -c %U:%G "$t")"
+  printf '%s %s %s %s\\n' "$(sha256sum < "$t" | cut -d' ' -f1)" "$(stat -c %a "$t")" \
+    "$(stat -c %U:%G "$t")" "$(stat -c %u:%g:%a "$t")"
 else
   d=$(dirname "$t")
   [ -d "$d" ] || {{ echo "directory $d does not exist" >&2; exit 3; }}
@@ -198,31 +207,57 @@ else
 fi"""
 
 # The bytes are written, checked, given their owner and mode in a directory of the
-# program's own (mktemp -d, 0700, checked after cd): another user who can write the
-# target's directory cannot swap the temporary file for a link that chown or chmod would
-# follow. The owner is set before the mode: chown clears setuid and setgid bits. The
-# backup is a hard link of the old file, to a name that does not exist yet (ln fails on a
-# taken name, a planted link included, and never writes through it); where the file
-# system refuses hard links of that file, of a copy made in the private directory.
+# program's own (mktemp -d, 0700, and after cd: the same directory, still empty): another
+# user who can write the target's directory cannot swap the temporary file for a link
+# that chown or chmod would follow, nor swap the directory for one whose files the
+# cleanup would delete. The cleanup removes only what the program made, also when a
+# cancel closes the channel (SIGPIPE on the next message, SIGHUP) or it is stopped.
+# The owner and mode come from what the state probe saw ({seen}: uid:gid:mode, or
+# absent), never from a later look, and the target must still be as seen once the bytes
+# are in: a file another user creates or changes during the transfer fails the host. An
+# owner other than root or the program's user is not inherited (nor that file's mode).
+# The owner is set before the mode: chown clears setuid and setgid bits. The backup is a
+# hard link of the old file, to a name that does not exist yet (ln -T fails on a taken
+# name, a planted directory or link included, and never writes through or inside it);
+# where the file system refuses hard links of that file, of a copy made in the private
+# directory. mv -T replaces the name itself, never a directory it names.
 _PUT_WRITE = """set -e
 {resolve}
+seen={seen}
 d=$(dirname "$t")
 w=$(mktemp -d "$d/.opsq-put.XXXXXXXX")
-cd "$w"
-trap 'rm -f ./new ./old; cd /; rmdir "$w" 2>/dev/null || true' EXIT
-[ "$(stat -c %u:%a .)" = "$me:700" ] || {{
+mine=; took=
+leave() {{
+  if [ -n "$mine" ]; then rm -f ./new ./old; fi
+  cd /; rmdir -- "$w" 2>/dev/null || true
+  # the bytes not read yet, so that the sender finishes and the reason reaches it
+  [ -n "$took" ] || cat > /dev/null 2>&1 || true
+}}
+trap leave EXIT
+trap 'trap - EXIT; took=1; leave; exit 129' HUP PIPE TERM INT
+made=$(stat -c %d:%i -- "$w")
+cd "$w" 2>/dev/null && [ "$(stat -c %u:%a:%d:%i .)" = "$me:700:$made" ] &&
+  [ -z "$(ls -A .)" ] || {{
   echo "$w was changed by someone else; the target is unchanged" >&2; exit 3; }}
-cat > new
+mine=1
+cat > new; took=1
 [ "$(sha256sum < new | cut -d' ' -f1)" = {sha} ] || {{
   echo "the file arrived damaged (sha256 differs); the target is unchanged" >&2; exit 3; }}
+now=absent
+if [ -e "$t" ] || [ -L "$t" ]; then now=$(stat -c %u:%g:%a -- "$t"); fi
+[ "$now" = "$seen" ] || {{
+  echo "$t changed during the transfer (was $seen, now $now); the file is unchanged" >&2
+  exit 3; }}
+inherit=
+case "$seen" in 0:*|"$me":*) inherit=1 ;; esac
 if [ -n {owner} ]; then chown {owner} new
-elif [ -e "$t" ]; then chown "$(stat -c %u:%g "$t")" new 2>/dev/null || true; fi
+elif [ -n "$inherit" ]; then chown "${{seen%:*}}" new 2>/dev/null || true; fi
 if [ -n {mode} ]; then chmod {mode} new
-elif [ -e "$t" ]; then chmod "$(stat -c %a "$t")" new
+elif [ -n "$inherit" ]; then chmod "${{seen##*:}}" new
 else chmod "$(printf '%o' $(( {new_mode} & ~0$(umask) )))" new; fi
-if [ {backup} = 1 ] && [ -e "$t" ]; then
+if [ {backup} = 1 ] && [ "$seen" != absent ]; then
   b="$t.opsq-$(date +%Y%m%d%H%M%S)"; c=$b; src=$t; n=0
-  until ln -- "$src" "$c" 2>/dev/null; do
+  until ln -T -- "$src" "$c" 2>/dev/null; do
     if [ "$src" = "$t" ] && [ ! -e "$c" ] && [ ! -L "$c" ]; then
       cp -p -- "$t" old; src=old
     else
@@ -235,8 +270,7 @@ if [ {backup} = 1 ] && [ -e "$t" ]; then
   done
   printf 'old file kept as %s\\n' "$c"
 fi
-if [ -d "$t" ]; then echo "$t is a directory" >&2; exit 3; fi
-mv -f -- new "$t"
+mv -f -T -- new "$t"
 """
 
 
@@ -258,12 +292,16 @@ def put(host: HostSide, action: Action, timeout: float) -> Outcome:
     if failed := _failed(check, why, f"cannot look at {p['remote']}"):
         return failed
     fields = bytes(check.stdout.kept).decode("utf-8", "replace").split()
-    if (len(fields) == 3 and fields[0] == sha
+    if (len(fields) == 4 and fields[0] == sha
             and (not mode or int(fields[1], 8) == int(mode, 8))
             and _owner_matches(owner, fields[2])):
         return Outcome(status=HostStatus.OK, exit_code=0, changed=False, sha256=sha,
                        stdout=f"{p['remote']} unchanged (sha256 {sha})\n")
-    script = _PUT_WRITE.format(resolve=_resolve(p["remote"]), sha=_q(sha), mode=_q(mode),
+    # What the write must still find at the target: uid:gid:mode, or absent (a file the
+    # probe could not read has no sha256 field; "?" matches nothing, the write fails).
+    seen = "absent" if fields == ["absent"] else fields[-1] if fields else "?"
+    script = _PUT_WRITE.format(resolve=_resolve(p["remote"]), seen=_q(seen), sha=_q(sha),
+                               mode=_q(mode),
                                owner=_q(owner), backup=1 if p.get("backup") else 0,
                                new_mode=f"0{NEW_FILE_MODE:o}", backup_tries=BACKUP_TRIES)
     wrote, why = host.run(script, action.payload, max(deadline - time.monotonic(), 0.001),
@@ -276,15 +314,31 @@ def put(host: HostSide, action: Action, timeout: float) -> Outcome:
                    + said)
 
 
+# The file is opened once, and what is read is what was checked: the open file must be a
+# regular file and the very file the name (not followed) holds after the open, so a name
+# swapped for a link or a fifo between the check and the read is refused. Opening a fifo
+# blocks until a writer comes: a watchdog interrupts an open that takes longer than
+# GET_OPEN_TIMEOUT. (The check is ``test``, not ``[``, so a test can put a function in
+# its place that plays the swap.)
 _GET = """{resolve}
-[ -f "$t" ] || {{ echo "$t is not a regular file (or does not exist)" >&2; exit 3; }}
-exec cat -- "$t\""""
+test -f "$t" || {{ echo "$t is not a regular file (or does not exist)" >&2; exit 3; }}
+trap : TERM
+( sleep {open_s}; kill -TERM $$ ) </dev/null >/dev/null 2>&1 & dog=$!
+{{ command exec 3< "$t"; }} 2>/dev/null || {{
+  echo "$t could not be opened within {open_s} s (not a regular file?)" >&2; exit 3; }}
+kill "$dog" 2>/dev/null || true
+trap - TERM
+[ -f /dev/fd/3 ] && [ "$(stat -L -c %d:%i /dev/fd/3)" = "$(stat -c %d:%i -- "$t")" ] || {{
+  echo "$t was replaced while it was opened (now not the regular file checked)" >&2
+  exit 3; }}
+exec cat <&3 3<&-"""
 
 
 def get(host: HostSide, action: Action, timeout: float, limit: int) -> Outcome:
     """Fetch ``params['remote']`` (at most ``limit`` bytes: a larger file fails the host)."""
     remote = action.params["remote"]
-    result, why = host.run(_GET.format(resolve=_resolve(remote)), b"", timeout, limit)
+    result, why = host.run(_GET.format(resolve=_resolve(remote), open_s=f"{GET_OPEN_TIMEOUT:g}"),
+                           b"", timeout, limit)
     if failed := _failed(result, why, f"cannot fetch {remote}"):
         return failed
     if result.stdout.overflowed:

@@ -13,8 +13,11 @@ import hashlib
 import os
 import pwd
 import secrets
+import shlex
 import shutil
+import signal
 import stat
+import subprocess
 import tempfile
 import time
 from dataclasses import replace
@@ -22,11 +25,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from jobtools import rows
 from sqlalchemy import text
 
 from devtools.devfleet import FLEET_USER
-from opsq import actions, db, jobs
+from opsq import actions, db, jobs, transfer
+from opsq.state import HostStatus, Outcome
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -34,6 +39,8 @@ pytestmark = pytest.mark.usefixtures("worker")
 HOSTILE = "nobody"
 #: Seconds of backup names planted ahead of a put (its name has the time to the second).
 PLANTED_SECONDS = 40
+#: Bytes of a put long enough on the wire for a test to act while it is under way.
+LARGE = 60 * 1024 * 1024
 
 
 def _spec(pattern: str = "host01", become: bool = False, **kw) -> jobs.JobSpec:
@@ -63,6 +70,28 @@ def _mode(path: Path) -> int:
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _played(prelude: str) -> transfer.HostSide:
+    """A host side on this machine, as root, whose programs begin with ``prelude``: shell
+    functions standing in for a command, to play another user's move at that very step
+    (a race the real one could win only sometimes)."""
+    run = transfer.local_runner()
+
+    def played(script: str, stdin: bytes, timeout: float, limit: int,
+               keep_stdin: bool = False):
+        return run(prelude + "\n" + script, stdin, timeout, limit, keep_stdin=keep_stdin)
+    return transfer.HostSide(played, None, False)
+
+
+def _put_played(prelude: str, remote: Path, data: bytes) -> Outcome:
+    params = {"remote": str(remote), "sha256": hashlib.sha256(data).hexdigest()}
+    return transfer.put(_played(prelude), transfer.Action("put", params, data), 60)
+
+
+def _get_played(prelude: str, remote: Path, timeout: float = 60) -> Outcome:
+    action = transfer.Action("get", {"remote": str(remote)})
+    return transfer.get(_played(prelude), action, timeout, 1024 * 1024)
 
 
 @pytest.fixture
@@ -240,20 +269,219 @@ def test_the_temporary_file_cannot_be_swapped_for_a_link(tmp_path, victim):
         shutil.rmtree(open_dir, ignore_errors=True)
 
 
+@pytest.mark.parametrize("how", ["link", "link to an empty one", "moved"])
+def test_a_private_directory_swapped_for_roots_own_is_refused(shared_dir, how):
+    # Swapped between mktemp and cd for a root 0700 directory (which passes an owner and
+    # mode check): a link to it (another directory than mktemp made), or the directory
+    # itself moved there (the same one, but not empty). Its files must stay as they are.
+    guarded = Path(tempfile.mkdtemp(prefix="opsq-guarded-"))
+    held = ["new", "old"] if how != "link to an empty one" else []
+    try:
+        for name in held:
+            (guarded / name).write_bytes(b"root's own\n")
+        swap = (f"mv {shlex.quote(str(guarded))}" if how == "moved"
+                else f"ln -s {shlex.quote(str(guarded))}")
+        prelude = f'mktemp() {{ m=$(command mktemp "$@"); rmdir "$m"; {swap} "$m"; echo "$m"; }}'
+        target = shared_dir / "app.conf"
+        outcome = _put_played(prelude, target, b"new\n")
+        assert outcome.status == HostStatus.FAILED, outcome
+        assert "changed by someone else" in outcome.error
+        assert not target.exists()
+        (work,) = shared_dir.glob(".opsq-put.*")  # left as the swap made it
+        swapped = work if how == "moved" else guarded
+        assert sorted(p.name for p in swapped.iterdir()) == held
+        assert all(p.read_bytes() == b"root's own\n" for p in swapped.iterdir())
+    finally:
+        shutil.rmtree(guarded, ignore_errors=True)
+
+
+@pytest.mark.parametrize("planted", ["file", "link"])
+def test_a_target_made_during_the_transfer_lends_it_nothing(tmp_path, shared_dir, planted):
+    # Absent when the put looked; the login user makes it (0666, or a link of its own)
+    # while the bytes travel: root must neither chown the new file to that user nor give
+    # it that mode. The put fails, and writes nothing.
+    target = shared_dir / "app.bin"
+    mine = shared_dir / "mine"
+    mine.write_bytes(b"mine\n")
+    _own(mine, FLEET_USER)
+    job = jobs.submit(actions.put_spec(_spec(become=True),
+                                       _local(tmp_path, secrets.token_bytes(LARGE)),
+                                       str(target)))
+    wait_until(lambda: job.ready() or list(shared_dir.glob(".opsq-put.*")), 60,
+               "the put's private directory", every=0.002)
+    if planted == "file":
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.write(fd, b"planted\n")
+        os.close(fd)
+        target.chmod(0o666)
+    else:
+        target.symlink_to(mine)
+    _own(target, FLEET_USER)
+    summary = job.get(timeout=90)
+    host = rows(summary["job_id"])["host01"]
+    assert host["status"] == "failed", host
+    assert "changed during the transfer" in host["error"], host
+    st = target.lstat()
+    assert st.st_uid == pwd.getpwnam(FLEET_USER).pw_uid  # still the user's own, untouched
+    assert target.read_bytes() in (b"planted\n", b"mine\n")
+    assert list(shared_dir.glob(".opsq-put.*")) == []
+
+
+def test_a_file_of_another_user_lends_root_neither_owner_nor_mode(tmp_path, shared_dir):
+    target = shared_dir / "app.conf"
+    target.write_bytes(b"old\n")
+    target.chmod(0o4777)
+    _own(target, FLEET_USER)
+    target.chmod(0o4777)  # chown cleared the setuid bit
+    summary, hosts = _run(actions.put_spec(_spec(become=True), _local(tmp_path, b"new\n"),
+                                           str(target)))
+    assert summary["succeeded"], hosts["host01"]
+    st = target.lstat()
+    assert st.st_uid == 0 and target.read_bytes() == b"new\n"
+    assert _mode(target) & 0o7133 == 0, oct(_mode(target))  # at most 0644
+
+
+def _writer_of(path: Path) -> int | None:
+    """The process that has ``path`` open as its stdout, if any."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/1") == str(path):
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def test_a_cancelled_put_leaves_no_private_directory(tmp_path, shared_dir):
+    # A slow link, played by stopping the host's reader mid-transfer: the cancel closes
+    # the channel first, and the program then meets the closed channel (SIGPIPE on its
+    # next message) with part of the file in its private directory.
+    target = shared_dir / "app.bin"
+    data = secrets.token_bytes(LARGE)
+    job = jobs.submit(actions.put_spec(_spec(become=True), _local(tmp_path, data),
+                                       str(target)))
+    new = wait_until(lambda: list(shared_dir.glob(".opsq-put.*/new")), 60,
+                     "the put's temporary file", every=0.001)[0]
+    reader = wait_until(lambda: _writer_of(new), 10, "the host's reader", every=0.001)
+    os.kill(reader, signal.SIGSTOP)
+    try:
+        jobs.cancel(job.id)
+        summary = job.get(timeout=90)
+    finally:
+        os.kill(reader, signal.SIGCONT)
+    assert rows(summary["job_id"])["host01"]["status"] == "cancelled"
+    wait_until(lambda: not list(shared_dir.glob(".opsq-put.*")), 10,
+               "the put's private directory to be removed")
+    # the old state or the whole file (should the bytes have all arrived): never a part
+    assert not target.exists() or _digest(target) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_directory_at_the_target_at_the_last_moment_gets_nothing_inside(shared_dir):
+    # A link to the user's directory put at the target's name just before the rename:
+    # the rename replaces the name itself, never moves the file into that directory.
+    theirs = Path(tempfile.mkdtemp(prefix="opsq-theirs-"))
+    try:
+        target = shared_dir / "app.conf"
+        prelude = f'mv() {{ ln -s {shlex.quote(str(theirs))} "$5"; command mv "$@"; }}'
+        outcome = _put_played(prelude, target, b"new\n")
+        assert list(theirs.iterdir()) == []
+        if outcome.status == HostStatus.OK:
+            assert not target.is_symlink() and target.read_bytes() == b"new\n"
+        else:
+            assert target.is_symlink()
+    finally:
+        shutil.rmtree(theirs, ignore_errors=True)
+
+
+class _Recorded(Exception):
+    pass
+
+
+def test_a_put_whose_channel_closes_leaves_no_private_directory(shared_dir):
+    # What a cancel does to the host's program, step by step: part of the bytes, then the
+    # channel gone (its stdout and stderr closed, then its stdin). Its next message raises
+    # SIGPIPE, which must still remove the private directory and the partial file.
+    data = secrets.token_bytes(1024 * 1024)
+    target = shared_dir / "app.bin"
+    programs = []
+
+    def record(script: str, stdin: bytes, timeout: float, limit: int, keep_stdin=False):
+        if ".opsq-put." not in script:
+            return transfer.local_runner()(script, stdin, timeout, limit)
+        programs.append(script)
+        raise _Recorded()
+
+    with pytest.raises(_Recorded):
+        transfer.put(transfer.HostSide(record, None, False), transfer.Action(
+            "put", {"remote": str(target), "sha256": hashlib.sha256(data).hexdigest()},
+            data), 60)
+    proc = subprocess.Popen(["/bin/sh", "-c", programs[0]], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(data[:len(data) // 2])
+    proc.stdin.flush()
+    wait_until(lambda: [p for p in shared_dir.glob(".opsq-put.*/new") if p.stat().st_size],
+               10, "part of the bytes in the private directory")
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.stdin.close()
+    proc.wait(timeout=10)
+    assert list(shared_dir.glob(".opsq-put.*")) == []
+    assert not target.exists()
+
+
 # -- --backup never writes through a name that exists ------------------------------------
+
+
+def _backup_names(target: Path) -> list[Path]:
+    """Every backup name a put of ``target`` may pick in the next seconds."""
+    now = datetime.now()
+    return [target.with_name(
+        f"{target.name}.opsq-{(now + timedelta(seconds=s)).strftime('%Y%m%d%H%M%S')}")
+        for s in range(-2, PLANTED_SECONDS)]
 
 
 def _plant_backup_names(target: Path, victim: Path, owner: str) -> list[Path]:
     """Links to ``victim`` at every backup name a put may pick in the next seconds."""
-    now = datetime.now()
-    planted = []
-    for s in range(-2, PLANTED_SECONDS):
-        name = target.with_name(
-            f"{target.name}.opsq-{(now + timedelta(seconds=s)).strftime('%Y%m%d%H%M%S')}")
+    planted = _backup_names(target)
+    for name in planted:
         name.symlink_to(victim)
         _own(name, owner)
-        planted.append(name)
     return planted
+
+
+@pytest.mark.parametrize("planted", ["directory", "link to a directory"])
+def test_a_backup_name_taken_by_a_directory_gets_nothing_inside(tmp_path, shared_dir,
+                                                                planted):
+    # ln (and mv) put the file inside a directory the name holds: the old file would be
+    # hard-linked into the user's directory, where the user could read it.
+    target = shared_dir / "motd"
+    target.write_bytes(b"old\n")
+    target.chmod(0o600)
+    theirs = Path(tempfile.mkdtemp(prefix="opsq-theirs-"))
+    try:
+        theirs.chmod(0o777)
+        _own(theirs, HOSTILE)
+        names = _backup_names(target)
+        for name in names:
+            if planted == "directory":
+                name.mkdir()
+                name.chmod(0o777)
+            else:
+                name.symlink_to(theirs)
+            _own(name, HOSTILE)
+        summary, hosts = _run(actions.put_spec(_spec(become=True),
+                                               _local(tmp_path, b"new\n"), str(target),
+                                               backup=True))
+        assert summary["succeeded"], hosts["host01"]
+        assert target.read_bytes() == b"new\n"
+        assert list(theirs.iterdir()) == []
+        assert all(list(n.iterdir()) == [] for n in names)
+        kept = [p for p in shared_dir.glob("motd.opsq-*") if p not in names]
+        assert [p.read_bytes() for p in kept] == [b"old\n"], kept
+        assert kept[0].is_file() and not kept[0].is_symlink()
+        assert kept[0].name in hosts["host01"]["stdout"]
+    finally:
+        shutil.rmtree(theirs, ignore_errors=True)
 
 
 @pytest.mark.parametrize("become", [True, False])
@@ -406,3 +634,39 @@ def test_get_does_not_follow_a_link_another_user_planted(shared_dir, victim):
     assert hosts["host01"]["status"] == "failed"
     assert "belongs to another user" in hosts["host01"]["error"]
     assert hosts["host01"]["sha256"] is None
+
+
+@pytest.mark.parametrize("swapped", ["fifo", "fifo with a writer", "link"])
+def test_get_reads_only_the_file_it_checked(shared_dir, victim, swapped):
+    # Swapped right after the regular-file check: for a fifo (a read would wait for a
+    # writer until the deadline, or read what the writer says) or a link to root's file
+    # (a read would fetch it).
+    source = shared_dir / "report.txt"
+    source.write_bytes(b"report\n")
+    swap = {"fifo": 'rm -f "$2"; mkfifo "$2"',
+            "fifo with a writer": ('rm -f "$2"; mkfifo "$2"; '
+                                   '( echo secret > "$2" ) </dev/null >/dev/null 2>&1 &'),
+            "link": f'ln -sfn {shlex.quote(str(victim))} "$2"'}[swapped]
+    prelude = f'test() {{ command test "$@" || return; {swap}\n unset -f test; }}'
+    began = time.monotonic()
+    outcome = _get_played(prelude, source, timeout=60)
+    assert time.monotonic() - began < transfer.GET_OPEN_TIMEOUT + 15
+    assert outcome.status == HostStatus.FAILED, outcome
+    assert b"secret" not in (outcome.content or b"")
+    why = ("could not be opened" if swapped == "fifo"
+           else "was replaced while it was opened")
+    assert why in outcome.error, outcome
+
+
+def test_get_swapped_after_its_checks_still_reads_the_file_checked(shared_dir, victim):
+    # A link to root's file put at the name after every check (played after the last
+    # stat): what is read is the file opened and checked, never the name again.
+    source = shared_dir / "report.txt"
+    source.write_bytes(b"report\n")
+    swap = f'ln -sfn {shlex.quote(str(victim))} "$4"'
+    prelude = (f'stat() {{ command stat "$@" || return; [ "$3" = -- ] || return 0; {swap}\n'
+               ' unset -f stat; }')
+    outcome = _get_played(prelude, source)
+    assert source.is_symlink()  # the swap was played
+    assert outcome.status == HostStatus.OK, outcome
+    assert outcome.content == b"report\n"
