@@ -235,7 +235,7 @@ leave() {{
 }}
 trap leave EXIT
 trap 'trap - EXIT; took=1; leave; exit 129' HUP PIPE TERM INT
-made=$(stat -c %d:%i -- "$w")
+made=$(stat -c %d:%i -- "$w" 2>/dev/null) || made=gone
 cd "$w" 2>/dev/null && [ "$(stat -c %u:%a:%d:%i .)" = "$me:700:$made" ] &&
   [ -z "$(ls -A .)" ] || {{
   echo "$w was changed by someone else; the target is unchanged" >&2; exit 3; }}
