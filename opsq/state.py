@@ -469,6 +469,10 @@ def renew(conn: Connection, tokens: Sequence[str], ttl: float) -> None:
 
 CANCELLED_BEFORE = "cancelled before it started (opsq cancel)"
 CANCELLED_WHILE = "cancelled while running (opsq cancel): its command was stopped on the host"
+#: A put, get, script or become program whose channel a cancel closed: its end was not
+#: seen, so whether it finished first is not known (a put may have replaced the file).
+CANCELLED_UNSEEN = ("cancelled while running (opsq cancel): its channel was closed before "
+                    "its end was seen; it may have finished on the host first")
 CANCEL_PENDING = text(
     f"""
     SELECT pg_notify('{JOBS_CHANNEL}', :job);

@@ -376,7 +376,8 @@ def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper, token: str
     if stopper.stopped.is_set() and not outcome.succeeded and not decides \
             and outcome.status != HostStatus.CANCELLED:
         outcome.status, outcome.exit_code = HostStatus.CANCELLED, None
-        outcome.error = state.CANCELLED_WHILE
+        outcome.error = state.CANCELLED_UNSEEN if job.kind != "command" \
+            or job.params.get("become") else state.CANCELLED_WHILE
     return outcome
 
 
