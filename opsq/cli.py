@@ -61,6 +61,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"opsq: {exc}", err=True)
             sys.exit(EXIT_UNAVAILABLE)
         except OpsqError as exc:
+            if _captured.get() is not None:  # reading a job line: its reader reports it
+                raise
             click.echo(f"opsq: {exc}", err=True)
             sys.exit(EXIT_INPUT)
         except TimeoutError as exc:
@@ -154,6 +156,8 @@ def job_line_spec(words: list[str]) -> Any:
                                      standalone_mode=False)
     except click.exceptions.Exit:
         pass
+    except click.ClickException as exc:  # an option the command refuses
+        raise OpsqError(f"in the job line: {exc.format_message()}") from None
     finally:
         _captured.reset(token)
     if not captured:
@@ -167,11 +171,10 @@ def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
 
     capturing = _captured.get()
     if capturing is not None and opts["ask_become_pass"]:
-        raise click.UsageError("-K cannot be scheduled (no typed password is stored): "
-                               "give the workers OPSQ_BECOME_PASSWORD_FILE or "
-                               "ansible_become_pass")
+        raise OpsqError("-K cannot be scheduled (no typed password is stored): give the "
+                        "workers OPSQ_BECOME_PASSWORD_FILE or ansible_become_pass")
     if capturing is not None and opts["wait_"]:
-        raise click.UsageError("--wait means nothing in a schedule")
+        raise OpsqError("--wait means nothing in a schedule")
 
     params = actions.become_params(opts["become"], opts["become_user"],
                                    opts["ask_become_pass"])

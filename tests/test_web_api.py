@@ -157,6 +157,25 @@ def test_schedule_crud_through_the_api(web, accounts):
                        "schedule.enable", "schedule.run", "schedule.remove"]
 
 
+def test_a_schedule_of_a_whole_job_line_through_the_api(web, accounts):
+    with web.client(accounts["operator"].token) as c:
+        r = c.post(f"{API}/schedules", json={
+            "name": "api-line", "every": "1h", "overlap": "allow",
+            "job": "run 'echo rolled' -t fleet --batch-size 3 --retries 1 --rerun-safe "
+                   "--timeout 30"})
+        assert r.status_code == 201, r.text
+        spec = r.json()["kwargs"]["spec"]
+        assert (spec["kind"], spec["command"], spec["batch_size"], spec["retries"],
+                spec["command_timeout"]) == ("command", "echo rolled", "3", 1, 30.0)
+        assert spec["inventory"] == "default" and spec["local_hosts"] is False
+        assert r.json()["overlap"] == "allow"
+        job_id = c.post(f"{API}/schedules/api-line/run").json()["task_id"]
+        done = wait_until(lambda: _exists(c, job_id) and _finished(c, job_id), 60,
+                          "the schedule's job")
+        assert done["status"] == "succeeded" and done["batches"] == 2
+        assert c.delete(f"{API}/schedules/api-line").status_code == 204
+
+
 def _exists(c, job_id):
     return c.get(f"{API}/jobs/{job_id}").status_code == 200
 
@@ -424,3 +443,23 @@ def test_admins_manage_users_in_the_console_and_others_cannot(web, accounts):
     actions = [a for a, t in rows("SELECT action, target FROM audit WHERE target = :t",
                                   t=name)]
     assert actions == ["user.add", "user.add.refused", "user.token", "user.remove"]
+
+
+def test_the_schedule_form_takes_a_job_line(web, accounts):
+    client, csrf = _session(web, accounts["operator"])
+    try:
+        r = client.post("/schedules/new", data={
+            "csrf": csrf, "name": "form-line", "when_kind": "every", "expression": "1h",
+            "what": "fleet", "enabled": "on", "overlap": "skip",
+            "job": "run 'echo from the form' -t fleet --retries 1 --rerun-safe"})
+        assert r.status_code == 303, r.text[-500:]
+        row = [s for s in rows("SELECT kwargs FROM schedules WHERE name = 'form-line'")][0]
+        assert row.kwargs["spec"]["command"] == "echo from the form"
+        bad = client.post("/schedules/new", data={
+            "csrf": csrf, "name": "form-line-2", "when_kind": "every", "expression": "1h",
+            "what": "fleet", "job": "script /etc/shadow -t fleet"})
+        assert bad.status_code == 422 and "command line" in html.unescape(bad.text)
+    finally:
+        client.close()
+    with web.client(accounts["operator"].token) as c:
+        assert c.delete(f"{API}/schedules/form-line").status_code == 204

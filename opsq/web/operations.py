@@ -104,6 +104,11 @@ class ScheduleIn(BaseModel):
     connect_timeout: float | None = None
     rerun_safe: bool = False
     notify: list[ShortText] = Field(default_factory=list, max_length=100)
+    job: Text | None = Field(
+        None, description="A whole job instead of command and pattern: an opsq run line as "
+                          "typed at the command line ('run \\'apt-get -y upgrade\\' -t web "
+                          "--batch-size 25% --become'), every option but -K, --wait and -i "
+                          "(the inventory field names it).")
     task: ShortText | None = None
     args: list[Any] | Text | None = None
     kwargs: dict[str, Any] | Text | None = None
@@ -362,9 +367,17 @@ def create_schedule(who: Principal, s: ScheduleIn, address: str | None) -> Sched
             return schedules.add(s.name, when, s.task, _json_value(s.args, "args", list),
                                  _json_value(s.kwargs, "kwargs", dict), s.enabled,
                                  on_change=on_change, overlap=s.overlap)
+        if s.job is not None:
+            if s.command or s.pattern or s.notify or s.timeout is not None \
+                    or s.connect_timeout is not None or s.rerun_safe or s.args or s.kwargs:
+                raise schedules.ScheduleError("with a job line, give its options in the line")
+            with inventory_errors(s.inventory):
+                return schedules.add(s.name, when, schedules.SUBMIT_TASK, [],
+                                     job_line_kwargs(s.job, s.inventory), s.enabled,
+                                     on_change=on_change, overlap=s.overlap)
         if not s.pattern or not s.command:
             raise schedules.ScheduleError("a fleet schedule needs a command and a pattern "
-                                          "(or give a task)")
+                                          "(or a job line, or a task)")
         if s.args or s.kwargs:
             raise schedules.ScheduleError("args and kwargs go with a task")
         path = inventory_path(s.inventory)
@@ -381,6 +394,34 @@ def create_schedule(who: Principal, s: ScheduleIn, address: str | None) -> Sched
     except OpsqError as exc:
         audit.refused(who, "schedule.create", s.name, str(exc), detail, address)
         raise
+
+
+#: Options of a job line the console refuses: it names inventories itself, and nothing in
+#: the line may make the server open a path of its own.
+_LINE_PATHS = ("-i", "--inventory")
+
+
+def job_line_kwargs(line: str, inventory: str | None) -> dict[str, Any]:
+    """A schedule's kwargs for a job line typed into the console: an ``opsq run`` line
+    (a put's or script's file, a get's local directory would be paths of this server),
+    on the console's inventory ``inventory``, under the console's local-host rule.
+    Raises OpsqError."""
+    import shlex
+
+    from opsq.cli import job_line_spec
+
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise OpsqError(f"the job line does not parse: {exc}") from None
+    if not words or words[0] != "run":
+        raise OpsqError("the console schedules 'run' job lines; a put, get or script "
+                        "carries local files and is scheduled from the command line")
+    if any(w in _LINE_PATHS or w.startswith(("--inventory=", "-i")) for w in words[1:]
+           if w.startswith("-")):
+        raise OpsqError("choose the inventory with the inventory field, not -i in the line")
+    spec = job_line_spec([*words, "-i", inventory_path(inventory)])
+    return {"spec": jobs.spec_to_dict(replace(spec, local_hosts=_local_hosts()))}
 
 
 def _may_change(who: Principal, name: str, changes_what: bool = False) -> Schedule:

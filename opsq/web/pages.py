@@ -297,7 +297,7 @@ def schedules_page(request: Request) -> Response:
 
 
 _SCHEDULE_FIELDS = ("name", "tz", "command", "pattern", "timeout", "task", "args", "kwargs",
-                    "overlap")
+                    "overlap", "job")
 
 
 def _timing_fields(form: dict[str, str]) -> dict[str, str]:
@@ -311,11 +311,14 @@ def _schedule_from_form(form: dict[str, str]) -> operations.ScheduleIn:
     values: dict[str, Any] = {k: form[k].strip() for k in _SCHEDULE_FIELDS
                               if form.get(k, "").strip()}
     if form.get("what") == "task":
-        for k in ("command", "pattern", "timeout"):
+        for k in ("command", "pattern", "timeout", "job"):
             values.pop(k, None)
     else:
         for k in ("task", "args", "kwargs"):
             values.pop(k, None)
+        if "job" in values:  # a whole job line: the three fields above are not its
+            for k in ("command", "pattern", "timeout"):
+                values.pop(k, None)
     values.update(_timing_fields(form))
     if "every" in values:  # the zone field keeps its default; an interval has no zone
         values.pop("tz", None)
