@@ -59,7 +59,11 @@ class Node:
         self.proc = subprocess.Popen([RABBITMQ_SERVER], env=self.env, cwd=work,
                                      stdout=(work / "node.out").open("wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._up, NODE_START_TIMEOUT, f"RabbitMQ node {self.name}", every=1)
+        try:
+            wait_until(self._up, NODE_START_TIMEOUT, f"RabbitMQ node {self.name}", every=1)
+        except BaseException:
+            self.stop()  # a node that never answered is not left running
+            raise
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
 
     def _up(self) -> bool:
