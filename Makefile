@@ -143,10 +143,8 @@ test: venv services  ## the whole suite, against real RabbitMQ, PostgreSQL, work
 	$(BIN)/pytest -q
 
 .PHONY: test-fast
-test-fast: venv  ## the pure tests (no services): inventory, patterns, options, local runner
-	$(BIN)/pytest -q tests/test_inventory.py tests/test_inventory_ansible.py tests/test_options.py \
-	    tests/test_local_runs.py tests/test_local_env.py tests/test_patterns_hostile.py \
-	    tests/test_inventory_ini_lines.py tests/test_packaging.py
+test-fast: venv  ## tests/unit: the tests that need no service (inventory, patterns, options, local runner...)
+	$(BIN)/pytest -q tests/unit
 
 .PHONY: bench
 bench: venv services  ## benchmark: opsq jobs vs. what their parts allow, same run, as ratios

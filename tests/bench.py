@@ -28,7 +28,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests import conftest  # sets the throwaway environment before opsq is imported
+# The tests' support modules import each other by name, as pytest's pythonpath has it.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tests import conftest  # noqa: E402  (sets the throwaway environment before opsq)
 
 #: Where the worker's log is kept after the run (the scratch directory is removed).
 ROOT_LOG = conftest.ROOT / "var" / "bench-worker.log"

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
 TEST_DB = f"opsq_test_{RUN_ID}"
 TEST_VHOST = f"opsq_test_{RUN_ID}"

@@ -8,6 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: The repository's root (tests live in tests/, tests/unit/ and tests/integration/).
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
     """Poll ``cond`` until it returns something truthy; fail naming ``what`` otherwise."""

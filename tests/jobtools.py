@@ -11,9 +11,6 @@ from sqlalchemy import text
 from opsq import db, jobs
 from opsq.app import app
 
-#: The project's root (where the Makefile is).
-ROOT_DIR = Path(__file__).resolve().parent.parent
-
 # Each fleet host K answers on 127.0.2.K; the command finds K from the server address
 # sshd puts in SSH_CONNECTION, so hosts can behave differently.
 HOST_NUMBER = "n=$(echo $SSH_CONNECTION | cut -d' ' -f3 | cut -d. -f4)"

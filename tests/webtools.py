@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from helpers import free_port, wait_until
+from helpers import ROOT, free_port, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Seconds ``opsq web`` gets to answer after it is started.
 START_TIMEOUT = 30
 

@@ -11,11 +11,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Hosts of one job reading its password at once in one process.
 HOSTS = 16
 #: Jobs read one after the other (each a fresh queue and an empty cache).
@@ -27,6 +26,7 @@ PROCESS_START_DELAY = 3.0
 #: per thread: the password or the error.
 READER = """
 import sys, threading, time
+
 from opsq import prompted
 from opsq.app import app
 job_id, start, hosts = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])

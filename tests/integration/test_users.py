@@ -7,14 +7,11 @@ import os
 import secrets
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+from helpers import ROOT
 from sqlalchemy import text
 
 from opsq import db
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def opsq(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -84,30 +81,3 @@ def test_bad_name_role_or_password_is_refused(services):
     role = opsq("users", "add", "carol", "--role", "root", stdin="long enough pw\n")
     assert role.returncode == 2
     assert row("SELECT count(*) AS n FROM users WHERE name IN ('carol', 'no spaces')").n == 0
-
-
-def test_generated_cookie_key_is_kept_private(tmp_path):
-    from opsq.settings import Settings
-    from opsq.web.auth import signing_key
-
-    path = tmp_path / "var" / "web-secret"
-    first = signing_key(Settings(web_secret=None), path)
-    assert len(first) >= 40 and path.stat().st_mode & 0o777 == 0o600
-    assert signing_key(Settings(web_secret=None), path) == first
-    given = "g" * 32
-    assert signing_key(Settings(web_secret=given), path) == given
-
-
-@pytest.mark.parametrize("key,where", [("", "OPSQ_WEB_SECRET"), ("short", "OPSQ_WEB_SECRET"),
-                                       ("x" * 31, "OPSQ_WEB_SECRET")])
-def test_a_short_or_empty_signing_key_is_refused(tmp_path, key, where):
-    from opsq.errors import ConfigError
-    from opsq.settings import Settings
-    from opsq.web.auth import signing_key
-
-    with pytest.raises(ConfigError, match="at least 32"):
-        signing_key(Settings(web_secret=key), tmp_path / "unused")
-    empty = tmp_path / "web-secret"
-    empty.write_text("\n")
-    with pytest.raises(ConfigError, match=str(empty)):
-        signing_key(Settings(web_secret=None), empty)

@@ -16,15 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import alive, free_port, wait_until
+from helpers import ROOT, alive, free_port, wait_until
 
 from opsq import jobs
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-
-
 
 
 class Daemons:

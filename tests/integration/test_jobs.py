@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 from conftest import FLEET_SUBNET
-from helpers import wait_until
+from helpers import ROOT, wait_until
 from jobtools import HOST_NUMBER, rows, run_job, run_on_worker, taskmeta
 from sqlalchemy import text
 
@@ -261,7 +260,7 @@ def test_stopped_database_gives_a_clear_error(opsq_cli):
 
 def test_readme_sql_returns_the_rows():
     summary = run_job(f"{HOST_NUMBER}; echo sql$n; exit $((n == 4))")
-    readme = Path(__file__).resolve().parent.parent / "README.md"
+    readme = ROOT / "README.md"
     blocks = readme.read_text(encoding="utf-8").split("```sql")[1:]
     queries = [b.split("```")[0].strip() for b in blocks]
     assert len(queries) >= 4
@@ -408,11 +407,10 @@ def test_result_table_escapes_terminal_control_from_hosts(opsq_cli):
 def test_make_run_passes_the_command_untouched():
     import subprocess
 
-    from jobtools import ROOT_DIR
 
     typed = "echo '$HOME' `id -u` \"$(uname)\" $$x"
     out = subprocess.run(["make", "-s", "run", f"CMD={typed}", "TARGET=host01"],
-                         cwd=ROOT_DIR, capture_output=True, text=True, timeout=120)
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip().splitlines()[-1]
     with db.session_scope() as s:

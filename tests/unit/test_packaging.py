@@ -6,9 +6,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
 #: Seconds a wheel build may take (it fetches setuptools for its isolated build).
 BUILD_TIMEOUT = 300
 #: Words no file in the wheel may have in its name: the local fleet (it creates system

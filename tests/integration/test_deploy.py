@@ -43,9 +43,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import alive, free_port
+from helpers import ROOT, alive, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 ENV_FILE = DEPLOY / "opsq.env"
 UNIT_DIR = DEPLOY / "systemd"

@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from helpers import ROOT, wait_until
 from sqlalchemy import text
 
 from opsq import db
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Seconds a task sent through Flower would take at most to become a job.
 SUBMIT_GRACE = 5
 
