@@ -676,24 +676,18 @@ def _when(value: Any) -> str:
 
 def _what(row: Any) -> str:
     from opsq.jobs import mask_secrets
-    from opsq.schedules import masked_kwargs
+    from opsq.schedules import describe_fleet_job, masked_kwargs
 
-    kwargs = masked_kwargs(row.kwargs)
-    if row.task == "opsq.submit_job" and isinstance(kwargs.get("spec"), dict):
-        spec = kwargs["spec"]
-        return f"{spec.get('pattern')}: {spec.get('command')}"
-    if row.task == "opsq.submit_job":
-        return f"{kwargs.get('pattern')}: {kwargs.get('command')}"
+    if (fleet := describe_fleet_job(row)) is not None:
+        return fleet
     args = mask_secrets(repr(tuple(row.args))) if row.args else "()"
-    return f"{row.task}{args} {kwargs or ''}".rstrip()
+    return f"{row.task}{args} {masked_kwargs(row.kwargs) or ''}".rstrip()
 
 
 def _expr(row: Any) -> str:
-    if row.kind == "interval":
-        return f"every {float(row.expression):g}s"
-    if row.kind == "cron":
-        return f"cron '{row.expression}' {row.timezone}"
-    return f"at {row.expression}"
+    from opsq.schedules import describe_timing
+
+    return describe_timing(row)
 
 
 @schedule.command("list")

@@ -159,15 +159,15 @@ _RELEASE = text(
         FOR UPDATE SKIP LOCKED
     )
     UPDATE host_results h SET held = false
-    FROM due WHERE h.id = due.id
-    RETURNING h.host, h.id
+    FROM due, jobs j WHERE h.id = due.id AND j.id = h.job_id
+    RETURNING h.host, h.id, j.command
     """
 )
 
 
 def hold(conn: Connection, job_id: str, hosts: Sequence[str]) -> None:
     """Keep the wait of these pending hosts (their ``not_before``) in PostgreSQL: the
-    sweep sends them when due (``release_due``) instead of a delayed message, which a
+    sweep sends them when due (``release``) instead of a delayed message, which a
     worker would hold unacknowledged for the whole wait."""
     if hosts:
         conn.execute(_HOLD, {"job": job_id, "hosts": list(hosts)})
@@ -178,12 +178,12 @@ def due_jobs(conn: Connection, batch: int) -> list[str]:
     return [r.job_id for r in conn.execute(_DUE_JOBS, {"batch": batch})]
 
 
-def release(conn: Connection, job_id: str) -> list[str]:
-    """The job's held hosts whose wait is over, in inventory order, no longer held. The
-    caller sends them before this transaction commits: if it cannot, the rollback holds
-    them again for the next sweep."""
-    return [r.host for r in sorted(conn.execute(_RELEASE, {"job": job_id}),
-                                   key=lambda r: r.id)]
+def release(conn: Connection, job_id: str) -> tuple[str, list[str]]:
+    """The job's command and its held hosts whose wait is over, in inventory order, no
+    longer held. The caller sends them before this transaction commits: if it cannot,
+    the rollback holds them again for the next sweep."""
+    rows = sorted(conn.execute(_RELEASE, {"job": job_id}), key=lambda r: r.id)
+    return (rows[0].command if rows else ""), [r.host for r in rows]
 
 
 def wait_in_broker(delay: float) -> bool:

@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from opsq import control, db, files, limits, rolling, state, webhooks
 from opsq.app import app
-from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
+from opsq.errors import BackendUnavailable, InventoryError, JobNotFound, OpsqError
 from opsq.inventory import Host, Inventory
 from opsq.inventory.hosts import CONNECTION_LOCAL
 from opsq.models import HostResult, HostStatus, Job, JobStatus
@@ -247,12 +247,14 @@ def _named(inv: Inventory, names: list[str]) -> list[Host]:
     found = inv.resolve(",".join(gone)) if gone and all(
         n in ("localhost", "127.0.0.1", "::1") for n in gone) else []
     if gone and not found:
-        raise OpsqError(f"{', '.join(gone[:5])} no longer in the inventory {inv.source}: "
-                        "run the command again with a pattern instead")
+        raise InventoryError(f"{', '.join(gone[:5])} no longer in the inventory "
+                             f"{inv.source}: run the command again with a pattern instead")
     chosen = [inv.hosts[n] for n in names if n in inv.hosts] + found
-    problems = [h.problem for h in chosen if getattr(h, "problem", None)]
+    # As Inventory.resolve refuses them, and as an InventoryError: the console shows a
+    # problem (it names the file) only to an admin's log.
+    problems = [h.problem for h in chosen if h.problem]
     if problems:
-        raise OpsqError(problems[0])
+        raise InventoryError(problems[0])
     return chosen
 
 

@@ -615,6 +615,25 @@ def send(row: Schedule, task_id: str | None = None) -> str:
     return result.id
 
 
+def describe_timing(row: Schedule) -> str:
+    """When the schedule fires, in words (``every 600s``, ``cron '0 2 * * *' UTC``)."""
+    if row.kind == "interval":
+        return f"every {float(row.expression):g}s"
+    if row.kind == "cron":
+        return f"cron '{row.expression}' {row.timezone}"
+    return f"at {row.expression}"
+
+
+def describe_fleet_job(row: Schedule) -> str | None:
+    """What a fleet schedule runs, as shown: ``PATTERN: COMMAND`` with secrets masked
+    (a whole job's from its spec); None for a registered task."""
+    if row.task != SUBMIT_TASK:
+        return None
+    kwargs = masked_kwargs(row.kwargs)
+    what = kwargs["spec"] if isinstance(kwargs.get("spec"), dict) else kwargs
+    return f"{what.get('pattern')}: {what.get('command')}"
+
+
 def masked_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """A schedule's kwargs as shown (CLI, console, API, Flower): commands and other text
     through ``mask_secrets``, webhook URLs cut to scheme, host and port."""

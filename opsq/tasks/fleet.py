@@ -360,24 +360,23 @@ def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper, token: str
                                              job.connect_timeout), stopper=stopper, live=live)
         # The SSH command runner decides itself whether a cancel stopped its command
         # (an exit before the kill keeps its status); the others are told here.
-        decides = job.kind == "command" and not job.params.get("become") \
-            and target.connection != "local"
-        if job.kind == "command" and not job.params.get("become"):
+        plain = job.kind == "command" and not job.params.get("become")
+        decides = plain and target.connection != "local"
+        if plain:
             outcome = run_on(target, job.command, options, connection_pool())
         else:
             outcome = transfer.perform(target, job, options, connection_pool(), settings)
     except Exception as exc:  # a bug in opsq: record it on the host, keep the job alive
         logger.exception("host %s: unexpected error", claimed.host)
         outcome = Outcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
-        decides = False
+        plain = decides = False
     finally:
         flusher.forget(live)
     outcome.duration = time.monotonic() - began
     if stopper.stopped.is_set() and not outcome.succeeded and not decides \
             and outcome.status != HostStatus.CANCELLED:
         outcome.status, outcome.exit_code = HostStatus.CANCELLED, None
-        outcome.error = state.CANCELLED_UNSEEN if job.kind != "command" \
-            or job.params.get("become") else state.CANCELLED_WHILE
+        outcome.error = state.CANCELLED_WHILE if plain else state.CANCELLED_UNSEEN
     return outcome
 
 
@@ -526,15 +525,14 @@ def submit_job(
                             submitted_by=who, schedule_id=schedule_id, schedule=schedule)
         jobs.record_failed_submission(bare, job_id, str(exc))
         raise Ignore() from None
-    spec = job
     try:
-        jobs.create(spec, job_id=job_id)
+        jobs.create(job, job_id=job_id)
     except BackendUnavailable:
         raise
     except IntegrityError:
         status = jobs.job_status(job_id)
         if status is None:  # not a duplicate: its schedule was removed meanwhile
-            jobs.record_failed_submission(replace(spec, schedule_id=None), job_id,
+            jobs.record_failed_submission(replace(job, schedule_id=None), job_id,
                                           "the job could not be recorded (its schedule "
                                           "was removed meanwhile?)")
             raise Ignore() from None
@@ -549,7 +547,7 @@ def submit_job(
             logger.warning("job %s: %s", job_id, exc)
             reason = ("the inventory could not be read (the reason is in the worker's log; "
                       "opsq hosts PATTERN -i PATH shows it)")
-        jobs.record_failed_submission(spec, job_id, reason)
+        jobs.record_failed_submission(job, job_id, reason)
         raise Ignore() from None
     try:
         jobs.fan_out(job_id)

@@ -122,10 +122,8 @@ def sweep(grace: float | None = None) -> SweepReport:
         # next sweep while the others go.
         try:
             with _sweeping() as conn:
-                hosts = control.release(conn, job_id)
+                command, hosts = control.release(conn, job_id)
                 if hosts:
-                    command = conn.execute(text("SELECT command FROM jobs WHERE id = :j"),
-                                           {"j": job_id}).scalar_one()
                     jobs.send_hosts(job_id, hosts, command, f"due/{token}")
                     report.released[job_id] = hosts
         except BackendUnavailable as exc:

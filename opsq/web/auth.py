@@ -175,21 +175,6 @@ class LoginLimiter:
             times.popleft()
         return len(times) if times else 0
 
-    def blocked(self, name: str, address: str) -> bool:
-        now = time.monotonic()
-        pair, addr = self.keys(name, address)
-        with self._lock:
-            return (self._count(pair, now) >= self.attempts
-                    or self._count(addr, now) >= self.address_attempts)
-
-    def failed(self, name: str, address: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in self.keys(name, address):
-                self._failures.setdefault(key, deque()).append(now)
-                self._failures.move_to_end(key)
-            self._forget(now)
-
     def _forget(self, now: float) -> None:
         # The least recently failed keys come first: drop them while they are stale or
         # while there are too many.

@@ -209,6 +209,11 @@ def resolve(pattern: str, inventory: str | None = None) -> list[Any]:
         return jobs.load_inventory(path).select(pattern)
 
 
+def _offered(path: str | None) -> bool:
+    """Whether the inventory at ``path`` (None: OPSQ_INVENTORY) is one the console offers."""
+    return (path or str(get_settings().inventory_path())) in inventories().values()
+
+
 def _local_hosts() -> bool:
     return get_settings().web_local_hosts
 
@@ -255,10 +260,10 @@ def rerun(who: Principal, job_id: str, failed_only: bool, address: str | None) -
         if spec.params.get("become_prompt"):
             raise OpsqError(f"job {job_id} used a typed sudo password (-K), which the "
                             "console cannot give: run it again with opsq rerun")
-        path = spec.inventory or str(get_settings().inventory_path())
-        if path not in inventories().values():
+        if not _offered(spec.inventory):
             raise OpsqError(f"job {job_id} ran on an inventory the console does not offer: "
                             "run it again with opsq rerun")
+        path = spec.inventory or str(get_settings().inventory_path())
         spec = replace(spec, submitted_by=SUBMITTED_BY_PREFIX + who.name,
                        local_hosts=_local_hosts())
 
@@ -434,9 +439,7 @@ def _may_change(who: Principal, name: str, changes_what: bool = False) -> Schedu
                                       "only an admin changes, fires or removes it")
     if changes_what and row.task == schedules.SUBMIT_TASK:
         spec = row.kwargs.get("spec") if isinstance(row.kwargs.get("spec"), dict) else {}
-        path = row.kwargs.get("inventory") or spec.get("inventory") \
-            or str(get_settings().inventory_path())
-        if path not in inventories().values():
+        if not _offered(row.kwargs.get("inventory") or spec.get("inventory")):
             raise schedules.ScheduleError(
                 f"{name!r} runs on an inventory the console does not offer (it was made on "
                 "the command line): change its command or pattern there (opsq schedule "
@@ -501,22 +504,11 @@ def find_schedule(name: str) -> Schedule | None:
         return session.scalar(select(Schedule).where(Schedule.name == name))
 
 
-def describe_timing(row: Schedule) -> str:
-    if row.kind == "interval":
-        return f"every {float(row.expression):g}s"
-    if row.kind == "cron":
-        return f"cron '{row.expression}' {row.timezone}"
-    return f"at {row.expression}"
+describe_timing = schedules.describe_timing
 
 
 def describe_target(row: Schedule) -> str:
-    spec = (row.kwargs or {}).get("spec")
-    if row.task == schedules.SUBMIT_TASK and isinstance(spec, dict):
-        return f"{spec.get('pattern')}: {jobs.mask_secrets(str(spec.get('command')))}"
-    if row.task == schedules.SUBMIT_TASK:
-        return (f"{row.kwargs.get('pattern')}: "
-                f"{jobs.mask_secrets(str(row.kwargs.get('command')))}")
-    return f"{row.task}"
+    return schedules.describe_fleet_job(row) or row.task
 
 
 def schedule_dict(row: Schedule) -> dict[str, Any]:

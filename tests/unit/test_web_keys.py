@@ -39,13 +39,13 @@ def test_the_login_limiter_forgets(monkeypatch):
 
     limiter = LoginLimiter(attempts=2, window=0.2, address_attempts=3, max_keys=10)
     for i in range(50):  # many names from many addresses: at most max_keys are kept
-        limiter.failed(f"user{i}", f"10.0.0.{i}")
+        limiter.attempt(f"user{i}", f"10.0.0.{i}")
     assert len(limiter) <= 10
     assert not limiter.attempt("x", "10.9.9.9") or limiter.attempt("x", "10.9.9.9")
     assert not limiter.attempt("x", "10.9.9.9")  # two attempts for one name: blocked
     assert limiter.attempt("y", "10.9.9.9")  # another name from that address: not yet
     time.sleep(0.25)
-    limiter.failed("z", "10.1.1.1")  # any later failure drops what the window forgot
+    limiter.attempt("z", "10.1.1.1")  # any later attempt drops what the window forgot
     assert len(limiter) == 2 and limiter.attempt("x", "10.9.9.9")
     # IPv6: a /64 is one address
     pair, addr = LoginLimiter.keys("n", "2001:db8::1")
