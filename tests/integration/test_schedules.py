@@ -41,8 +41,11 @@ def jobs_of(name: str) -> list[dict]:
 
 
 def add_every(name: str, every: str, command: str = "echo tick", pattern: str = "odd"):
+    # These tests are about firing, not overlap: a job still running when the next
+    # firing is due (a loaded machine, intervals of a second) must not skip it.
     return schedules.add(name, schedules.timing(every=every), schedules.SUBMIT_TASK,
-                         kwargs=schedules.fleet_kwargs(command, pattern))
+                         kwargs=schedules.fleet_kwargs(command, pattern),
+                         overlap="allow")
 
 
 def test_every_2s_fires_real_jobs_then_disable_edit_and_remove_take_effect(
@@ -416,12 +419,15 @@ def test_wildcard_hour_lines_keep_real_time_across_the_change(change, expression
 
 
 def test_beat_fires_once_across_both_changes():
-    # fire_due's own bookkeeping, driven with the clock of the changes
+    # fire_due's own bookkeeping, driven with the clock of the changes. The simulated
+    # hours pass in seconds while the jobs run in real time: overlap is allowed, or a
+    # firing could find the previous hour's job still running and be skipped.
     row = schedules.add("dst", schedules.timing(cron="30 2 * * *", tz="Europe/Paris"),
-                        schedules.SUBMIT_TASK, kwargs=schedules.fleet_kwargs("true", "host01"))
+                        schedules.SUBMIT_TASK, kwargs=schedules.fleet_kwargs("true", "host01"),
+                        overlap="allow")
     hourly = schedules.add("dst-hourly", schedules.timing(cron="0 * * * *", tz="Europe/Paris"),
                            schedules.SUBMIT_TASK,
-                           kwargs=schedules.fleet_kwargs("true", "host01"))
+                           kwargs=schedules.fleet_kwargs("true", "host01"), overlap="allow")
 
     def due_at(name: str, t: datetime) -> None:
         with db.session_scope() as s:
