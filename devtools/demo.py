@@ -11,8 +11,9 @@ import time
 
 from sqlalchemy import text
 
-from opsq import db, jobs
+from opsq import jobs
 from opsq.app import app
+from opsq.store import db
 
 #: Seconds to wait for the worker daemons to answer a ping.
 WORKER_WAIT = 60

@@ -24,8 +24,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 
-from opsq import db
 from opsq.app import app
+from opsq.store import db
 
 GREETING = "Happy birthday, {name}! Best wishes from all of us."
 #: Any number: the advisory lock that keeps two first uses from creating the tables at once.

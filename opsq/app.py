@@ -12,7 +12,7 @@ from opsq.settings import get_settings
 
 #: opsq's own task modules; users add theirs with OPSQ_TASK_MODULES (the example task,
 #: devtools.examples, is loaded only that way, from a source checkout).
-OPSQ_TASK_MODULES = ["opsq.tasks.fleet", "opsq.tasks.maintenance"]
+OPSQ_TASK_MODULES = ["opsq.worker.fleet_tasks", "opsq.worker.maintenance_tasks"]
 #: Queue of per-host SSH work: IO-bound, consumed by a threads-pool worker.
 FLEET_QUEUE = "opsq.fleet"
 #: Queue of bookkeeping (job summaries, schedules, pruning): a small prefork worker.
@@ -42,10 +42,10 @@ def make_app() -> Celery:
     settings = get_settings()
     extra = [m.strip() for m in settings.task_modules.split(",") if m.strip()]
     celery = Celery("opsq", include=[*OPSQ_TASK_MODULES, *extra],
-                    events="opsq.events:OpsqEvents")
+                    events="opsq.worker.event_dispatcher:OpsqEvents")
     celery.conf.update(
         broker_url=settings.broker_url,
-        result_backend="opsq.backend:PostgresBackend",
+        result_backend="opsq.worker.backend:PostgresBackend",
         database_url=settings.database_url.removeprefix("db+"),
         result_extended=True,
         result_expires=RESULT_EXPIRES,
@@ -76,7 +76,7 @@ def make_app() -> Celery:
         task_send_sent_event=True,
         broker_connection_timeout=BROKER_CONNECT_TIMEOUT,
         broker_connection_retry_on_startup=True,
-        # Outages of minutes: reconnect forever, quickly (opsq.consumer), and treat a
+        # Outages of minutes: reconnect forever, quickly (opsq.worker.consumer), and treat a
         # channel error (e.g. consumer_timeout) as a reason to reconnect, not to die.
         broker_connection_max_retries=None,
         broker_channel_error_retry=True,
@@ -84,7 +84,7 @@ def make_app() -> Celery:
         broker_transport_options={"confirm_publish": True,
                                   "read_timeout": BROKER_SOCKET_TIMEOUT,
                                   "write_timeout": BROKER_SOCKET_TIMEOUT},
-        worker_consumer="opsq.consumer:Consumer",
+        worker_consumer="opsq.worker.consumer:Consumer",
         # After a reconnection Celery lowers the prefetch count and raises it again from
         # pool threads, with a basic.qos on the connection the event loop reads: with
         # the threads pool that can freeze the loop (no new task for minutes). Redelivered
@@ -97,7 +97,7 @@ def make_app() -> Celery:
             "interval_max": 1,
         },
         worker_hijack_root_logger=False,
-        beat_scheduler="opsq.scheduler:DatabaseScheduler",
+        beat_scheduler="opsq.schedules.beat:DatabaseScheduler",
         enable_utc=True,
         timezone="UTC",
     )

@@ -167,7 +167,8 @@ def job_line_spec(words: list[str]) -> Any:
 
 def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
     """Build the job from the shared options, submit it, print its id (or wait for it)."""
-    from opsq import actions, jobs
+    from opsq import jobs
+    from opsq.jobs import kinds
 
     capturing = _captured.get()
     if capturing is not None and opts["ask_become_pass"]:
@@ -176,7 +177,7 @@ def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
     if capturing is not None and opts["wait_"]:
         raise OpsqError("--wait means nothing in a schedule")
 
-    params = actions.become_params(opts["become"], opts["become_user"],
+    params = kinds.become_params(opts["become"], opts["become_user"],
                                    opts["ask_become_pass"])
     base = jobs.JobSpec(
         command="", pattern=opts["pattern"], inventory=opts["inventory"],
@@ -190,15 +191,15 @@ def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
         return None
     hand_over = None
     if opts["ask_become_pass"]:
-        from opsq import prompted
         from opsq.app import app
+        from opsq.jobs import become_password
 
         jobs.plan(spec)  # so is anything else, and a job that would outlive the password
 
         password = click.prompt("sudo password", hide_input=True, err=True)
 
         def hand_over(job_id: str) -> None:
-            prompted.hand_over(app, job_id, password)
+            become_password.hand_over(app, job_id, password)
 
     result = jobs.submit(spec, before_publish=hand_over)
     if not opts["wait_"]:
@@ -239,9 +240,9 @@ def put(local: str, remote: str, mode: str | None, owner: str | None, backup: bo
 
     A host whose file already has that content, mode and owner reports it unchanged and is
     not written; otherwise the file is replaced atomically (rename)."""
-    from opsq import actions
+    from opsq.jobs import kinds
 
-    if (job_id := _submit(lambda spec: actions.put_spec(
+    if (job_id := _submit(lambda spec: kinds.put_spec(
             spec, local, remote, mode=mode, owner=owner, backup=backup), opts)) is not None:
         _show_finished(job_id, opts["as_json"], progress=not opts["as_json"])
 
@@ -255,10 +256,10 @@ def get(remote: str, dest: str, **opts: Any) -> None:
     """Fetch the file REMOTE (absolute, no '..') from every host PATTERN selects (into the
     directory DEST/<host>/REMOTE with --wait; later: 'opsq result JOB --save DEST'). Over
     OPSQ_FETCH_LIMIT fails the host."""
-    from opsq import actions
+    from opsq.jobs import kinds
 
-    actions.check_dest(dest)  # refused before a job exists, not after the hosts ran
-    job_id = _submit(lambda spec: actions.get_spec(spec, remote), opts)
+    kinds.check_dest(dest)  # refused before a job exists, not after the hosts ran
+    job_id = _submit(lambda spec: kinds.get_spec(spec, remote), opts)
     if job_id is not None:
         _show_finished(job_id, opts["as_json"], progress=not opts["as_json"],
                        save_to=dest)
@@ -272,9 +273,9 @@ def get(remote: str, dest: str, **opts: Any) -> None:
 def script(path: str, args: tuple[str, ...], **opts: Any) -> None:
     """Run the local script FILE (with ARGS) on every host PATTERN selects, from a private
     temporary directory removed afterwards; its #! line says what runs it."""
-    from opsq import actions
+    from opsq.jobs import kinds
 
-    if (job_id := _submit(lambda spec: actions.script_spec(spec, path, list(args)),
+    if (job_id := _submit(lambda spec: kinds.script_spec(spec, path, list(args)),
                           opts)) is not None:
         _show_finished(job_id, opts["as_json"], progress=not opts["as_json"],
                        stream=opts["stream"])
@@ -311,9 +312,9 @@ def _show_finished(job_id: str, as_json: bool, progress: bool, timeout: float | 
 
 
 def _save(job_id: str, dest: str) -> None:
-    from opsq import actions
+    from opsq.jobs import kinds
 
-    written = actions.save_fetched(job_id, dest)
+    written = kinds.save_fetched(job_id, dest)
     click.echo(f"saved {len(written)} file(s) under {dest}/<host>/", err=True)
 
 
@@ -477,14 +478,14 @@ def rerun_cmd(job_id: str, failed: bool, wait_: bool, as_json: bool) -> None:
     spec = jobs.rerun_spec(job_id, failed_only=failed)
     hand_over = None
     if spec.params.get("become_prompt"):
-        from opsq import prompted
         from opsq.app import app
+        from opsq.jobs import become_password
 
         jobs.plan(spec)
         password = click.prompt("sudo password", hide_input=True, err=True)
 
         def hand_over(new_id: str) -> None:
-            prompted.hand_over(app, new_id, password)
+            become_password.hand_over(app, new_id, password)
 
     result = jobs.submit(spec, before_publish=hand_over)
     if not wait_:
@@ -540,7 +541,8 @@ def hosts(words: tuple[str, ...], inventory: str | None, timeout: float, yes: bo
     if words[0] in ("trust", "retrust"):
         if len(words) != 2:
             raise click.UsageError(f"usage: opsq hosts {words[0]} PATTERN")
-        from opsq import hostkeys, limits
+        from opsq import limits
+        from opsq.hostrun import hostkeys
 
         timeout = limits.seconds(timeout, "--timeout", limits.MAX_CONNECT_TIMEOUT)
         selected = jobs.resolve(words[1], inventory)
@@ -565,8 +567,8 @@ def db() -> None:
 @_errors
 def upgrade() -> None:
     """Create the database if needed and apply every migration."""
-    from opsq import schema
     from opsq.settings import get_settings
+    from opsq.store import schema
 
     schema.upgrade()
     click.echo(f"database schema is up to date ({_safe_url(get_settings().database_url)})")
@@ -661,7 +663,8 @@ def schedule_add(name: str, command: tuple[str, ...], cron: str | None, every: s
 
 def _job_line_kwargs(words: list[str]) -> dict[str, Any]:
     """A schedule's kwargs for a job line, its file (a put's, a script's) stored now."""
-    from opsq import db, files, jobs
+    from opsq import jobs
+    from opsq.store import db, files
 
     spec = job_line_spec(words)
     if spec.payload is not None:
@@ -836,7 +839,7 @@ def daemons() -> None:
 @click.option("--no-beat", is_flag=True, help="Start the workers only.")
 def daemons_start(no_beat: bool) -> None:
     """Start the fleet and control nodes and beat; clears stale pid files first."""
-    from opsq import daemons as d
+    from opsq.worker import daemons as d
 
     sys.exit(d.start(with_beat=not no_beat, echo=click.echo))
 
@@ -845,7 +848,7 @@ def daemons_start(no_beat: bool) -> None:
 @click.option("--no-beat", is_flag=True, help="Leave beat running.")
 def daemons_stop(no_beat: bool) -> None:
     """Stop after the running tasks finish (warm shutdown); nothing is lost."""
-    from opsq import daemons as d
+    from opsq.worker import daemons as d
 
     sys.exit(d.stop(with_beat=not no_beat, echo=click.echo))
 
@@ -854,7 +857,7 @@ def daemons_stop(no_beat: bool) -> None:
 @click.option("--no-beat", is_flag=True)
 def daemons_restart(no_beat: bool) -> None:
     """Restart the nodes (warm) and beat."""
-    from opsq import daemons as d
+    from opsq.worker import daemons as d
 
     sys.exit(d.restart(with_beat=not no_beat, echo=click.echo))
 
@@ -862,7 +865,7 @@ def daemons_restart(no_beat: bool) -> None:
 @daemons.command("status")
 def daemons_status() -> None:
     """Each node's pid and whether it answers a Celery ping."""
-    from opsq import daemons as d
+    from opsq.worker import daemons as d
 
     sys.exit(d.status(echo=click.echo))
 
@@ -871,7 +874,7 @@ def daemons_status() -> None:
 @_errors
 def flower() -> None:
     """Start Flower on OPSQ_FLOWER_ADDRESS:OPSQ_FLOWER_PORT with authentication."""
-    from opsq.dashboard import exec_flower
+    from opsq.worker.flower import exec_flower
 
     exec_flower()
 

@@ -57,7 +57,7 @@ DEFAULT_FETCH_LIMIT = 64 * 1024 * 1024
 #: Bytes of a file ``opsq put``/``opsq script`` carries at most (refused before queueing).
 DEFAULT_MAX_FILE = 100 * 1024 * 1024
 #: Seconds before the second attempt of a job-end notification; later pauses double
-#: (up to 10 minutes) until the URL has been tried for an hour (opsq.webhooks).
+#: (up to 10 minutes) until the URL has been tried for an hour (opsq.jobs.webhooks).
 DEFAULT_WEBHOOK_RETRY_BASE = 5.0
 #: Longest wait (seconds) before a later batch or a retry that is left to the broker as a
 #: delayed message; a longer one is kept in PostgreSQL and sent by the sweep when due, so

@@ -67,14 +67,14 @@ def create_services() -> None:
     subprocess.run(["bash", str(ROOT / "deploy" / "ensure-services.sh")], check=True)
     _rabbitmqctl("add_vhost", TEST_VHOST)
     _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
-    from opsq import schema
+    from opsq.store import schema
 
     schema.upgrade()
 
 
 def drop_services() -> None:
     """Drop this run's vhost, database and scratch files."""
-    from opsq import db
+    from opsq.store import db
 
     for engine in list(db._engines.values()):
         engine.dispose()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from opsq import db, jobs
+from opsq import jobs
 from opsq.app import app
+from opsq.store import db
 
 # Each fleet host K answers on 127.0.2.K; the command finds K from the server address
 # sshd puts in SSH_CONNECTION, so hosts can behave differently.

@@ -42,7 +42,7 @@ PORT_SHORTHAND_VAR = "ansible_port"
 CONNECTION_VAR = "ansible_connection"
 TIMEOUT_VAR = "opsq_timeout"
 CONNECT_TIMEOUT_VAR = "opsq_connect_timeout"
-#: The host variables a run reads (see opsq.ssh.RunOptions.resolve).
+#: The host variables a run reads (see opsq.hostrun.ssh.RunOptions.resolve).
 RUN_VARS = frozenset({TIMEOUT_VAR, CONNECT_TIMEOUT_VAR})
 #: How ansible-inventory writes a vault-encrypted value as JSON; opsq keeps it so.
 VAULT_KEY = "__ansible_vault"

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict
 
 from opsq import jobs
 from opsq.errors import OpsqError
-from opsq.models import JobStatus, Role
 from opsq.settings import get_settings
+from opsq.store.models import JobStatus, Role
 from opsq.web import audit, operations, streams, users
 from opsq.web.auth import api_principal, client_address, require
 from opsq.web.operations import JobIn, ScheduleEdit, ScheduleIn, ShortText

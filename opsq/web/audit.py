@@ -18,8 +18,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from opsq import db
-from opsq.models import AuditEntry
+from opsq.store import db
+from opsq.store.models import AuditEntry
 
 #: Entries the audit page and API show at most.
 MAX_SHOWN = 1000
@@ -46,7 +46,7 @@ def _bounded(text: str, limit: int) -> str:
 
 def _value(key: str, value: Any) -> Any:
     from opsq.jobs import mask_secrets
-    from opsq.webhooks import shown
+    from opsq.jobs.webhooks import shown
 
     if key in URL_KEYS and isinstance(value, list):
         return [shown(u) if isinstance(u, str) else "?" for u in value[:20]]

@@ -29,13 +29,13 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from opsq.daemons import private_dir
-from opsq.dashboard import is_loopback
 from opsq.errors import ConfigError
-from opsq.models import Role
 from opsq.settings import PROJECT_ROOT, Settings, get_settings
+from opsq.store.models import Role
 from opsq.web import users
 from opsq.web.users import Principal, Session
+from opsq.worker.daemons import private_dir
+from opsq.worker.flower import is_loopback
 
 #: Where the cookie signing key is kept when OPSQ_WEB_SECRET is unset (mode 0600).
 SECRET_FILE = PROJECT_ROOT / "var" / "web-secret"

@@ -23,10 +23,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from opsq import actions, db, jobs, schedules
+from opsq import jobs, schedules
 from opsq.errors import InventoryError, OpsqError
-from opsq.models import Job, JobStatus, Role, Schedule
+from opsq.jobs import kinds
 from opsq.settings import PROJECT_ROOT, get_settings
+from opsq.store import db
+from opsq.store.models import Job, JobStatus, Role, Schedule
 from opsq.web import audit
 from opsq.web.users import Principal
 
@@ -230,7 +232,7 @@ def submit(who: Principal, job: JobIn, address: str | None) -> str:
                             "the connect timeout"), (job.pause, "the pause"),
                             (job.retry_delay, "the retry delay")):
             _finite(value, what)
-        params = actions.become_params(job.become, job.become_user)
+        params = kinds.become_params(job.become, job.become_user)
         spec = jobs.JobSpec(
             command=job.command, pattern=job.pattern,
             inventory=inventory_path(job.inventory),

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from opsq import jobs, schedules
 from opsq.errors import OpsqError
-from opsq.models import JobStatus, Role
+from opsq.store.models import JobStatus, Role
 from opsq.web import audit, operations, users
 from opsq.web.auth import (
     CSRF_FIELD,

@@ -3,7 +3,7 @@
 An open event stream (``GET /api/v1/jobs/{id}/events``) subscribes to its job here
 rather than holding a PostgreSQL connection and a worker thread of its own while it
 waits. One thread per process (``Hub``) listens on the jobs channel through
-``opsq.notify.Listener`` and wakes only the subscribers of the job a notification names;
+``opsq.store.listen.Listener`` and wakes only the subscribers of the job a notification names;
 ``"*"`` (after a reconnection: anything may have changed meanwhile) wakes them all. The
 thread starts with the first subscription and reconnects as the Listener does.
 
@@ -31,7 +31,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from opsq.errors import OpsqError
-from opsq.notify import RECONNECT_PAUSE, Listener
+from opsq.store.listen import RECONNECT_PAUSE, Listener
 
 #: Seconds the listening thread blocks at most before it looks whether it should stop.
 LISTEN_POLL = 1.0
@@ -92,7 +92,7 @@ class Hub:
     """Subscriptions by job id, woken by one listening thread.
 
     ``listen`` makes the thread's source of notifications: an object with
-    ``wait(timeout) -> set[str]`` and ``close()`` (``opsq.notify.Listener``).
+    ``wait(timeout) -> set[str]`` and ``close()`` (``opsq.store.listen.Listener``).
     """
 
     def __init__(self, listen: Callable[[], Any] = Listener) -> None:

@@ -21,9 +21,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from opsq import db
 from opsq.errors import OpsqError
-from opsq.models import ApiToken, Role, User
+from opsq.store import db
+from opsq.store.models import ApiToken, Role, User
 from opsq.web import audit
 
 #: Longest user name (the ``users.name`` column).

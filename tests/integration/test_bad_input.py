@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from opsq import db, jobs
+from opsq import jobs
+from opsq.store import db
 
 GOOD = ("local:\n  hosts:\n    l1: {ansible_connection: local}\n"
         "    l2: {ansible_connection: local}\n")

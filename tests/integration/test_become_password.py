@@ -27,14 +27,14 @@ PROCESS_START_DELAY = 3.0
 READER = """
 import sys, threading, time
 
-from opsq import prompted
+from opsq.jobs import become_password
 from opsq.app import app
 job_id, start, hosts = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 out, lock = [], threading.Lock()
 def host():
     time.sleep(max(start - time.time(), 0))
     try:
-        got = prompted.read(app, job_id)
+        got = become_password.read(app, job_id)
     except Exception as exc:
         got = 'ERROR ' + repr(exc)
     with lock:
@@ -63,20 +63,20 @@ class CountingApp:
 @pytest.fixture
 def job_password(services):
     """Hands a password over for a new job id; deletes what it handed over at the end."""
-    from opsq import prompted
     from opsq.app import app
+    from opsq.jobs import become_password
 
     made: list[str] = []
 
     def make() -> tuple[str, str]:
         job_id, password = secrets.token_hex(8), secrets.token_urlsafe(12)
-        prompted.hand_over(app, job_id, password)
+        become_password.hand_over(app, job_id, password)
         made.append(job_id)
         return job_id, password
 
     yield make
     for job_id in made:
-        prompted.forget(app, job_id)
+        become_password.forget(app, job_id)
 
 
 def test_every_host_of_a_job_gets_the_password_read_once(job_password):
@@ -96,7 +96,7 @@ def test_every_host_of_a_job_gets_the_password_read_once(job_password):
 
 def _read_at_once(app, job_id: str) -> list[str]:
     """What HOSTS threads starting together read as the job's password (or the error)."""
-    from opsq import prompted
+    from opsq.jobs import become_password
 
     start = threading.Barrier(HOSTS)
     got: list[str] = []
@@ -104,7 +104,7 @@ def _read_at_once(app, job_id: str) -> list[str]:
     def host() -> None:
         start.wait()
         try:
-            got.append(prompted.read(app, job_id))
+            got.append(become_password.read(app, job_id))
         except Exception as exc:  # noqa: BLE001 - the test counts them
             got.append(f"ERROR {exc!r}")
 
@@ -117,18 +117,18 @@ def _read_at_once(app, job_id: str) -> list[str]:
 
 
 def test_a_host_waits_while_another_process_holds_the_password(job_password):
-    from opsq import prompted
     from opsq.app import app
+    from opsq.jobs import become_password
 
     job_id, password = job_password()
     with app.connection_for_read() as conn:
         channel = conn.default_channel
-        held = channel.basic_get(prompted.queue_for(job_id).name, no_ack=False)
+        held = channel.basic_get(become_password.queue_for(job_id).name, no_ack=False)
         assert held is not None
         threading.Timer(0.5, channel.basic_reject, (held.delivery_tag,),
                         {"requeue": True}).start()
         began = time.monotonic()
-        assert prompted.read(app, job_id) == password
+        assert become_password.read(app, job_id) == password
         assert time.monotonic() - began >= 0.4
         time.sleep(0.1)  # the timer's reject is done before the channel closes
 
@@ -149,11 +149,11 @@ def test_two_processes_read_one_jobs_password_at_once(job_password):
 
 
 def test_a_password_gone_from_the_broker_is_an_error_at_once(services):
-    from opsq import prompted
     from opsq.app import app
     from opsq.errors import OpsqError
+    from opsq.jobs import become_password
 
     began = time.monotonic()
     with pytest.raises(OpsqError, match="no longer held by the broker"):
-        prompted.read(app, secrets.token_hex(8))  # no such queue
-    assert time.monotonic() - began < prompted.EMPTY_RETRY_SECONDS
+        become_password.read(app, secrets.token_hex(8))  # no such queue
+    assert time.monotonic() - began < become_password.EMPTY_RETRY_SECONDS

@@ -322,7 +322,7 @@ def _capped_local(before_start=None, after_exit=None):
     import invoke
     from invoke.runners import Local
 
-    from opsq.ssh import _CappedOutput
+    from opsq.hostrun.ssh import _CappedOutput
 
     class Hooked(Local):
         def start(self, *args, **kwargs):
@@ -343,7 +343,7 @@ def _capped_local(before_start=None, after_exit=None):
 
 
 def _options(stopper=None, timeout: float = 10):
-    from opsq.ssh import RunOptions
+    from opsq.hostrun.runner import RunOptions
 
     return RunOptions(command_timeout=timeout, connect_timeout=3, output_limit=4096,
                       known_hosts=Path("/nonexistent"), stopper=stopper)
@@ -353,7 +353,7 @@ def _options(stopper=None, timeout: float = 10):
 @pytest.mark.parametrize(("command", "status", "code"),
                          [("exit 0", "ok", 0), ("exit 3", "failed", 3)])
 def test_a_kill_landing_after_the_exit_keeps_the_exit(late, command, status, code):
-    from opsq.ssh import _execute
+    from opsq.hostrun.ssh import _execute
 
     outcome = _execute(_capped_local(after_exit=lambda r: getattr(r, late)()), command,
                        _options())
@@ -361,9 +361,9 @@ def test_a_kill_landing_after_the_exit_keeps_the_exit(late, command, status, cod
 
 
 def test_a_cancel_before_the_start_runs_nothing(tmp_path):
-    from opsq.ssh import _execute
-    from opsq.state import CANCELLED_BEFORE
-    from opsq.stopper import Stopper
+    from opsq.hostrun.runner import CANCELLED_BEFORE
+    from opsq.hostrun.ssh import _execute
+    from opsq.hostrun.stopper import Stopper
 
     stopper = Stopper()
     stopper.stop()
@@ -374,9 +374,9 @@ def test_a_cancel_before_the_start_runs_nothing(tmp_path):
 
 
 def test_a_cancel_during_setup_stops_the_command(tmp_path):
-    from opsq.ssh import _execute
-    from opsq.state import CANCELLED_WHILE
-    from opsq.stopper import Stopper
+    from opsq.hostrun.runner import CANCELLED_WHILE
+    from opsq.hostrun.ssh import _execute
+    from opsq.hostrun.stopper import Stopper
 
     stopper = Stopper()
     began = time.monotonic()
@@ -391,9 +391,9 @@ def test_a_cancel_during_setup_stops_the_command(tmp_path):
 def test_a_cancel_while_running_is_cancelled_and_a_deadline_a_timeout():
     import threading
 
-    from opsq.ssh import _execute
-    from opsq.state import CANCELLED_WHILE
-    from opsq.stopper import Stopper
+    from opsq.hostrun.runner import CANCELLED_WHILE
+    from opsq.hostrun.ssh import _execute
+    from opsq.hostrun.stopper import Stopper
 
     stopper = Stopper()
     threading.Timer(0.3, stopper.stop).start()
@@ -408,10 +408,11 @@ def test_a_cancel_while_the_ssh_channel_opens_is_not_lost(fleet, monkeypatch):
     from fabric import Connection
 
     from devtools.devfleet import FLEET_USER
+    from opsq.hostrun.runner import RunOptions
+    from opsq.hostrun.ssh import ConnectionPool, run_on
+    from opsq.hostrun.stopper import Stopper
     from opsq.inventory import Host
     from opsq.settings import get_settings
-    from opsq.ssh import ConnectionPool, RunOptions, run_on
-    from opsq.stopper import Stopper
 
     h = fleet.hosts[0]
     host = Host(name=h.name, address=h.address, port=h.port, user=FLEET_USER,

@@ -280,7 +280,7 @@ def _multi_layout(argv: list[str], action: str) -> tuple[list[str], dict[tuple[s
 
 
 def test_env_file_gives_the_nodes_opsqs_daemon_command_starts():
-    from opsq.daemons import multi_args
+    from opsq.worker.daemons import multi_args
 
     env = source_env_file()
     ours = systemd_expand("/bin/true multi start $CELERYD_NODES $CELERYD_OPTS", env)

@@ -13,9 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from opsq import ssh
+from opsq.hostrun import ssh
+from opsq.hostrun.runner import RunOptions
 from opsq.inventory import Host
-from opsq.ssh import RunOptions
 
 #: Threads that build connections and write to their configs while the readers read.
 WRITERS = 8
@@ -150,7 +150,7 @@ def test_commands_over_fresh_connections_from_many_threads(fleet):
     while other threads build connections and write to their configs."""
     from devtools.devfleet import FLEET_USER
     from opsq.settings import get_settings
-    from opsq.state import HostStatus
+    from opsq.status import HostStatus
 
     hosts = [Host(name=h.name, address=h.address, port=h.port, user=FLEET_USER,
                   key_file=str(fleet.client_key_path)) for h in fleet.hosts]

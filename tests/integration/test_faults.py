@@ -19,9 +19,10 @@ from helpers import wait_until
 from jobtools import nodes, pg, rows, run_job, submit_via, taskmeta, wait_for_status
 from sqlalchemy import text
 
-from opsq import db, jobs
+from opsq import jobs
 from opsq.app import app
 from opsq.errors import BackendUnavailable
+from opsq.store import db
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -316,7 +317,9 @@ def test_a_claim_whose_commit_answer_was_lost_is_taken_over_by_its_retry():
     # The claim committed, but its connection dropped before the answer came back: the
     # task retries believing nothing happened. Its retry carries the first claim's token
     # and takes those hosts as its own; anyone else would have to wait them out.
-    from opsq import state
+    from opsq.hostrun.runner import Outcome
+    from opsq.jobs import state
+    from opsq.status import HostStatus
 
     job_id = jobs.create(jobs.JobSpec(command="true", pattern="host0[1-2]"))
     hosts = ["host01", "host02"]
@@ -335,6 +338,6 @@ def test_a_claim_whose_commit_answer_was_lost_is_taken_over_by_its_retry():
     assert {c.attempt for c in retry.run} == {1}  # it never ran: still the first attempt
     with db.get_engine().begin() as conn:
         assert state.store(conn, job_id, "the-retry",
-                           [(h, state.Outcome(state.HostStatus.OK, exit_code=0))
+                           [(h, Outcome(HostStatus.OK, exit_code=0))
                             for h in hosts], release=True)
     assert _consistent(job_id) == {"ok": 2}

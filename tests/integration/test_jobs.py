@@ -11,9 +11,10 @@ from helpers import ROOT, wait_until
 from jobtools import HOST_NUMBER, rows, run_job, run_on_worker, taskmeta
 from sqlalchemy import text
 
-from opsq import db, jobs
+from opsq import jobs
 from opsq.app import app
-from opsq.tasks.fleet import submit_job
+from opsq.store import db
+from opsq.worker.fleet_tasks import submit_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -38,7 +39,7 @@ def test_mixed_exit_codes_are_results_not_failures():
 
 
 def test_a_finished_job_published_again_runs_nothing_twice(worker):
-    from opsq.jobs import _derived_id
+    from opsq.jobs.submission import _derived_id
 
     result = jobs.submit(jobs.JobSpec(command="echo once", pattern="host01"))
     assert result.get(timeout=30)["succeeded"]
@@ -321,9 +322,10 @@ def test_ssh_config_gateway_is_refused_not_half_checked(tmp_path, start_worker):
 
 def test_idle_connections_of_hosts_not_used_again_are_closed(fleet):
     from devtools.devfleet import FLEET_USER
+    from opsq.hostrun.runner import RunOptions
+    from opsq.hostrun.ssh import ConnectionPool, open_connection
     from opsq.inventory import Host
     from opsq.settings import get_settings
-    from opsq.ssh import ConnectionPool, RunOptions, open_connection
 
     def host(name: str) -> Host:
         h = next(h for h in fleet.hosts if h.name == name)

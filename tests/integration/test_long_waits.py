@@ -23,7 +23,7 @@ from conftest import Worker
 from helpers import free_port, wait_until
 from sqlalchemy import text
 
-from opsq import db
+from opsq.store import db
 
 #: The test node's consumer_timeout and how often it checks it, in milliseconds.
 CONSUMER_TIMEOUT_MS = 4000

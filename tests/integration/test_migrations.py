@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
-from opsq import db, schema
+from opsq.store import db, schema
 
 #: The last release's schema revision.
 LAST_RELEASE = "0003"
@@ -59,7 +59,7 @@ def _fill_as_the_last_release_did(conn) -> None:
 
 
 def test_upgrade_from_the_last_release_keeps_data_and_closes_stuck_jobs(old_database):
-    from opsq import state
+    from opsq.jobs import state
 
     with create_engine(old_database).begin() as conn:
         _fill_as_the_last_release_did(conn)

@@ -17,7 +17,9 @@ from helpers import free_port, wait_until
 from jobtools import run_job, taskmeta
 from sqlalchemy import text
 
-from opsq import db, jobs, schedules, webhooks
+from opsq import jobs, schedules
+from opsq.jobs import webhooks
+from opsq.store import db
 
 pytestmark = pytest.mark.usefixtures("worker")
 

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 from webtools import Web, make_account
 
-from opsq import db, jobs
+from opsq import jobs
+from opsq.store import db
 
 API = "/api/v1"
 #: Fails on the first and third hosts (by the address their sshd listens on) the first

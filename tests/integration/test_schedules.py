@@ -12,9 +12,10 @@ import pytest
 from helpers import ROOT, wait_until
 from sqlalchemy import text
 
-from opsq import db, jobs, schedules
-from opsq.models import ScheduleKind
-from opsq.scheduler import fire_due
+from opsq import jobs, schedules
+from opsq.schedules.beat import fire_due
+from opsq.store import db
+from opsq.store.models import ScheduleKind
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -277,7 +278,7 @@ def test_the_example_task_is_not_loaded_unless_asked(opsq_cli):
 
 
 def test_retention_prunes_old_finished_jobs_only():
-    from opsq.tasks.maintenance import prune
+    from opsq.worker.maintenance_tasks import prune
 
     old_done = jobs.submit(jobs.JobSpec(command="true", pattern="host01")).get(timeout=30)
     recent = jobs.submit(jobs.JobSpec(command="true", pattern="host01")).get(timeout=30)
@@ -305,7 +306,7 @@ def test_reconcile_closes_hosts_whose_worker_died(rerun_safe):
     # Hosts left running by a delivery whose lease is gone (its worker died and the
     # broker will not redeliver): the sweep writes them off, or runs them again.
     from opsq.app import app
-    from opsq.tasks.maintenance import reconcile
+    from opsq.worker.maintenance_tasks import reconcile
 
     job_id = jobs.create(jobs.JobSpec(command="echo again", pattern="odd",
                                       rerun_safe=rerun_safe))

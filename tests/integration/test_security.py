@@ -15,7 +15,7 @@ import pytest
 from helpers import ROOT, wait_until
 from sqlalchemy import text
 
-from opsq import db
+from opsq.store import db
 
 #: Seconds a task sent through Flower would take at most to become a job.
 SUBMIT_GRACE = 5
@@ -100,8 +100,9 @@ def _fleet_host(fleet, name: str):
 def _connect(host, known_hosts: Path):
     import dataclasses
 
+    from opsq.hostrun.runner import RunOptions
+    from opsq.hostrun.ssh import open_connection
     from opsq.settings import get_settings
-    from opsq.ssh import RunOptions, open_connection
 
     opts = dataclasses.replace(RunOptions.resolve(host, get_settings()), known_hosts=known_hosts)
     return open_connection(host, opts)
@@ -112,7 +113,7 @@ def test_a_key_of_another_type_is_not_trusted_beside_the_recorded_one(tmp_path, 
     import paramiko
 
     from opsq.errors import HostKeyError
-    from opsq.ssh import fingerprint, known_hosts_name
+    from opsq.hostrun.ssh import fingerprint, known_hosts_name
 
     host01 = _fleet_host(fleet, "host01")
     name = known_hosts_name(host01.address, host01.port)
@@ -157,7 +158,7 @@ def test_a_key_of_another_type_is_not_trusted_beside_the_recorded_one(tmp_path, 
 def test_retrust_keeps_the_recorded_key_unless_confirmed(tmp_path, fleet):
     import paramiko
 
-    from opsq.ssh import known_hosts_name
+    from opsq.hostrun.ssh import known_hosts_name
 
     host01 = _fleet_host(fleet, "host01")
     known = tmp_path / "known_hosts"

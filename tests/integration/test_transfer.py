@@ -30,7 +30,9 @@ from jobtools import rows, submit_spec_via, wait_for_status
 from sqlalchemy import text
 
 from devtools.devfleet import FLEET_USER
-from opsq import actions, db, jobs
+from opsq import jobs
+from opsq.jobs import kinds
+from opsq.store import db
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -67,7 +69,7 @@ def test_put_writes_then_reports_unchanged(tmp_path, remote_dir):
     data = b"listen 8080\n" + secrets.token_bytes(64)
     local = _local(tmp_path, "app.conf", data)
     target = remote_dir / "app.conf"
-    summary, hosts = _run(actions.put_spec(_spec(), local, str(target), mode="0640"))
+    summary, hosts = _run(kinds.put_spec(_spec(), local, str(target), mode="0640"))
     assert summary["succeeded"] and summary["kind"] == "put"
     assert hosts["host01"]["changed"] is True
     assert hosts["host01"]["sha256"] == hashlib.sha256(data).hexdigest()
@@ -76,12 +78,12 @@ def test_put_writes_then_reports_unchanged(tmp_path, remote_dir):
     assert target.stat().st_uid == pwd.getpwnam(FLEET_USER).pw_uid
     mtime = target.stat().st_mtime_ns
 
-    summary, hosts = _run(actions.put_spec(_spec(), local, str(target), mode="0640"))
+    summary, hosts = _run(kinds.put_spec(_spec(), local, str(target), mode="0640"))
     assert summary["succeeded"] and hosts["host01"]["changed"] is False
     assert summary["hosts"]["host01"]["changed"] is False
     assert target.stat().st_mtime_ns == mtime  # not written again
     # a different mode alone is a change
-    _, hosts = _run(actions.put_spec(_spec(), local, str(target), mode="0600"))
+    _, hosts = _run(kinds.put_spec(_spec(), local, str(target), mode="0600"))
     assert hosts["host01"]["changed"] is True
     assert oct(target.stat().st_mode & 0o777) == "0o600"
     assert list(remote_dir.glob(".opsq-put.*")) == []  # no temporary file left
@@ -90,7 +92,7 @@ def test_put_writes_then_reports_unchanged(tmp_path, remote_dir):
 def test_put_backup_keeps_the_old_file(tmp_path, remote_dir):
     target = remote_dir / "motd"
     target.write_bytes(b"old\n")
-    _, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, "motd", b"new\n"),
+    _, hosts = _run(kinds.put_spec(_spec(), _local(tmp_path, "motd", b"new\n"),
                                      str(target), backup=True))
     assert hosts["host01"]["changed"] is True
     assert target.read_bytes() == b"new\n"
@@ -99,7 +101,7 @@ def test_put_backup_keeps_the_old_file(tmp_path, remote_dir):
 
 
 def test_put_into_a_missing_directory_fails_the_host_with_the_reason(tmp_path, remote_dir):
-    summary, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, "f", b"x"),
+    summary, hosts = _run(kinds.put_spec(_spec(), _local(tmp_path, "f", b"x"),
                                            str(remote_dir / "nope" / "f")))
     assert not summary["succeeded"]
     assert hosts["host01"]["status"] == "failed"
@@ -126,7 +128,7 @@ def test_a_reader_never_sees_part_of_a_file(tmp_path, remote_dir):
     reader.start()
     try:
         for i in range(4):
-            _, hosts = _run(actions.put_spec(_spec(), locals_[(i + 1) % 2], str(target)))
+            _, hosts = _run(kinds.put_spec(_spec(), locals_[(i + 1) % 2], str(target)))
             assert hosts["host01"]["changed"] is True
     finally:
         stop.set()
@@ -138,14 +140,14 @@ def test_a_reader_never_sees_part_of_a_file(tmp_path, remote_dir):
 def test_owner_and_root_files_through_become(tmp_path):
     target = Path("/etc") / f"opsq-test-{secrets.token_hex(4)}.conf"
     try:
-        summary, hosts = _run(actions.put_spec(
-            _spec(params=actions.become_params(True, None)), _local(tmp_path, "c", b"root\n"),
+        summary, hosts = _run(kinds.put_spec(
+            _spec(params=kinds.become_params(True, None)), _local(tmp_path, "c", b"root\n"),
             str(target), owner="root:root", mode="0600"))
         assert summary["succeeded"], hosts["host01"]
         st = target.stat()
         assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (0, 0, "0o600")
         # Without become the login user cannot write there: a failed host, with why.
-        summary, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, "d", b"x\n"),
+        summary, hosts = _run(kinds.put_spec(_spec(), _local(tmp_path, "d", b"x\n"),
                                                str(target)))
         assert hosts["host01"]["status"] == "failed"
         assert "ermission denied" in hosts["host01"]["error"]
@@ -167,7 +169,7 @@ def test_too_large_a_file_is_refused_before_anything_is_queued(tmp_path, opsq_cl
 def test_the_file_is_stored_once_per_job_not_per_host(tmp_path, remote_dir):
     data = secrets.token_bytes(1000)
     sha = hashlib.sha256(data).hexdigest()
-    summary, hosts = _run(actions.put_spec(_spec("host01"), _local(tmp_path, "f", data),
+    summary, hosts = _run(kinds.put_spec(_spec("host01"), _local(tmp_path, "f", data),
                                            str(remote_dir / "f")))
     assert summary["succeeded"]
     with db.session_scope() as s:
@@ -204,7 +206,7 @@ def test_get_over_the_fetch_limit_fails_the_host_and_keeps_nothing(remote_dir, s
     source = remote_dir / "huge.bin"
     source.write_bytes(b"y" * 5000)
     start_worker("fetchcap", {"OPSQ_FETCH_LIMIT": "4096"})
-    job_id = submit_spec_via("fetchcap", actions.get_spec(_spec(), str(source)))
+    job_id = submit_spec_via("fetchcap", kinds.get_spec(_spec(), str(source)))
     summary = jobs.wait(job_id, timeout=60)
     host = rows(job_id)["host01"]
     assert not summary.succeeded and host["status"] == "failed"
@@ -212,7 +214,7 @@ def test_get_over_the_fetch_limit_fails_the_host_and_keeps_nothing(remote_dir, s
 
 
 def test_get_of_a_missing_file_fails_with_the_reason(remote_dir):
-    summary, hosts = _run(actions.get_spec(_spec(), str(remote_dir / "absent")))
+    summary, hosts = _run(kinds.get_spec(_spec(), str(remote_dir / "absent")))
     assert hosts["host01"]["status"] == "failed"
     assert "does not exist" in hosts["host01"]["error"]
 
@@ -233,7 +235,7 @@ def _script_dirs() -> set[str]:
 def test_script_runs_with_arguments_and_cleans_up(tmp_path):
     before = _script_dirs()
     path = _local(tmp_path, "check.sh", SCRIPT.encode())
-    summary, hosts = _run(actions.script_spec(_spec(), path, ["a b", "$HOME"]))
+    summary, hosts = _run(kinds.script_spec(_spec(), path, ["a b", "$HOME"]))
     assert summary["succeeded"], hosts["host01"]
     out = hosts["host01"]["stdout"]
     assert "args=2: a b|$HOME" in out
@@ -245,7 +247,7 @@ def test_script_runs_with_arguments_and_cleans_up(tmp_path):
 
 def test_a_failing_script_is_failed(tmp_path):
     path = _local(tmp_path, "fail.sh", b"#!/bin/sh\necho broken >&2\nexit 7\n")
-    summary, hosts = _run(actions.script_spec(_spec(), path, []))
+    summary, hosts = _run(kinds.script_spec(_spec(), path, []))
     assert hosts["host01"]["status"] == "failed" and hosts["host01"]["exit_code"] == 7
     assert "broken" in hosts["host01"]["stderr"]
 
@@ -254,7 +256,7 @@ def test_a_script_past_its_deadline_is_killed_and_cleaned_up(tmp_path):
     before = _script_dirs()
     path = _local(tmp_path, "slow.sh", b"#!/bin/sh\necho started\nsleep 60\n")
     began = time.monotonic()
-    summary, hosts = _run(actions.script_spec(_spec(command_timeout=2), path, []))
+    summary, hosts = _run(kinds.script_spec(_spec(command_timeout=2), path, []))
     assert time.monotonic() - began < 20
     assert hosts["host01"]["status"] == "timeout"
     assert "started" in hosts["host01"]["stdout"]
@@ -262,8 +264,8 @@ def test_a_script_past_its_deadline_is_killed_and_cleaned_up(tmp_path):
 
 
 def test_a_script_without_a_shebang_is_refused(tmp_path):
-    with pytest.raises(actions.ActionError, match="#!"):
-        actions.script_spec(_spec(), _local(tmp_path, "x.sh", b"echo hi\n"), [])
+    with pytest.raises(kinds.ActionError, match="#!"):
+        kinds.script_spec(_spec(), _local(tmp_path, "x.sh", b"echo hi\n"), [])
 
 
 # -- become ----------------------------------------------------------------------------------
@@ -284,12 +286,12 @@ def _inventory_with(fleet, tmp_path: Path, host: str, **hostvars) -> Path:
 
 def test_become_root_with_the_workers_password_file():
     summary, hosts = _run(jobs.JobSpec(command="id -u; id -un", pattern="host01",
-                                       params=actions.become_params(True, None)))
+                                       params=kinds.become_params(True, None)))
     assert summary["succeeded"], hosts["host01"]
     assert hosts["host01"]["stdout"].split() == ["0", "root"]
     assert hosts["host01"]["stderr"] == ""  # the become mark is not the host's output
     summary, hosts = _run(jobs.JobSpec(command="id -un", pattern="host01",
-                                       params=actions.become_params(True, "nobody")))
+                                       params=kinds.become_params(True, "nobody")))
     assert hosts["host01"]["stdout"].strip() == "nobody"
 
 
@@ -313,7 +315,7 @@ def test_become_with_the_inventory_password(fleet, tmp_path, start_worker):
 def test_a_wrong_password_is_an_error_not_a_hang(tmp_path, fleet):
     inv = _inventory_with(fleet, tmp_path, "host01", ansible_become_pass="wrong-password")
     began = time.monotonic()
-    summary, hosts = _run(actions.put_spec(
+    summary, hosts = _run(kinds.put_spec(
         jobs.JobSpec(command="", pattern="host01", inventory=str(inv),
                      params={"become": True}),
         _local(tmp_path, "f", b"x\nwrong-password\n"), "/tmp/opsq-never-written"))
@@ -365,7 +367,7 @@ def test_a_put_killed_mid_transfer_never_leaves_a_truncated_file(tmp_path, remot
     target.write_bytes(b"the old version\n")
     name = f"killput{secrets.token_hex(2)}"
     w = start_worker(name)
-    job_id = submit_spec_via(name, actions.put_spec(_spec(), _local(tmp_path, "p", data),
+    job_id = submit_spec_via(name, kinds.put_spec(_spec(), _local(tmp_path, "p", data),
                                                     str(target)))
     old_size = target.stat().st_size
 
@@ -391,8 +393,8 @@ def _opsq_with_input(*args: str, typed: str) -> subprocess.CompletedProcess:
 
 
 def test_become_with_a_password_typed_at_the_prompt(fleet):
-    from opsq import prompted
     from opsq.app import app
+    from opsq.jobs import become_password
 
     # The worker's password file is right: a wrong typed password shows which one is used.
     out = _opsq_with_input("run", "id -u", "-t", "host01", "--become", "-K", "--wait",
@@ -408,7 +410,7 @@ def test_become_with_a_password_typed_at_the_prompt(fleet):
     assert summary["results"][0]["stdout"].strip() == "0"
     # the job's callback deleted the password from the broker
     job_id = summary["job_id"]
-    wait_until(lambda: _secret_queue_gone(app, prompted.queue_for(job_id).name), 15,
+    wait_until(lambda: _secret_queue_gone(app, become_password.queue_for(job_id).name), 15,
                "the password queue deleted")
     assert _fleet_password(fleet) not in out.stdout + out.stderr
 

@@ -30,8 +30,13 @@ from jobtools import rows
 from sqlalchemy import text
 
 from devtools.devfleet import FLEET_USER
-from opsq import actions, db, jobs, transfer
-from opsq.state import HostStatus, Outcome
+from opsq import jobs
+from opsq.hostrun import programs
+from opsq.hostrun.local import LocalRunner
+from opsq.hostrun.runner import Outcome
+from opsq.jobs import kinds
+from opsq.status import HostStatus
+from opsq.store import db
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -44,7 +49,7 @@ LARGE = 60 * 1024 * 1024
 
 
 def _spec(pattern: str = "host01", become: bool = False, **kw) -> jobs.JobSpec:
-    params = actions.become_params(True, None) if become else {}
+    params = kinds.become_params(True, None) if become else {}
     return jobs.JobSpec(command="", pattern=pattern, params=params, **kw)
 
 
@@ -72,26 +77,26 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _played(prelude: str) -> transfer.HostSide:
+def _played(prelude: str) -> programs.HostSide:
     """A host side on this machine, as root, whose programs begin with ``prelude``: shell
     functions standing in for a command, to play another user's move at that very step
     (a race the real one could win only sometimes)."""
-    run = transfer.local_runner()
+    run = LocalRunner().exec
 
     def played(script: str, stdin: bytes, timeout: float, limit: int,
                keep_stdin: bool = False):
         return run(prelude + "\n" + script, stdin, timeout, limit, keep_stdin=keep_stdin)
-    return transfer.HostSide(played, None, False)
+    return programs.HostSide(played, None, False)
 
 
 def _put_played(prelude: str, remote: Path, data: bytes) -> Outcome:
     params = {"remote": str(remote), "sha256": hashlib.sha256(data).hexdigest()}
-    return transfer.put(_played(prelude), transfer.Action("put", params, data), 60)
+    return programs.put(_played(prelude), programs.Action("put", params, data), 60)
 
 
 def _get_played(prelude: str, remote: Path, timeout: float = 60) -> Outcome:
-    action = transfer.Action("get", {"remote": str(remote)})
-    return transfer.get(_played(prelude), action, timeout, 1024 * 1024)
+    action = programs.Action("get", {"remote": str(remote)})
+    return programs.get(_played(prelude), action, timeout, 1024 * 1024)
 
 
 @pytest.fixture
@@ -137,7 +142,7 @@ def test_put_onto_a_link_replaces_its_target_and_keeps_its_mode(tmp_path, fleet_
     _own(link, FLEET_USER)
     local = _local(tmp_path, b"new\n")
 
-    summary, hosts = _run(actions.put_spec(_spec(), local, str(link)))
+    summary, hosts = _run(kinds.put_spec(_spec(), local, str(link)))
     assert summary["succeeded"], hosts["host01"]
     assert hosts["host01"]["changed"] is True
     assert link.is_symlink() and os.readlink(link) == "real.conf"  # the link stays
@@ -147,13 +152,13 @@ def test_put_onto_a_link_replaces_its_target_and_keeps_its_mode(tmp_path, fleet_
     assert list(fleet_dir.glob(".opsq-put.*")) == []
 
     # compared through the link: the same file again is unchanged
-    _, hosts = _run(actions.put_spec(_spec(), local, str(link)))
+    _, hosts = _run(kinds.put_spec(_spec(), local, str(link)))
     assert hosts["host01"]["changed"] is False, hosts["host01"]
     # --mode applies to the target; the link is still the link
-    _, hosts = _run(actions.put_spec(_spec(), local, str(link), mode="0600"))
+    _, hosts = _run(kinds.put_spec(_spec(), local, str(link), mode="0600"))
     assert hosts["host01"]["changed"] is True
     assert oct(_mode(real)) == oct(0o600) and link.is_symlink()
-    _, hosts = _run(actions.put_spec(_spec(), local, str(link), mode="0600"))
+    _, hosts = _run(kinds.put_spec(_spec(), local, str(link), mode="0600"))
     assert hosts["host01"]["changed"] is False
 
 
@@ -165,13 +170,13 @@ def test_put_with_become_onto_roots_link_replaces_the_target(tmp_path):
         real.write_bytes(b"old\n")
         real.chmod(0o640)
         link.symlink_to(real)
-        summary, hosts = _run(actions.put_spec(_spec(become=True), _local(tmp_path, b"v1\n"),
+        summary, hosts = _run(kinds.put_spec(_spec(become=True), _local(tmp_path, b"v1\n"),
                                                str(link)))
         assert summary["succeeded"], hosts["host01"]
         assert link.is_symlink() and real.read_bytes() == b"v1\n"
         st = real.stat()
         assert (st.st_uid, st.st_gid, oct(_mode(real))) == (0, 0, oct(0o640))
-        summary, hosts = _run(actions.put_spec(_spec(become=True), _local(tmp_path, b"v2\n"),
+        summary, hosts = _run(kinds.put_spec(_spec(become=True), _local(tmp_path, b"v2\n"),
                                                str(link), mode="0600", owner="root:root"))
         assert summary["succeeded"], hosts["host01"]
         assert link.is_symlink() and real.read_bytes() == b"v2\n"
@@ -187,7 +192,7 @@ def test_a_link_another_user_planted_is_not_followed(tmp_path, shared_dir, victi
     link.symlink_to(victim)
     _own(link, HOSTILE)
     before = (_digest(victim), _mode(victim), victim.stat().st_uid)
-    summary, hosts = _run(actions.put_spec(_spec(become=True), _local(tmp_path, b"owned\n"),
+    summary, hosts = _run(kinds.put_spec(_spec(become=True), _local(tmp_path, b"owned\n"),
                                            str(link), mode=mode))
     host = hosts["host01"]
     assert not summary["succeeded"] and host["status"] == "failed"
@@ -203,7 +208,7 @@ def test_a_link_to_nothing_is_not_followed(tmp_path, fleet_dir, shared_dir):
     link = fleet_dir / "app.conf"
     link.symlink_to(where)
     _own(link, FLEET_USER)
-    summary, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"x\n"), str(link)))
+    summary, hosts = _run(kinds.put_spec(_spec(), _local(tmp_path, b"x\n"), str(link)))
     assert hosts["host01"]["status"] == "failed"
     assert "not an existing regular file" in hosts["host01"]["error"]
     assert not where.exists() and link.is_symlink()
@@ -211,7 +216,7 @@ def test_a_link_to_nothing_is_not_followed(tmp_path, fleet_dir, shared_dir):
 
 def test_a_new_file_is_never_writable_by_others(tmp_path, fleet_dir):
     target = fleet_dir / "fresh.conf"
-    summary, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"x\n"), str(target)))
+    summary, hosts = _run(kinds.put_spec(_spec(), _local(tmp_path, b"x\n"), str(target)))
     assert summary["succeeded"], hosts["host01"]
     assert not target.is_symlink()
     assert _mode(target) & 0o133 == 0, oct(_mode(target))  # at most 0644
@@ -221,7 +226,7 @@ def test_a_fifo_at_the_target_is_refused_not_read(tmp_path, fleet_dir):
     fifo = fleet_dir / "app.conf"
     os.mkfifo(fifo)
     began = time.monotonic()
-    summary, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"x\n"), str(fifo)))
+    summary, hosts = _run(kinds.put_spec(_spec(), _local(tmp_path, b"x\n"), str(fifo)))
     assert time.monotonic() - began < 30
     assert hosts["host01"]["status"] == "failed"
     assert "not a regular file" in hosts["host01"]["error"]
@@ -236,7 +241,7 @@ def test_the_temporary_file_cannot_be_swapped_for_a_link(tmp_path, victim):
         data = secrets.token_bytes(90 * 1024 * 1024)
         target = open_dir / "app.bin"
         before = (_digest(victim), _mode(victim), victim.stat().st_uid)
-        job = jobs.submit(actions.put_spec(_spec(become=True), _local(tmp_path, data),
+        job = jobs.submit(kinds.put_spec(_spec(become=True), _local(tmp_path, data),
                                            str(target), mode="0644"))
         swapped = None
         deadline = time.monotonic() + 60
@@ -304,7 +309,7 @@ def test_a_target_made_during_the_transfer_lends_it_nothing(tmp_path, shared_dir
     mine = shared_dir / "mine"
     mine.write_bytes(b"mine\n")
     _own(mine, FLEET_USER)
-    job = jobs.submit(actions.put_spec(_spec(become=True),
+    job = jobs.submit(kinds.put_spec(_spec(become=True),
                                        _local(tmp_path, secrets.token_bytes(LARGE)),
                                        str(target)))
     wait_until(lambda: job.ready() or list(shared_dir.glob(".opsq-put.*")), 60,
@@ -333,7 +338,7 @@ def test_a_file_of_another_user_lends_root_neither_owner_nor_mode(tmp_path, shar
     target.chmod(0o4777)
     _own(target, FLEET_USER)
     target.chmod(0o4777)  # chown cleared the setuid bit
-    summary, hosts = _run(actions.put_spec(_spec(become=True), _local(tmp_path, b"new\n"),
+    summary, hosts = _run(kinds.put_spec(_spec(become=True), _local(tmp_path, b"new\n"),
                                            str(target)))
     assert summary["succeeded"], hosts["host01"]
     st = target.lstat()
@@ -358,7 +363,7 @@ def test_a_cancelled_put_leaves_no_private_directory(tmp_path, shared_dir):
     # next message) with part of the file in its private directory.
     target = shared_dir / "app.bin"
     data = secrets.token_bytes(LARGE)
-    job = jobs.submit(actions.put_spec(_spec(become=True), _local(tmp_path, data),
+    job = jobs.submit(kinds.put_spec(_spec(become=True), _local(tmp_path, data),
                                        str(target)))
     new = wait_until(lambda: list(shared_dir.glob(".opsq-put.*/new")), 60,
                      "the put's temporary file", every=0.001)[0]
@@ -410,12 +415,12 @@ def test_a_put_whose_channel_closes_leaves_no_private_directory(shared_dir):
 
     def record(script: str, stdin: bytes, timeout: float, limit: int, keep_stdin=False):
         if ".opsq-put." not in script:
-            return transfer.local_runner()(script, stdin, timeout, limit)
+            return LocalRunner().exec(script, stdin, timeout, limit)
         programs.append(script)
         raise _Recorded()
 
     with pytest.raises(_Recorded):
-        transfer.put(transfer.HostSide(record, None, False), transfer.Action(
+        programs.put(programs.HostSide(record, None, False), programs.Action(
             "put", {"remote": str(target), "sha256": hashlib.sha256(data).hexdigest()},
             data), 60)
     proc = subprocess.Popen(["/bin/sh", "-c", programs[0]], stdin=subprocess.PIPE,
@@ -472,7 +477,7 @@ def test_a_backup_name_taken_by_a_directory_gets_nothing_inside(tmp_path, shared
             else:
                 name.symlink_to(theirs)
             _own(name, HOSTILE)
-        summary, hosts = _run(actions.put_spec(_spec(become=True),
+        summary, hosts = _run(kinds.put_spec(_spec(become=True),
                                                _local(tmp_path, b"new\n"), str(target),
                                                backup=True))
         assert summary["succeeded"], hosts["host01"]
@@ -497,7 +502,7 @@ def test_a_planted_backup_name_is_not_written_through(tmp_path, shared_dir, vict
     planted = _plant_backup_names(target, victim, HOSTILE)
     before = (_digest(victim), _mode(victim), victim.stat().st_uid)
 
-    summary, hosts = _run(actions.put_spec(_spec(become=become), _local(tmp_path, b"new\n"),
+    summary, hosts = _run(kinds.put_spec(_spec(become=become), _local(tmp_path, b"new\n"),
                                            str(target), backup=True))
     assert summary["succeeded"], hosts["host01"]
     assert (_digest(victim), _mode(victim), victim.stat().st_uid) == before
@@ -514,7 +519,7 @@ def test_a_backup_is_the_old_file_itself(tmp_path, fleet_dir):
     target.chmod(0o640)
     _own(target, FLEET_USER)
     old = target.stat()
-    _, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"new\n"), str(target),
+    _, hosts = _run(kinds.put_spec(_spec(), _local(tmp_path, b"new\n"), str(target),
                                      backup=True))
     assert hosts["host01"]["changed"] is True
     (kept,) = fleet_dir.glob("app.conf.opsq-*")
@@ -528,7 +533,7 @@ def test_a_backup_where_no_hard_link_is_allowed_is_a_copy(tmp_path, fleet_dir):
     target = fleet_dir / "app.conf"
     target.write_bytes(b"old\n")
     target.chmod(0o644)
-    _, hosts = _run(actions.put_spec(_spec(), _local(tmp_path, b"new\n"), str(target),
+    _, hosts = _run(kinds.put_spec(_spec(), _local(tmp_path, b"new\n"), str(target),
                                      backup=True))
     assert hosts["host01"]["changed"] is True, hosts["host01"]
     (kept,) = fleet_dir.glob("app.conf.opsq-*")
@@ -553,8 +558,8 @@ def test_get_with_dot_dot_is_refused_before_a_job_exists(tmp_path, opsq_cli, rem
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("opsq: ")
     assert _job_count() == before and not dest.exists()
-    with pytest.raises(actions.ActionError):
-        actions.get_spec(_spec(), remote)
+    with pytest.raises(kinds.ActionError):
+        kinds.get_spec(_spec(), remote)
 
 
 def test_get_into_an_existing_file_is_refused_before_a_job_exists(tmp_path, opsq_cli):
@@ -574,7 +579,7 @@ def test_saving_a_finished_get_into_an_existing_file_is_refused(tmp_path, fleet_
                                                                 opsq_cli):
     source = fleet_dir / "app.log"
     source.write_bytes(b"logged\n")
-    summary, _ = _run(actions.get_spec(_spec(), str(source)))
+    summary, _ = _run(kinds.get_spec(_spec(), str(source)))
     dest = tmp_path / "notes.txt"
     dest.write_bytes(b"mine\n")
     out = opsq_cli("result", summary["job_id"], "--save", str(dest))
@@ -597,34 +602,34 @@ def test_two_hosts_files_land_each_under_its_own_host(tmp_path, fleet_dir, opsq_
 
 def test_a_stored_job_with_dot_dot_saves_nothing(tmp_path):
     # A job stored before '..' was refused: its two hosts would write one file outside DEST.
-    spec = replace(_spec("host01:host02"), kind=actions.GET, command="get",
+    spec = replace(_spec("host01:host02"), kind=kinds.GET, command="get",
                    params={"remote": "/etc/../../../../etc/hostname"})
     summary, hosts = _run(spec)
     assert summary["succeeded"], hosts
     outside = tmp_path / "a"
     dest = outside / "b" / "fetched"
-    with pytest.raises(actions.ActionError, match=r"'\.\.'"):
-        actions.save_fetched(summary["job_id"], str(dest))
+    with pytest.raises(kinds.ActionError, match=r"'\.\.'"):
+        kinds.save_fetched(summary["job_id"], str(dest))
     assert not outside.exists()
 
 
 def test_a_link_in_dest_cannot_take_a_hosts_file_elsewhere(tmp_path, fleet_dir):
     source = fleet_dir / "app.log"
     source.write_bytes(b"logged\n")
-    summary, _ = _run(actions.get_spec(_spec(), str(source)))
+    summary, _ = _run(kinds.get_spec(_spec(), str(source)))
     dest = tmp_path / "fetched"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (dest / "host01").mkdir(parents=True)
     (dest / "host01" / "tmp").symlink_to(elsewhere)
-    with pytest.raises(actions.ActionError, match="outside"):
-        actions.save_fetched(summary["job_id"], str(dest))
+    with pytest.raises(kinds.ActionError, match="outside"):
+        kinds.save_fetched(summary["job_id"], str(dest))
     assert list(elsewhere.iterdir()) == []
 
 
 def test_host_names_never_share_a_directory():
     names = ["a/b", "a_b", "a%2Fb", ".", "..", "%2E", "", "%", "x\x00y", "x%00y"]
-    parts = [actions._safe_part(n) for n in names]
+    parts = [kinds._safe_part(n) for n in names]
     assert len(set(parts)) == len(parts)
     assert all("/" not in p and "\x00" not in p and p not in ("", ".", "..") for p in parts)
 
@@ -633,7 +638,7 @@ def test_get_does_not_follow_a_link_another_user_planted(shared_dir, victim):
     link = shared_dir / "report.txt"
     link.symlink_to(victim)
     _own(link, HOSTILE)
-    summary, hosts = _run(actions.get_spec(_spec(become=True), str(link)))
+    summary, hosts = _run(kinds.get_spec(_spec(become=True), str(link)))
     assert hosts["host01"]["status"] == "failed"
     assert "belongs to another user" in hosts["host01"]["error"]
     assert hosts["host01"]["sha256"] is None
@@ -653,7 +658,7 @@ def test_get_reads_only_the_file_it_checked(shared_dir, victim, swapped):
     prelude = f'test() {{ command test "$@" || return; {swap}\n unset -f test; }}'
     began = time.monotonic()
     outcome = _get_played(prelude, source, timeout=60)
-    assert time.monotonic() - began < transfer.GET_OPEN_TIMEOUT + 15
+    assert time.monotonic() - began < programs.GET_OPEN_TIMEOUT + 15
     assert outcome.status == HostStatus.FAILED, outcome
     assert b"secret" not in (outcome.content or b"")
     why = ("could not be opened" if swapped == "fifo"

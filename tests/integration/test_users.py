@@ -11,7 +11,7 @@ import sys
 from helpers import ROOT
 from sqlalchemy import text
 
-from opsq import db
+from opsq.store import db
 
 
 def opsq(*args: str, stdin: str = "") -> subprocess.CompletedProcess:

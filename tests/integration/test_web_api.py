@@ -16,7 +16,7 @@ from helpers import wait_until
 from sqlalchemy import text
 from webtools import ROOT, Web, make_account
 
-from opsq import db
+from opsq.store import db
 
 API = "/api/v1"
 
@@ -307,7 +307,7 @@ def test_refuses_to_start_without_a_user(tmp_path):
     """On a database with no user, and with OPSQ_WEB_NO_AUTH off a loopback address."""
     import os
 
-    from opsq import schema
+    from opsq.store import schema
 
     empty = os.environ["OPSQ_DATABASE_URL"] + "_nousers"
     schema.upgrade(empty)

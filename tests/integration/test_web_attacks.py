@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 from webtools import ROOT, Web, make_account
 
-from opsq import db
+from opsq.store import db
 
 API = "/api/v1"
 #: A host name long enough that a backtracking regex engine never finishes matching it.

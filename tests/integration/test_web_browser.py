@@ -14,7 +14,7 @@ from playwright.sync_api import expect, sync_playwright
 from sqlalchemy import text
 from webtools import ROOT, Web, make_account
 
-from opsq import db
+from opsq.store import db
 
 CHROMIUM = "/usr/bin/chromium"
 #: Milliseconds a page gets to show what a test waits for.

@@ -18,7 +18,7 @@ from helpers import wait_until
 from sqlalchemy import text
 from webtools import Web, make_account
 
-from opsq import db
+from opsq.store import db
 from opsq.web import streams
 from opsq.web.api import EVENTS_KEEPALIVE
 

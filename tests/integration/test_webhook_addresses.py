@@ -24,9 +24,10 @@ from addresses import REFUSED
 from helpers import free_port, wait_until
 from sqlalchemy import insert, text
 
-from opsq import db, webhooks
-from opsq.models import Job, JobStatus
+from opsq.jobs import webhooks
 from opsq.settings import get_settings
+from opsq.store import db
+from opsq.store.models import Job, JobStatus
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -203,7 +204,7 @@ def test_the_allow_list_lets_a_webhook_reach_a_local_receiver(networks, hook):
 def test_a_refused_address_found_when_sending_is_recorded_once_and_not_retried(worker):
     # Written as if given before the check existed: the worker refuses it when sending.
     job_id = _job(["http://169.254.169.254/latest/meta-data/"])
-    from opsq.tasks.fleet import send_notification
+    from opsq.worker.fleet_tasks import send_notification
 
     send_notification.apply_async((job_id, 0), task_id=webhooks.task_id(job_id, 0))
     wait_until(lambda: _attempts(job_id), 15, "the refused attempt's record")

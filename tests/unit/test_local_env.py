@@ -1,7 +1,7 @@
 """What a command on a host with ``ansible_connection=local`` sees of the worker's
-environment: only ``remote.local_env()``, never the worker's secrets. Pure tests, no
-services needed: both local runners (``ssh.run_local`` for commands, ``remote.exec_local``
-for put/get/script) run ``env`` in-process."""
+environment: only ``local.local_env()``, never the worker's secrets. Pure tests, no
+services needed: the local runner's two ways (``command`` for commands, ``exec`` for
+put/get/script) run ``env`` in-process."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from opsq.remote import LOCAL_LANG, LOCAL_PATH, LOCAL_SHELL, exec_local, local_env
-from opsq.ssh import RunOptions, run_local
-from opsq.state import HostStatus, JobOptions
-from opsq.transfer import local_runner, run_action
+from opsq.hostrun.local import LOCAL_LANG, LOCAL_PATH, LOCAL_SHELL, LocalRunner, local_env
+from opsq.hostrun.programs import run_action
+from opsq.hostrun.runner import JobOptions, RunOptions
+from opsq.status import HostStatus
 
 #: Variables a worker may hold, with values no local command may ever print.
 SECRETS = {
@@ -34,15 +34,15 @@ LIMIT = 64 * 1024
 TIMEOUT = 20.0
 
 
-def _via_run_local(command: str) -> str:
-    out = run_local(command, RunOptions(command_timeout=TIMEOUT, connect_timeout=1,
+def _via_command(command: str) -> str:
+    out = LocalRunner().command(command, RunOptions(command_timeout=TIMEOUT, connect_timeout=1,
                                         output_limit=LIMIT, known_hosts=Path("/nonexistent")))
     assert out.status is HostStatus.OK, (out.stderr, out.error)
     return out.stdout
 
 
-def _via_exec_local(command: str) -> str:
-    result = exec_local(command, b"", TIMEOUT, LIMIT, LIMIT)
+def _via_exec(command: str) -> str:
+    result = LocalRunner().exec(command, b"", TIMEOUT, LIMIT)
     assert result.exit_code == 0, result.stderr.text()
     return result.stdout.text()
 
@@ -51,15 +51,15 @@ def _via_script_action(command: str) -> str:
     # The whole `opsq script` path on a local host: copied to a temporary directory, run.
     job = JobOptions(command="", command_timeout=None, connect_timeout=None,
                      rerun_safe=False, kind="script", params={"name": "show-env", "args": []})
-    out = run_action(local_runner(), job, f"#!/bin/sh\n{command}\n".encode(), None,
+    out = run_action(LocalRunner().exec, job, f"#!/bin/sh\n{command}\n".encode(), None,
                      TIMEOUT, LIMIT, LIMIT)
     assert out.status is HostStatus.OK, (out.stderr, out.error)
     return out.stdout
 
 
 RUNNERS: dict[str, Callable[[str], str]] = {
-    "run_local": _via_run_local,
-    "exec_local": _via_exec_local,
+    "command": _via_command,
+    "exec": _via_exec,
     "script_action": _via_script_action,
 }
 
@@ -102,7 +102,7 @@ def test_lang_defaults_when_the_worker_has_none(runner, monkeypatch):
 
 
 def test_one_definition_serves_both_runners(worker_secrets):
-    # exec_local and run_local both take their environment from local_env().
+    # command and exec both take their environment from local_env().
     env = local_env()
     assert set(env) == EXPECTED
     assert not set(env.values()) & set(worker_secrets.values())

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import alive, wait_until
 
+from opsq.hostrun.local import LocalRunner
+from opsq.hostrun.runner import RunOptions
 from opsq.jobs import MIN_CHUNKS, chunks
-from opsq.ssh import RunOptions, run_local
-from opsq.state import HostStatus
+from opsq.status import HostStatus
 
 
 def options(timeout: float = 10, limit: int = 1024) -> RunOptions:
@@ -20,19 +21,19 @@ def options(timeout: float = 10, limit: int = 1024) -> RunOptions:
 
 
 def test_exit_codes_and_separate_streams():
-    ok = run_local("echo out; echo err >&2", options())
+    ok = LocalRunner().command("echo out; echo err >&2", options())
     assert (ok.status, ok.exit_code, ok.stdout, ok.stderr) == (HostStatus.OK, 0, "out\n",
                                                                 "err\n")
-    bad = run_local("exit 7", options())
+    bad = LocalRunner().command("exit 7", options())
     assert (bad.status, bad.exit_code) == (HostStatus.FAILED, 7)
-    killed = run_local("kill -TERM $$", options())
+    killed = LocalRunner().command("kill -TERM $$", options())
     assert (killed.status, killed.exit_code) == (HostStatus.FAILED, 128 + 15)
 
 
 def test_deadline_kills_the_whole_process_group(tmp_path):
     pidfile = tmp_path / "child"
     began = time.monotonic()
-    out = run_local(f"sleep 30 & echo $! > {pidfile}; echo started; wait", options(0.5))
+    out = LocalRunner().command(f"sleep 30 & echo $! > {pidfile}; echo started; wait", options(0.5))
     assert time.monotonic() - began < 5
     assert (out.status, out.exit_code, out.stdout) == (HostStatus.TIMEOUT, None, "started\n")
     assert "0.5 s" in out.error
@@ -41,20 +42,20 @@ def test_deadline_kills_the_whole_process_group(tmp_path):
 
 
 def test_output_is_capped_counted_and_decoded_once():
-    big = run_local("head -c 100000 /dev/zero | tr '\\0' b", options(limit=4096))
+    big = LocalRunner().command("head -c 100000 /dev/zero | tr '\\0' b", options(limit=4096))
     assert (big.stdout_bytes, len(big.stdout), big.truncated) == (100000, 4096, True)
     # a multi-byte character cut at the limit becomes one U+FFFD: "aaa" and the first two
     # of the euro sign's three bytes are kept
-    cut = run_local("printf 'aaa\\342\\202\\254'", options(limit=5))
+    cut = LocalRunner().command("printf 'aaa\\342\\202\\254'", options(limit=5))
     assert (cut.stdout, cut.stdout_bytes, cut.truncated) == ("aaa\ufffd", 6, True)
-    whole = run_local("printf 'aaa\\342\\202\\254'", options(limit=6))
+    whole = LocalRunner().command("printf 'aaa\\342\\202\\254'", options(limit=6))
     assert (whole.stdout, whole.truncated) == ("aaa\u20ac", False)
-    raw = run_local(r"printf 'caf\351 ok'", options())
+    raw = LocalRunner().command(r"printf 'caf\351 ok'", options())
     assert raw.stdout == "caf\ufffd ok"
 
 
 def test_a_missing_shell_builtin_is_a_failure_not_an_exception():
-    out = run_local("no-such-command-anywhere", options())
+    out = LocalRunner().command("no-such-command-anywhere", options())
     assert out.status is HostStatus.FAILED and out.exit_code == 127
     assert "not found" in out.stderr
 
@@ -93,7 +94,7 @@ def test_the_remote_wrapper_never_signals_a_group_it_does_not_lead():
     # (this test runner included) alone and let the command finish.
     import subprocess
 
-    from opsq.ssh import wrap_remote
+    from opsq.hostrun.ssh import wrap_remote
 
     out = subprocess.run(["/bin/sh", "-c", wrap_remote("sleep 0.3; echo finished")],
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
@@ -104,7 +105,7 @@ def test_the_remote_wrapper_stops_its_own_session_when_stdin_ends():
     import subprocess
     import time
 
-    from opsq.ssh import REMOTE_KILL_GRACE, wrap_remote
+    from opsq.hostrun.ssh import REMOTE_KILL_GRACE, wrap_remote
 
     began = time.monotonic()
     out = subprocess.run(["/bin/sh", "-c", wrap_remote("sleep 30; echo never")],

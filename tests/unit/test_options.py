@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from opsq.hostrun.runner import RunOptions
+from opsq.hostrun.ssh import known_hosts_name
 from opsq.inventory import Host
 from opsq.jobs import mask_secrets
 from opsq.settings import Settings
-from opsq.ssh import RunOptions, known_hosts_name
 
 
 def settings(**kw) -> Settings:
@@ -56,8 +57,8 @@ def test_a_command_killed_by_its_deadline_is_always_a_timeout(monkeypatch):
     import invoke
     from invoke.runners import Local
 
-    from opsq.models import HostStatus
-    from opsq.ssh import _CappedOutput, _execute
+    from opsq.hostrun.ssh import _CappedOutput, _execute
+    from opsq.store.models import HostStatus
 
     class CappedLocal(_CappedOutput, Local):
         pass

@@ -30,6 +30,6 @@ def test_the_wheel_holds_no_fleet_demo_or_example_code(tmp_path):
     [wheel] = (tmp_path / "dist").glob("opsq-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "opsq/app.py" in names
-    assert "opsq/migrations/versions/0011_drop_example_tables.py" in names
+    assert "opsq/store/migrations/versions/0011_drop_example_tables.py" in names
     shipped = [n for n in names if any(word in n.lower() for word in DEV_ONLY)]
     assert shipped == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from opsq import schedules
-from opsq.models import ScheduleKind
+from opsq.store.models import ScheduleKind
 
 
 def test_cron_next_run_across_time_zones_and_dst():

@@ -7,7 +7,7 @@ import os
 import pytest
 from addresses import REFUSED
 
-from opsq import webhooks
+from opsq.jobs import webhooks
 from opsq.settings import get_settings
 
 SETTING = "OPSQ_WEBHOOK_ALLOWED_NETWORKS"

@@ -1,0 +1,360 @@
+"""A job's results as the CLI, API and console read them: typed summaries, host rows,
+attempts, output while it runs, and waiting for the end (LISTEN/NOTIFY, no polling)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
+
+from opsq.errors import JobNotFound, OpsqError
+from opsq.jobs import state
+from opsq.jobs.spec import mask_secrets
+from opsq.store import db
+from opsq.store.listen import Listener
+from opsq.store.models import HostResult, HostStatus, Job, JobStatus
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """One host's run of a job: status, exit code, output, timing."""
+
+    host: str
+    status: HostStatus
+    exit_code: int | None
+    stdout: str | None
+    stderr: str | None
+    truncated: bool
+    stdout_bytes: int | None
+    stderr_bytes: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None
+    attempt: int
+    worker: str | None
+    error: str | None
+    #: put: whether the host's file was written; put/get: the file's sha256.
+    changed: bool | None = None
+    sha256: str | None = None
+    #: The batch of a rolling job the host ran in.
+    batch: int | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is HostStatus.OK
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        for k in ("started_at", "finished_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """Where a job stands, with each host's status and exit code (not their output)."""
+
+    job_id: str
+    status: JobStatus
+    command: str  # masked: summaries are stored in celery_taskmeta and shown by Flower
+    pattern: str
+    total: int
+    done: int
+    counts: dict[str, int]
+    hosts: dict[str, dict[str, Any]]
+    failed_hosts: dict[str, str]
+    submitted_by: str
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None
+    error: str | None
+    #: 'command', 'put', 'get' or 'script' (opsq.jobs.kinds).
+    kind: str = "command"
+    #: A rolling job: the batch in progress (or the last one) and how many there are.
+    batch: int | None = None
+    batches: int | None = None
+    #: The job this one runs again (``opsq rerun``).
+    rerun_of: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is JobStatus.SUCCEEDED
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able, as ``AsyncResult(job_id).get()`` returns it."""
+        d = asdict(self)
+        d["status"] = self.status.value
+        d["succeeded"] = self.succeeded
+        for k in ("submitted_at", "finished_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        if d["rerun_of"] is None:  # the summary of a first run is as it always was
+            del d["rerun_of"]
+        return d
+
+
+def summary(job_id: str, with_hosts: bool = True) -> JobSummary:
+    """The job's summary: status, counts, and per host status and exit code (without
+    ``with_hosts``: the counts only, one grouped query however large the job)."""
+    with db.session_scope() as session:
+        job = job_row(session, job_id)
+        if with_hosts:
+            rows = session.execute(
+                select(HostResult.host, HostResult.status, HostResult.exit_code,
+                       HostResult.error, HostResult.changed)
+                .where(HostResult.job_id == job_id).order_by(HostResult.id)
+            ).all()
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r.status] = counts.get(r.status, 0) + 1
+        else:
+            rows = []
+            counts = dict(session.execute(
+                select(HostResult.status, func.count()).where(HostResult.job_id == job_id)
+                .group_by(HostResult.status)).all())
+        return JobSummary(
+            job_id=job.id, status=JobStatus(job.status), command=mask_secrets(job.command),
+            pattern=job.pattern, total=job.host_count, done=job.done_count, counts=counts,
+            hosts={r.host: {"status": r.status, "exit_code": r.exit_code,
+                            **({} if r.changed is None else {"changed": r.changed})}
+                   for r in rows},
+            failed_hosts={
+                r.host: r.error or f"exit code {r.exit_code}" for r in rows
+                if r.status != HostStatus.OK.value and HostStatus(r.status).finished},
+            submitted_by=job.submitted_by, submitted_at=job.submitted_at,
+            finished_at=job.finished_at, duration=job.duration, error=job.error,
+            kind=job.kind, batch=job.current_batch, rerun_of=job.rerun_of,
+            batches=-(-job.host_count // job.batch_size) if job.batch_size else None,
+        )
+
+
+def progress(job_id: str) -> JobSummary:
+    """The job's summary without its hosts: status and counts (``summary``)."""
+    return summary(job_id, with_hosts=False)
+
+
+#: Characters of each stream kept by ``host_runs(..., preview=True)``.
+PREVIEW_CHARS = 512
+#: Rows fetched at a time when reading a job's hosts.
+HOST_ROWS_PAGE = 1000
+
+
+def host_runs(job_id: str, preview: bool = False, host: str | None = None,
+              offset: int = 0, limit: int | None = None) -> list[HostRun]:
+    """Every host's run, in inventory order; with ``preview`` only the first
+    PREVIEW_CHARS of each stream are read (a table of a large job stays light); ``host``:
+    that host's run only; ``offset``/``limit``: one page of them."""
+    out_col, err_col = HostResult.stdout, HostResult.stderr
+    if preview:
+        out_col, err_col = func.left(out_col, PREVIEW_CHARS), func.left(err_col, PREVIEW_CHARS)
+    with db.session_scope() as session:
+        job_row(session, job_id)
+        rows = session.execute(
+            select(HostResult.host, HostResult.status, HostResult.exit_code,
+                   out_col.label("stdout"), err_col.label("stderr"), HostResult.truncated,
+                   HostResult.stdout_bytes, HostResult.stderr_bytes, HostResult.started_at,
+                   HostResult.finished_at, HostResult.duration, HostResult.attempt,
+                   HostResult.worker, HostResult.error, HostResult.changed,
+                   HostResult.sha256, HostResult.batch)
+            .where(HostResult.job_id == job_id,
+                   *([HostResult.host == host] if host is not None else []))
+            .order_by(HostResult.id).offset(offset).limit(limit)
+            .execution_options(yield_per=HOST_ROWS_PAGE)
+        )
+        return [HostRun(**{**r._asdict(), "status": HostStatus(r.status)}) for r in rows]
+
+
+_ATTEMPTS = text("""
+    SELECT host, attempt, status, exit_code, stdout, stderr, error, duration, finished_at
+    FROM host_attempts WHERE job_id = :job ORDER BY host, attempt
+""")
+
+
+def attempts(job_id: str) -> list[dict[str, Any]]:
+    """The earlier runs of the job's retried hosts (the host rows hold the last runs)."""
+    with db.session_scope() as session:
+        job_row(session, job_id)
+        return [{**r._asdict(), "finished_at": r.finished_at.isoformat()}
+                for r in session.execute(_ATTEMPTS, {"job": job_id})]
+
+
+_OUTPUT_SINCE = text("""
+    SELECT h.host, h.status, substr(COALESCE(h.stdout, ''), o.out_at + 1) AS out,
+           substr(COALESCE(h.stderr, ''), o.err_at + 1) AS err,
+           length(COALESCE(h.stdout, '')) AS out_len, length(COALESCE(h.stderr, '')) AS err_len
+    FROM unnest(CAST(:hosts AS text[]), CAST(:out_at AS int[]), CAST(:err_at AS int[]))
+        AS o(host, out_at, err_at)
+    JOIN host_results h ON h.job_id = :job AND h.host = o.host
+    ORDER BY h.id
+""")
+
+
+def follow_output(job_id: str, emit: Callable[[str, str, str], None],
+                  host: str | None = None, follow: bool = False) -> None:
+    """Call ``emit(host, stream, line)`` for each line the job's hosts printed (stream:
+    'stdout' or 'stderr'), in the order they reach PostgreSQL. With ``follow``, keep going
+    until the job has ended and all its output is out (woken by the job's notifications).
+    A line still being written is held until its end, or until its host is done."""
+    with db.session_scope() as session:
+        job_row(session, job_id)
+        names = [r for (r,) in session.execute(
+            select(HostResult.host).where(HostResult.job_id == job_id)
+            .order_by(HostResult.id))]
+    if host is not None:
+        if host not in names:
+            raise OpsqError(f"job {job_id} has no host {host!r}")
+        names = [host]
+    at = {(n, s): 0 for n in names for s in ("stdout", "stderr")}
+    held = {k: "" for k in at}
+    with Listener() as listener:
+        while True:
+            finished = _emit_new(job_id, names, at, held, emit)
+            status = job_status(job_id)
+            if not follow or (status is not None and status.finished and finished):
+                for (name, stream), rest in held.items():
+                    if rest:
+                        emit(name, stream, rest)
+                return
+            listener.wait(WAIT_MAX_SLEEP)
+
+
+def _emit_new(job_id: str, names: list[str], at: dict, held: dict,
+              emit: Callable[[str, str, str], None]) -> bool:
+    """Emit the complete lines printed since ``at``; True when every host has ended."""
+    with db.session_scope() as session:
+        rows = session.execute(_OUTPUT_SINCE, {
+            "job": job_id, "hosts": names,
+            "out_at": [at[(n, "stdout")] for n in names],
+            "err_at": [at[(n, "stderr")] for n in names]}).all()
+    done = True
+    for r in rows:
+        ended = HostStatus(r.status).finished
+        done = done and ended
+        for stream, new, length in (("stdout", r.out, r.out_len), ("stderr", r.err, r.err_len)):
+            key = (r.host, stream)
+            if length < at[key]:  # a retry started the host's output afresh
+                at[key], held[key], new = 0, "", ""
+            at[key] += len(new)
+            *lines, held[key] = (held[key] + new).split("\n")
+            if ended and held[key]:
+                lines, held[key] = [*lines, held[key]], ""
+            for line in lines:
+                emit(r.host, stream, line)
+    return done
+
+
+def host_results(job_id: str) -> list[dict[str, Any]]:
+    """Every host's full result (output included) as JSON-able dicts, in inventory order."""
+    return [r.as_dict() for r in host_runs(job_id)]
+
+
+def recent(limit: int = 20) -> list[dict[str, Any]]:
+    """The newest jobs first, without per-host detail."""
+    with db.session_scope() as session:
+        jobs = session.scalars(
+            select(Job).order_by(Job.submitted_at.desc()).limit(limit)
+        ).all()
+        return [
+            {"job_id": j.id, "status": j.status, "command": j.command, "pattern": j.pattern,
+             "total": j.host_count, "ok": j.ok_count,
+             "submitted_at": j.submitted_at.isoformat(), "duration": j.duration,
+             "submitted_by": j.submitted_by}
+            for j in jobs
+        ]
+
+
+#: Seconds a waiter sleeps at most between two looks at its job when no notification
+#: comes (one lost to a database restart only delays it).
+WAIT_MAX_SLEEP = 1.0
+
+_PROGRESS = text(
+    "SELECT status, done_count, host_count, current_batch, "
+    + ", ".join(f"{s.value}_count" for s in state.FINAL_HOST_STATUSES)
+    + " FROM jobs WHERE id = :job")
+
+
+def wait(
+    job_id: str,
+    timeout: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_counts: Callable[[int, int, dict[str, int]], None] | None = None,
+) -> JobSummary:
+    """Block until the job is finished; returns its summary. Raises TimeoutError.
+
+    ``on_progress(done, total)`` is called when the number of hosts done changes,
+    ``on_counts(done, total, counts by status)`` when any count changes.
+
+    Wakes on the job's notifications (``LISTEN``), not by polling; rides out a database
+    restart (it looks again once PostgreSQL is back).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = last_counts = None
+    with Listener() as listener:
+        while True:
+            row, reachable = _progress(job_id)
+            if row is None and reachable:
+                raise no_such_job(job_id)
+            if row is not None:
+                progress = (row.done_count, row.host_count)
+                if on_progress and progress != last:
+                    on_progress(*progress)
+                counts = {s.value: getattr(row, f"{s.value}_count")
+                          for s in state.FINAL_HOST_STATUSES
+                          if getattr(row, f"{s.value}_count")}
+                if on_counts and (progress, counts) != last_counts:
+                    on_counts(*progress, counts)
+                last, last_counts = progress, (progress, counts)
+                if JobStatus(row.status).finished:
+                    return summary(job_id)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                done, total = last or (0, 0)
+                raise TimeoutError(f"job {job_id} not finished after {timeout:g} s "
+                                   f"({done}/{total} hosts done)")
+            listener.wait(WAIT_MAX_SLEEP if remaining is None
+                          else min(WAIT_MAX_SLEEP, remaining))
+
+
+def _progress(job_id: str) -> tuple[Any, bool]:
+    """The job's (status, done, total) row and whether PostgreSQL answered."""
+    try:
+        with db.get_engine().connect() as conn:
+            return conn.execute(_PROGRESS, {"job": job_id}).first(), True
+    except OperationalError:
+        db.dispose_all()
+        return None, False
+
+
+def job_action(job_id: str) -> tuple[str, dict[str, Any]]:
+    """The job's kind and parameters. Raises JobNotFound."""
+    with db.session_scope() as session:
+        job = job_row(session, job_id)
+        return job.kind, dict(job.params or {})
+
+
+def job_status(job_id: str) -> JobStatus | None:
+    """The job's status, or None when there is no such job."""
+    with db.session_scope() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return None if status is None else JobStatus(status)
+
+
+def job_row(session: Any, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise no_such_job(job_id)
+    return job
+
+
+def no_such_job(job_id: str) -> JobNotFound:
+    shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+    return JobNotFound(f"no job with id {shown!r} (opsq jobs lists recent jobs)")

@@ -1,1 +1,0 @@
-"""Celery tasks. Thin: they call into ``opsq.ssh`` and ``opsq.jobs``."""
