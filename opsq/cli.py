@@ -566,11 +566,14 @@ def db() -> None:
 @db.command()
 @_errors
 def upgrade() -> None:
-    """Create the database if needed and apply every migration."""
+    """Create the database if needed, apply every migration, and add the built-in
+    maintenance schedules."""
+    from opsq import schedules
     from opsq.settings import get_settings
     from opsq.store import schema
 
     schema.upgrade()
+    schedules.ensure_builtin()
     click.echo(f"database schema is up to date ({_safe_url(get_settings().database_url)})")
 
 

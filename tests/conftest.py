@@ -67,9 +67,11 @@ def create_services() -> None:
     subprocess.run(["bash", str(ROOT / "deploy" / "ensure-services.sh")], check=True)
     _rabbitmqctl("add_vhost", TEST_VHOST)
     _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
+    from opsq import schedules
     from opsq.store import schema
 
     schema.upgrade()
+    schedules.ensure_builtin()
 
 
 def drop_services() -> None:

@@ -18,6 +18,8 @@ import threading
 import time
 
 from opsq.hostrun.runner import (
+    CANCELLED_BEFORE,
+    CANCELLED_WHILE,
     CHUNK_SIZE,
     ERROR_LIMIT,
     Capture,
@@ -63,16 +65,24 @@ class LocalRunner:
         self.stopper = stopper
 
     def command(self, command: str, options: RunOptions) -> Outcome:
+        """As the SSH runner: a command the cancel killed ends ``cancelled``; one that
+        exited before it keeps its status; a cancel that came first starts nothing."""
+        stopper = options.stopper
+        if stopper is not None and stopper.stopped.is_set():
+            return Outcome(status=HostStatus.CANCELLED, error=CANCELLED_BEFORE)
         out, err = Capture(options.output_limit), Capture(options.output_limit)
         try:
-            code = _run(command, None, False, options.command_timeout, out, err,
-                        options.stopper, options.live)
+            code, cancelled = _run(command, None, False, options.command_timeout, out, err,
+                                   stopper, options.live)
         except OSError as exc:
             return Outcome(status=HostStatus.ERROR, error=f"cannot start {LOCAL_SHELL}: {exc}")
         outcome = Outcome(
             status=HostStatus.OK, stdout=out.text(), stderr=err.text(),
             stdout_bytes=out.total, stderr_bytes=err.total,
             truncated=out.overflowed or err.overflowed)
+        if cancelled:
+            outcome.status, outcome.error = HostStatus.CANCELLED, CANCELLED_WHILE
+            return outcome
         if code is None:
             outcome.status = HostStatus.TIMEOUT
             outcome.error = f"command still running after {options.command_timeout:g} s; killed"
@@ -85,16 +95,18 @@ class LocalRunner:
              keep_stdin: bool = False) -> Exec:
         """Raises OSError when the shell cannot start."""
         out, err = Capture(limit), Capture(max(limit, ERROR_LIMIT))
-        code = _run(program, stdin, keep_stdin, timeout, out, err, self.stopper, None)
-        return Exec(code, out, err, timed_out=code is None)
+        code, cancelled = _run(program, stdin, keep_stdin, timeout, out, err, self.stopper,
+                               None)
+        return Exec(code, out, err, timed_out=code is None and not cancelled)
 
 
 def _run(command: str, stdin: bytes | None, keep_stdin: bool, timeout: float,
-         out: Capture, err: Capture, stopper: Stopper | None, live: object) -> int | None:
+         out: Capture, err: Capture, stopper: Stopper | None, live: object
+         ) -> tuple[int | None, bool]:
     """Run ``command`` in LOCAL_SHELL with ``stdin`` (None: no input at all) until it
-    ends or ``timeout`` passes; its exit code (128+N when a signal N killed it, as sh
-    says), or None when it was killed at the deadline. ``live`` gets the output as it
-    arrives."""
+    ends or ``timeout`` passes. Returns its exit code (128+N when a signal N killed it,
+    as sh says; None when it was killed at the deadline) and whether ``stopper`` killed
+    it while it ran. ``live`` gets the output as it arrives."""
     proc = subprocess.Popen(
         [LOCAL_SHELL, "-c", command],
         stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
@@ -106,7 +118,14 @@ def _run(command: str, stdin: bytes | None, keep_stdin: bool, timeout: float,
         feeder.start()
     deadline = time.monotonic() + timeout
     timed_out = False
-    with watching(stopper, lambda: _kill_group(proc)), selectors.DefaultSelector() as sel:
+    cancelled = threading.Event()
+
+    def cancel() -> None:
+        if proc.poll() is None:  # an exit before the cancel keeps its status
+            cancelled.set()
+            _kill_group(proc)
+
+    with watching(stopper, cancel), selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ, out)  # type: ignore[arg-type]
         sel.register(proc.stderr, selectors.EVENT_READ, err)  # type: ignore[arg-type]
         while sel.get_map() and not timed_out:
@@ -133,10 +152,12 @@ def _run(command: str, stdin: bytes | None, keep_stdin: bool, timeout: float,
             proc.stdin.close()  # type: ignore[union-attr]
     proc.stdout.close()  # type: ignore[union-attr]
     proc.stderr.close()  # type: ignore[union-attr]
+    if cancelled.is_set():
+        return None, True
     if timed_out:
-        return None
+        return None, False
     code = proc.returncode
-    return code if code >= 0 else 128 - code
+    return (code if code >= 0 else 128 - code), False
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

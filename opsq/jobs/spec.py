@@ -82,6 +82,41 @@ class JobSpec:
     rerun_of: str | None = None
 
 
+@dataclass(frozen=True)
+class JobOption:
+    """One option of a job as each door spells it: the JobSpec field (``params.KEY`` for a
+    kind's parameter), ``opsq run``'s flag, and the API/console field (None: that door
+    does not take it, and ``why`` says why)."""
+
+    spec: str
+    cli: str
+    api: str | None
+    why: str = ""
+
+
+#: Every option of a job. The command line, the API model and the stored form are
+#: checked against this list (tests/unit/test_job_definition.py): an option added to
+#: JobSpec and here, but missing from a door, fails there.
+JOB_OPTIONS = (
+    JobOption("pattern", "--target", "pattern"),
+    JobOption("inventory", "--inventory", "inventory"),
+    JobOption("command_timeout", "--timeout", "timeout"),
+    JobOption("connect_timeout", "--connect-timeout", "connect_timeout"),
+    JobOption("rerun_safe", "--rerun-safe", "rerun_safe"),
+    JobOption("params.become", "--become", "become"),
+    JobOption("params.become_user", "--become-user", "become_user"),
+    JobOption("params.become_prompt", "--ask-become-pass", None,
+              "a typed password exists only at a terminal; it is never stored"),
+    JobOption("batch_size", "--batch-size", "batch_size"),
+    JobOption("batch_pause", "--pause", "pause"),
+    JobOption("max_fail", "--max-fail", "max_fail"),
+    JobOption("retries", "--retries", "retries"),
+    JobOption("retry_delay", "--retry-delay", "retry_delay"),
+    JobOption("retry_on", "--retry-on", "retry_on"),
+    JobOption("notify", "--notify", "notify"),
+)
+
+
 #: The JobSpec fields a stored job (a schedule's, a by-name client's) may set: everything
 #: but who submits it, the schedule it comes from, the file's bytes and re-run bookkeeping.
 STORED_FIELDS = ("kind", "command", "pattern", "inventory", "command_timeout",

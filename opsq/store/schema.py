@@ -55,6 +55,3 @@ def upgrade(url: str | None = None) -> None:
         command.upgrade(alembic_config(url), "head")
     except OperationalError as exc:
         raise db.unavailable(exc, url) from exc
-    from opsq.schedules import ensure_builtin
-
-    ensure_builtin()

@@ -37,7 +37,6 @@ from opsq.hostrun import programs
 from opsq.hostrun.runner import (
     CANCELLED_BEFORE,
     CANCELLED_UNSEEN,
-    CANCELLED_WHILE,
     JobOptions,
     Outcome,
     RunOptions,
@@ -370,10 +369,10 @@ def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper, token: str
         target = Host.from_dict(claimed.target)
         options = replace(RunOptions.resolve(target, settings, job.command_timeout,
                                              job.connect_timeout), stopper=stopper, live=live)
-        # The SSH command runner decides itself whether a cancel stopped its command
-        # (an exit before the kill keeps its status); the others are told here.
+        # A runner decides itself whether a cancel stopped a command (an exit before
+        # the kill keeps its status); the programs of put, get, script and become are
+        # told here.
         plain = job.kind == "command" and not job.params.get("become")
-        decides = plain and target.connection != "local"
         try:
             become = (become_password.become_for(target.name, job,
                                                  settings.become_password_file)
@@ -388,14 +387,14 @@ def _run_one(claimed: ClaimedHost, job: JobOptions, stopper: Stopper, token: str
     except Exception as exc:  # a bug in opsq: record it on the host, keep the job alive
         logger.exception("host %s: unexpected error", claimed.host)
         outcome = Outcome(status=HostStatus.ERROR, error=f"{type(exc).__name__}: {exc}")
-        plain = decides = False
+        plain = False
     finally:
         flusher.forget(live)
     outcome.duration = time.monotonic() - began
-    if stopper.stopped.is_set() and not outcome.succeeded and not decides \
+    if stopper.stopped.is_set() and not outcome.succeeded and not plain \
             and outcome.status != HostStatus.CANCELLED:
         outcome.status, outcome.exit_code = HostStatus.CANCELLED, None
-        outcome.error = CANCELLED_WHILE if plain else CANCELLED_UNSEEN
+        outcome.error = CANCELLED_UNSEEN
     return outcome
 
 
