@@ -7,6 +7,7 @@ not finished yet), 3 RabbitMQ or PostgreSQL unreachable.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import math
@@ -388,6 +389,35 @@ def status(job_id: str, as_json: bool) -> None:
         click.echo(f"error: {s.error}")
 
 
+def _print_groups(job_id: str, as_json: bool) -> None:
+    """The job's folded results (``opsq result --fold``), as ClusterShell's clush -b."""
+    from opsq import jobs
+
+    pages, offset = [], 0
+    while True:
+        page = jobs.groups(job_id, offset=offset)
+        pages += page.groups
+        offset += len(page.groups)
+        if not page.groups or offset >= page.total:
+            break
+    if as_json:
+        click.echo(json.dumps({"job_id": job_id, "groups": [g.as_dict() for g in pages]}))
+        return
+    for g in pages:
+        said = ", ".join(f"{n} {s}" for s, n in sorted(g.statuses.items(),
+                                                        key=lambda i: -i[1]))
+        codes = f"; exit {', '.join(map(str, g.exit_codes))}" if g.exit_codes else ""
+        title = f"{g.hosts} ({g.count}): {said}{codes}"
+        rule = "-" * min(len(title), 79)
+        _write_host_output(f"{rule}\n{title}\n{rule}\n")
+        if g.error:
+            click.echo(f"opsq: {g.error}")
+        _write_host_output(g.stdout or "")
+        if g.stderr:
+            click.echo("--- stderr")
+            _write_host_output(g.stderr)
+
+
 @main.command()
 @click.argument("job_id")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the job to finish first.")
@@ -395,14 +425,25 @@ def status(job_id: str, as_json: bool) -> None:
               help="Give up waiting after this.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-o", "--output", "full", is_flag=True, help="Print each host's full output.")
+@click.option("--fold", is_flag=True,
+              help="Each distinct output once, under the hosts that printed it "
+                   "(web[01-97]), the largest group first.")
 @click.option("--save", "save_to", metavar="DEST",
               help="A get job: write the fetched files to DEST/<host>/REMOTE.")
 @_errors
 def result(job_id: str, wait_: bool, timeout: float | None, as_json: bool, full: bool,
-           save_to: str | None) -> None:
+           fold: bool, save_to: str | None) -> None:
     """Each host's status, exit code, timing and output for a job."""
     from opsq import jobs
 
+    if fold:
+        if wait_:
+            with contextlib.suppress(TimeoutError):  # then shown as it stands, not finished
+                jobs.wait(job_id, timeout=timeout)
+        _print_groups(job_id, as_json)
+        summary = jobs.summary(job_id, with_hosts=False)
+        sys.exit(EXIT_INPUT if not summary.finished
+                 else EXIT_OK if summary.succeeded else EXIT_HOST_FAILED)
     if wait_:
         _show_finished(job_id, as_json, progress=False, timeout=timeout, save_to=save_to)
         return

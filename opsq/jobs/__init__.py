@@ -16,10 +16,15 @@ share; its names come from:
 """
 
 from opsq.jobs.results import (
+    MAX_GROUPS_PAGE,
+    Groups,
     HostRun,
     JobSummary,
+    OutputGroup,
     attempts,
+    fold,
     follow_output,
+    groups,
     host_results,
     host_runs,
     job_action,
@@ -63,10 +68,12 @@ from opsq.jobs.submission import (
 )
 
 __all__ = [
+    "MAX_GROUPS_PAGE", "Groups", "OutputGroup",
     "FINISH_JOB", "JOB_ID_NAMESPACE", "MIN_CHUNKS", "RUN_HOSTS", "STORED_FIELDS", "HostRun",
     "JobSpec", "JobSummary", "LocalHostRefused", "attempts", "callback_signature", "cancel",
     "check_local_hosts", "check_timeouts", "chunks", "create", "fan_out", "first_batch",
-    "follow_output", "host_results", "host_runs", "job_action", "job_signature", "job_status",
+    "follow_output", "fold", "groups", "host_results", "host_runs", "job_action",
+    "job_signature", "job_status",
     "load_inventory", "mask_secrets", "no_such_job", "plan", "progress", "publish", "recent",
     "record_failed_submission", "rerun_spec", "resolve", "send_hosts", "spec_from_dict",
     "spec_to_dict", "submit", "summary", "wait",

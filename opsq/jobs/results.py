@@ -3,6 +3,7 @@ attempts, output while it runs, and waiting for the end (LISTEN/NOTIFY, no polli
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -358,3 +359,97 @@ def job_row(session: Any, job_id: str) -> Job:
 def no_such_job(job_id: str) -> JobNotFound:
     shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
     return JobNotFound(f"no job with id {shown!r} (opsq jobs lists recent jobs)")
+
+
+# -- folded results ----------------------------------------------------------------------
+
+#: Groups one request returns at most (a job of distinct outputs has a group per host).
+MAX_GROUPS_PAGE = 1000
+#: Host names NodeSet folds: ClusterShell reads brackets, commas, "@", "!", "&" and "^"
+#: in a name as syntax (``a[1-99999999]`` would expand), so other names stay as they are.
+_FOLDABLE = re.compile(r"^[A-Za-z0-9._-]+$")
+_GROUPS = text("""
+    WITH g AS (
+        SELECT md5(coalesce(stdout, '') || chr(1) || coalesce(stderr, '') || chr(1)
+                   || coalesce(error, '') || chr(1)
+                   || CASE WHEN status IN ('pending', 'running') THEN status ELSE '' END
+               ) AS k, id, host, status, exit_code
+        FROM host_results WHERE job_id = :job
+    )
+    SELECT k, count(*) AS n, min(id) AS first, array_agg(host ORDER BY id) AS hosts,
+           array_agg(DISTINCT exit_code) FILTER (WHERE exit_code IS NOT NULL) AS codes,
+           count(*) OVER () AS total
+    FROM g GROUP BY k ORDER BY count(*) DESC, min(id)
+    OFFSET :offset LIMIT :limit
+""")
+_GROUP_STATUSES = text("""
+    SELECT md5(coalesce(stdout, '') || chr(1) || coalesce(stderr, '') || chr(1)
+               || coalesce(error, '') || chr(1)
+               || CASE WHEN status IN ('pending', 'running') THEN status ELSE '' END) AS k,
+           status, count(*) AS n
+    FROM host_results WHERE job_id = :job GROUP BY 1, 2
+""")
+_FIRSTS = text("""
+    SELECT id, stdout, stderr, error FROM host_results WHERE id = ANY(CAST(:ids AS bigint[]))
+""")
+
+
+def fold(names: list[str]) -> str:
+    """Host names in ClusterShell's NodeSet notation (``web[01-97],db1``); a name NodeSet
+    would read as syntax is listed as it is."""
+    from ClusterShell.NodeSet import NOGROUP_RESOLVER, NodeSet
+
+    plain = [n for n in names if _FOLDABLE.match(n)]
+    other = [n for n in names if not _FOLDABLE.match(n)]
+    folded = str(NodeSet.fromlist(plain, resolver=NOGROUP_RESOLVER)) if plain else ""
+    return ",".join([folded, *other] if folded else other)
+
+
+@dataclass(frozen=True)
+class OutputGroup:
+    """Hosts of a job that printed the same thing (stdout, stderr and opsq's error)."""
+
+    hosts: str
+    count: int
+    statuses: dict[str, int]
+    exit_codes: list[int]
+    stdout: str | None
+    stderr: str | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Groups:
+    groups: list[OutputGroup]
+    #: How many distinct outputs the job has (all pages).
+    total: int
+
+
+def groups(job_id: str, offset: int = 0, limit: int = MAX_GROUPS_PAGE) -> Groups:
+    """The job's hosts grouped by what they printed, the largest group first (ties: in
+    inventory order), each with its hosts folded (``web[01-97]``), its count, statuses
+    and exit codes. Hosts still running group by their output so far."""
+    if not offset >= 0 or not 1 <= limit <= MAX_GROUPS_PAGE:
+        raise OpsqError(f"offset must be 0 or more and limit 1 to {MAX_GROUPS_PAGE}")
+    with db.session_scope() as session:
+        job_row(session, job_id)
+        conn = session.connection()
+        rows = conn.execute(_GROUPS, {"job": job_id, "offset": offset, "limit": limit}).all()
+        keys = {r.k for r in rows}
+        statuses: dict[str, dict[str, int]] = {}
+        if keys:
+            for r in conn.execute(_GROUP_STATUSES, {"job": job_id}):
+                if r.k in keys:
+                    statuses.setdefault(r.k, {})[r.status] = r.n
+        firsts = {r.id: r for r in conn.execute(_FIRSTS, {"ids": [r.first for r in rows]})}
+    out = []
+    for r in rows:
+        first = firsts[r.first]
+        out.append(OutputGroup(hosts=fold(list(r.hosts)), count=r.n,
+                               statuses=statuses.get(r.k, {}),
+                               exit_codes=sorted(r.codes or []), stdout=first.stdout,
+                               stderr=first.stderr, error=first.error))
+    return Groups(groups=out, total=rows[0].total if rows else 0)

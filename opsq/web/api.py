@@ -115,6 +115,19 @@ def job_hosts(job_id: JobId, who: Caller, preview: bool = False,
                                                 offset=offset, limit=limit)]
 
 
+@router.get("/jobs/{job_id}/groups", tags=["jobs"])
+def job_groups(job_id: JobId, who: Caller,
+               offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+               limit: Annotated[int, Query(ge=1, le=jobs.MAX_GROUPS_PAGE)] = 100
+               ) -> dict[str, Any]:
+    """The job's results folded: each distinct output once, under the hosts that printed
+    it in ClusterShell's notation (``web[01-97]``), the largest group first, with the
+    hosts' statuses and exit codes; ``total`` counts the groups of every page."""
+    found = jobs.groups(job_id, offset=offset, limit=limit)
+    return {"groups": [g.as_dict() for g in found.groups], "total": found.total,
+            "offset": offset, "limit": limit}
+
+
 #: Seconds between two keep-alive comments of an idle event stream.
 EVENTS_KEEPALIVE = 15.0
 

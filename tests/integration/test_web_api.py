@@ -463,3 +463,22 @@ def test_the_schedule_form_takes_a_job_line(web, accounts):
         client.close()
     with web.client(accounts["operator"].token) as c:
         assert c.delete(f"{API}/schedules/form-line").status_code == 204
+
+
+def test_a_viewer_reads_a_job_folded_by_output(web, accounts):
+    from jobtools import HOST_NUMBER
+
+    with web.client(accounts["operator"].token) as c:
+        job_id = c.post(f"{API}/jobs", json={
+            "command": f"{HOST_NUMBER}; if [ $n -le 2 ]; then echo low; else echo high; fi",
+            "pattern": "host0[1-4]"}).json()["job_id"]
+        wait_until(lambda: _finished(c, job_id), 60, "the job")
+    with web.client(accounts["viewer"].token) as c:
+        got = c.get(f"{API}/jobs/{job_id}/groups").json()
+        assert got["total"] == 2
+        # Groups of the same size come in inventory order.
+        assert [(g["hosts"], g["count"], g["stdout"], g["statuses"]) for g in got["groups"]] \
+            == [("host[01-02]", 2, "low\n", {"ok": 2}), ("host[03-04]", 2, "high\n", {"ok": 2})]
+        page = c.get(f"{API}/jobs/{job_id}/groups", params={"offset": 1, "limit": 1}).json()
+        assert (page["total"], [g["hosts"] for g in page["groups"]]) == (2, ["host[03-04]"])
+        assert c.get(f"{API}/jobs/{job_id}/groups", params={"limit": 0}).status_code == 422
