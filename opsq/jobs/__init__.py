@@ -17,14 +17,17 @@ share; its names come from:
 
 from opsq.jobs.results import (
     MAX_GROUPS_PAGE,
+    MAX_HISTORY_PAGE,
     Groups,
     HostRun,
     JobSummary,
     OutputGroup,
     attempts,
+    first_start,
     fold,
     follow_output,
     groups,
+    host_history,
     host_results,
     host_runs,
     job_action,
@@ -68,11 +71,12 @@ from opsq.jobs.submission import (
 )
 
 __all__ = [
-    "MAX_GROUPS_PAGE", "Groups", "OutputGroup",
+    "MAX_GROUPS_PAGE", "MAX_HISTORY_PAGE", "Groups", "OutputGroup",
     "FINISH_JOB", "JOB_ID_NAMESPACE", "MIN_CHUNKS", "RUN_HOSTS", "STORED_FIELDS", "HostRun",
-    "JobSpec", "JobSummary", "LocalHostRefused", "attempts", "callback_signature", "cancel",
+    "JobSpec", "JobSummary", "LocalHostRefused", "attempts", "first_start",
+    "callback_signature", "cancel",
     "check_local_hosts", "check_timeouts", "chunks", "create", "fan_out", "first_batch",
-    "follow_output", "fold", "groups", "host_results", "host_runs", "job_action",
+    "follow_output", "fold", "groups", "host_history", "host_results", "host_runs", "job_action",
     "job_signature", "job_status",
     "load_inventory", "mask_secrets", "no_such_job", "plan", "progress", "publish", "recent",
     "record_failed_submission", "rerun_spec", "resolve", "send_hosts", "spec_from_dict",

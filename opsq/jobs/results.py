@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, or_, select, text
 from sqlalchemy.exc import OperationalError
 
 from opsq.errors import JobNotFound, OpsqError
@@ -44,6 +44,8 @@ class HostRun:
     sha256: str | None = None
     #: The batch of a rolling job the host ran in.
     batch: int | None = None
+    #: A running host: seconds since it started (by the database's clock).
+    elapsed: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -149,29 +151,62 @@ PREVIEW_CHARS = 512
 HOST_ROWS_PAGE = 1000
 
 
+#: Seconds an output search may take before it is refused (it reads every host's output).
+SEARCH_TIMEOUT = 5.0
+#: Characters of a search.
+MAX_SEARCH_CHARS = 200
+
+
 def host_runs(job_id: str, preview: bool = False, host: str | None = None,
-              offset: int = 0, limit: int | None = None) -> list[HostRun]:
-    """Every host's run, in inventory order; with ``preview`` only the first
-    PREVIEW_CHARS of each stream are read (a table of a large job stays light); ``host``:
-    that host's run only; ``offset``/``limit``: one page of them."""
+              offset: int = 0, limit: int | None = None,
+              search: str | None = None) -> list[HostRun]:
+    """Every host's run, in inventory order; with ``preview`` only PREVIEW_CHARS of each
+    stream are read (a table of a large job stays light): the first ones, or of a host
+    still running the last ones (what it prints now). ``host``: that host's run only;
+    ``offset``/``limit``: one page of them; ``search``: only hosts whose output contains
+    that text (any case), refused past SEARCH_TIMEOUT seconds."""
     out_col, err_col = HostResult.stdout, HostResult.stderr
     if preview:
-        out_col, err_col = func.left(out_col, PREVIEW_CHARS), func.left(err_col, PREVIEW_CHARS)
+        running = HostResult.status == HostStatus.RUNNING.value
+        out_col, err_col = (
+            case((running, func.right(col, PREVIEW_CHARS)), else_=func.left(col, PREVIEW_CHARS))
+            for col in (out_col, err_col))
+    elapsed = case((HostResult.status == HostStatus.RUNNING.value,
+                    func.extract("epoch", func.now() - HostResult.started_at)), else_=None)
+    where = [HostResult.job_id == job_id]
+    if host is not None:
+        where.append(HostResult.host == host)
+    if search:
+        if len(search) > MAX_SEARCH_CHARS:
+            raise OpsqError(f"a search is at most {MAX_SEARCH_CHARS} characters")
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(or_(HostResult.stdout.ilike(f"%{escaped}%", escape="\\"),
+                         HostResult.stderr.ilike(f"%{escaped}%", escape="\\")))
     with db.session_scope() as session:
         job_row(session, job_id)
-        rows = session.execute(
-            select(HostResult.host, HostResult.status, HostResult.exit_code,
-                   out_col.label("stdout"), err_col.label("stderr"), HostResult.truncated,
-                   HostResult.stdout_bytes, HostResult.stderr_bytes, HostResult.started_at,
-                   HostResult.finished_at, HostResult.duration, HostResult.attempt,
-                   HostResult.worker, HostResult.error, HostResult.changed,
-                   HostResult.sha256, HostResult.batch)
-            .where(HostResult.job_id == job_id,
-                   *([HostResult.host == host] if host is not None else []))
-            .order_by(HostResult.id).offset(offset).limit(limit)
-            .execution_options(yield_per=HOST_ROWS_PAGE)
-        )
-        return [HostRun(**{**r._asdict(), "status": HostStatus(r.status)}) for r in rows]
+        if search:
+            session.execute(text(f"SET LOCAL statement_timeout = {int(SEARCH_TIMEOUT * 1000)}"))
+        try:
+            rows = session.execute(
+                select(HostResult.host, HostResult.status, HostResult.exit_code,
+                       out_col.label("stdout"), err_col.label("stderr"),
+                       HostResult.truncated, HostResult.stdout_bytes, HostResult.stderr_bytes,
+                       HostResult.started_at, HostResult.finished_at, HostResult.duration,
+                       HostResult.attempt, HostResult.worker, HostResult.error,
+                       HostResult.changed, HostResult.sha256, HostResult.batch,
+                       elapsed.label("elapsed"))
+                .where(*where)
+                .order_by(HostResult.id).offset(offset).limit(limit)
+                .execution_options(yield_per=HOST_ROWS_PAGE)
+            )
+            return [HostRun(**{**r._asdict(), "status": HostStatus(r.status),
+                               "elapsed": None if r.elapsed is None else float(r.elapsed)})
+                    for r in rows]
+        except OperationalError as exc:
+            if "statement timeout" in str(exc):
+                raise OpsqError(f"the search took more than {SEARCH_TIMEOUT:g} s; search "
+                                "for something longer or rarer") from None
+            raise
 
 
 _ATTEMPTS = text("""
@@ -453,3 +488,41 @@ def groups(job_id: str, offset: int = 0, limit: int = MAX_GROUPS_PAGE) -> Groups
                                exit_codes=sorted(r.codes or []), stdout=first.stdout,
                                stderr=first.stderr, error=first.error))
     return Groups(groups=out, total=rows[0].total if rows else 0)
+
+
+def first_start(job_id: str) -> datetime | None:
+    """When the job's first host started (None before any did)."""
+    with db.session_scope() as session:
+        return session.execute(select(func.min(HostResult.started_at))
+                               .where(HostResult.job_id == job_id)).scalar()
+
+
+#: Runs one page of a host's history shows at most.
+MAX_HISTORY_PAGE = 500
+_HISTORY = text("""
+    SELECT h.job_id, j.command, j.kind, j.pattern, j.submitted_at, j.submitted_by,
+           h.status, h.exit_code, h.duration, h.finished_at, h.error,
+           left(h.stdout, :chars) AS stdout, left(h.stderr, :chars) AS stderr
+    FROM host_results h JOIN jobs j ON j.id = h.job_id
+    WHERE h.host = :host
+    ORDER BY j.submitted_at DESC, h.id DESC
+    OFFSET :offset LIMIT :limit
+""")
+
+
+def host_history(host: str, offset: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+    """A host's runs across jobs, the newest job first: the job, its command (masked), the
+    host's status, exit code, time and the start of its output."""
+    if not offset >= 0 or not 1 <= limit <= MAX_HISTORY_PAGE:
+        raise OpsqError(f"offset must be 0 or more and limit 1 to {MAX_HISTORY_PAGE}")
+    with db.session_scope() as session:
+        rows = session.execute(_HISTORY, {"host": host, "offset": offset, "limit": limit,
+                                          "chars": PREVIEW_CHARS}).all()
+    out = []
+    for r in rows:
+        d = r._asdict()
+        d["command"] = mask_secrets(d["command"])
+        for k in ("submitted_at", "finished_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        out.append(d)
+    return out

@@ -8,6 +8,7 @@ job line or (admins only) a registered task.
 """
 
 from opsq.schedules.manage import (
+    BUILTIN_SCHEDULES,
     RECONCILE_SCHEDULE,
     RETENTION_SCHEDULE,
     SUBMIT_TASK,
@@ -36,6 +37,7 @@ from opsq.schedules.manage import (
 )
 
 __all__ = [
+    "BUILTIN_SCHEDULES",
     "RECONCILE_SCHEDULE", "RETENTION_SCHEDULE", "SUBMIT_TASK", "OnChange", "ScheduleError",
     "Timing", "add", "all_schedules", "describe_fleet_job", "describe_timing", "edit",
     "ensure_builtin", "firing_id", "fleet_kwargs", "get", "masked", "masked_kwargs",

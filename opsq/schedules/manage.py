@@ -200,15 +200,40 @@ def _interval(seconds: float, text: str) -> float:
     return seconds
 
 
+#: A cron line's fields: name, lowest and highest value, names allowed.
+CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31),
+               ("month", 1, 12), ("day of week", 0, 7))
+
+
+def _cron_field_problem(index: int, value: str) -> str | None:
+    """What is wrong with field ``index`` of a cron line, or None."""
+    name, low, high = CRON_FIELDS[index]
+    probe = ["*"] * 5
+    probe[index] = value
+    if croniter.is_valid(" ".join(probe)):
+        return None
+    for number in re.findall(r"\d+", value):
+        if not low <= int(number) <= high:
+            return f"{name} {number[:12]} is out of range ({low}-{high})"
+    return (f"{name} {_shown(value)} is not valid: use *, N, N-M, N,M or */N "
+            f"with values {low}-{high}")
+
+
 def parse_cron(line: str) -> str:
-    """A five-field cron line, normalised; raises ScheduleError if it is malformed or
-    matches no date within CRON_HORIZON_YEARS."""
+    """A five-field cron line, normalised; raises ScheduleError naming the field at fault
+    if it is malformed, or if it matches no date within CRON_HORIZON_YEARS."""
     fields = line.split()
     normal = " ".join(fields)
-    if len(fields) != 5 or not croniter.is_valid(normal):
+    if len(fields) != 5:
         raise ScheduleError(
             f"invalid cron line {_shown(line)}: five fields 'minute hour day-of-month month "
-            "day-of-week' expected, e.g. '0 2 * * *' (02:00 daily)")
+            f"day-of-week' expected, not {len(fields)}, e.g. '0 2 * * *' (02:00 daily)")
+    if not croniter.is_valid(normal):
+        for i, value in enumerate(fields):
+            problem = _cron_field_problem(i, value)
+            if problem:
+                raise ScheduleError(f"invalid cron line {_shown(line)}: {problem}")
+        raise ScheduleError(f"invalid cron line {_shown(line)}")
     try:
         croniter(normal, _now().replace(tzinfo=None),
                  max_years_between_matches=CRON_HORIZON_YEARS).get_next(datetime)
@@ -544,12 +569,19 @@ def all_schedules() -> list[Schedule]:
 
 def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | None = None,
          enabled: bool | None = None, on_change: OnChange | None = None,
-         overlap: str | None = None) -> Schedule:
-    """Change timing, the fleet command's kwargs, or enabled; the next run is recomputed.
+         overlap: str | None = None,
+         call: tuple[str, list[Any], dict[str, Any]] | None = None) -> Schedule:
+    """Change timing, the fleet command's kwargs, a registered task's ``call`` (task, args,
+    kwargs), or enabled; the next run is recomputed.
 
-    The new timing and kwargs are checked as ``add`` checks them; nothing changes if they
-    are refused (ScheduleError or another OpsqError).
+    The new timing, kwargs and call are checked as ``add`` checks them; nothing changes if
+    they are refused (ScheduleError or another OpsqError).
     """
+    if call is not None:
+        if call[0] == SUBMIT_TASK:
+            raise ScheduleError(f"a schedule does not become a fleet command ({SUBMIT_TASK}) "
+                                "by an edit: add a new one")
+        call_args, call_kwargs = task_call(*call)
     if when is not None:
         when = timing_checked(when)
     if overlap is not None:
@@ -571,6 +603,11 @@ def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | 
             merged = {**kwargs_update} if "spec" in kwargs_update else \
                 {**row.kwargs, **kwargs_update}
             row.kwargs = task_call(SUBMIT_TASK, [], merged)[1]
+        if call is not None:
+            if row.task == SUBMIT_TASK:
+                raise ScheduleError(f"{name!r} runs a fleet command: change its command, "
+                                    "pattern or job line, not a task")
+            row.task, row.args, row.kwargs = call[0], call_args, call_kwargs
         if enabled is not None:
             row.enabled = enabled
         t = Timing(ScheduleKind(row.kind), row.expression, row.timezone)
@@ -585,7 +622,15 @@ def edit(name: str, when: Timing | None = None, kwargs_update: dict[str, Any] | 
     return get(name)
 
 
+#: opsq's own upkeep: disabled at most, never removed.
+BUILTIN_SCHEDULES = (RETENTION_SCHEDULE, RECONCILE_SCHEDULE)
+
+
 def remove(name: str, on_change: OnChange | None = None) -> None:
+    """Remove a schedule; a built-in one is refused (disable it instead)."""
+    if name in BUILTIN_SCHEDULES:
+        raise ScheduleError(f"{name!r} is one of opsq's built-in schedules: disable it "
+                            "instead (opsq db upgrade would add it again)")
     with db.session_scope() as session:
         row = session.scalar(select(Schedule).where(Schedule.name == name).with_for_update())
         if row is None:

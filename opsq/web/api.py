@@ -23,6 +23,7 @@ from opsq.settings import get_settings
 from opsq.store.models import JobStatus, Role
 from opsq.web import audit, operations, streams, users
 from opsq.web.auth import api_principal, client_address, require
+from opsq.web.lists import MAX_OFFSET
 from opsq.web.operations import JobIn, ScheduleEdit, ScheduleIn, ShortText
 from opsq.web.users import Principal
 
@@ -91,10 +92,13 @@ def list_jobs(who: Caller, status: JobStatus | None = None,
               schedule: Annotated[ShortText | None, Query()] = None,
               since: datetime | None = None, until: datetime | None = None,
               limit: Annotated[int, Query(ge=1, le=operations.MAX_JOBS_LISTED)] = 50,
+              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
               ) -> list[dict[str, Any]]:
-    """Recent jobs, newest first, filtered by status, pattern, submitter, schedule and
-    submission time (``since`` inclusive, ``until`` exclusive)."""
-    return operations.list_jobs(status, pattern, submitter, schedule, since, until, limit)
+    """Recent jobs, newest first, filtered by status, by text the pattern, submitter or
+    schedule contains (any case), and by submission time (``since`` inclusive, ``until``
+    exclusive); ``offset`` skips that many (the next page)."""
+    return operations.list_jobs(status, pattern, submitter, schedule, since, until, limit,
+                                offset)
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
@@ -107,12 +111,16 @@ def get_job(job_id: JobId, who: Caller) -> dict[str, Any]:
 def job_hosts(job_id: JobId, who: Caller, preview: bool = False,
               offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
               limit: Annotated[int, Query(ge=1, le=MAX_HOSTS_PAGE)] = HOSTS_PAGE,
-              host: Annotated[ShortText | None, Query()] = None) -> list[dict[str, Any]]:
+              host: Annotated[ShortText | None, Query()] = None,
+              search: Annotated[ShortText | None, Query(max_length=200)] = None,
+              ) -> list[dict[str, Any]]:
     """One page of the hosts' results with their output, in inventory order (``preview``:
-    the first 512 characters of each stream; ``host``: that host only). The job's
-    ``total`` says how many there are."""
+    512 characters of each stream, the first ones, or the last ones of a host still
+    running; ``host``: that host only; ``search``: hosts whose output contains that text,
+    any case). The job's ``total`` says how many there are. A running host's ``elapsed``
+    counts the seconds since it started."""
     return [r.as_dict() for r in jobs.host_runs(job_id, preview=preview, host=host,
-                                                offset=offset, limit=limit)]
+                                                offset=offset, limit=limit, search=search)]
 
 
 @router.get("/jobs/{job_id}/groups", tags=["jobs"])
@@ -138,7 +146,8 @@ EVENTS_KEEPALIVE = 15.0
                        429: {"description": "the caller's streams are at their limit"}})
 async def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
     """Server-sent events: a ``progress`` event (status, hosts done, counts) each time the
-    job changes, until it has ended. 429 when the caller already holds
+    job changes, until it has ended, and an ``output`` event when running hosts printed
+    more (their output is stored every second). 429 when the caller already holds
     OPSQ_WEB_STREAMS_PER_USER streams.
 
     A waiting stream holds no thread and no database connection: the process's one
@@ -155,7 +164,7 @@ async def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
         raise
 
     async def stream() -> AsyncIterator[str]:
-        s, last = first, None
+        s, last, woke = first, None, False
         with sub:
             while True:
                 now = (s.status.value, s.done, tuple(sorted(s.counts.items())))
@@ -164,9 +173,12 @@ async def job_events(job_id: JobId, who: Caller) -> StreamingResponse:
                             "counts": s.counts}
                     yield f"event: progress\ndata: {json.dumps(data)}\n\n"
                     last = now
+                elif woke:  # announced without a count changing: running hosts' output
+                    yield "event: output\ndata: {}\n\n"
                 if s.finished:
                     return
-                if not await sub.wait(EVENTS_KEEPALIVE):
+                woke = await sub.wait(EVENTS_KEEPALIVE)
+                if not woke:
                     yield ": keep-alive\n\n"
                 s = await streams.read(jobs.progress, job_id)
 
@@ -282,14 +294,26 @@ def resolve(pattern: Annotated[ShortText, Query()], who: Caller,
                                                                           inventory)]}
 
 
+@router.get("/hosts/{name}/results", tags=["hosts"])
+def host_history(name: Annotated[ShortText, Path()], who: Caller,
+                 offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=jobs.MAX_HISTORY_PAGE)] = 50,
+                 ) -> list[dict[str, Any]]:
+    """A host's runs across jobs, the newest job first: the job, its command, the host's
+    status, exit code, time and the first 512 characters of its output."""
+    return jobs.host_history(name, offset, limit)
+
+
 @router.get("/audit", tags=["audit"])
 def audit_log(who: Caller, user: Annotated[ShortText | None, Query()] = None,
               action: Annotated[ShortText | None, Query()] = None,
               limit: Annotated[int, Query(ge=1, le=audit.MAX_SHOWN)] = 100,
+              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
               ) -> list[dict[str, Any]]:
-    """The newest audit entries first (admin)."""
+    """The newest audit entries first (admin); ``user`` and ``action`` match text they
+    contain (any case); ``offset`` skips that many (the next page)."""
     require(who, Role.ADMIN)
-    return [e.as_dict() for e in audit.entries(limit, user, action)]
+    return [e.as_dict() for e in audit.entries(limit, user, action, offset)]
 
 
 @router.get("/me", tags=["users"])

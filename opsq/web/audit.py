@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from opsq.store import db
 from opsq.store.models import AuditEntry
+from opsq.web.lists import check_offset, contains
 
 #: Entries the audit page and API show at most.
 MAX_SHOWN = 1000
@@ -119,13 +120,15 @@ class Entry:
 
 
 def entries(limit: int = MAX_SHOWN, user: str | None = None,
-            action: str | None = None) -> list[Entry]:
-    """The newest entries first."""
-    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(min(limit, MAX_SHOWN))
+            action: str | None = None, offset: int = 0) -> list[Entry]:
+    """The newest entries first; ``user`` and ``action`` match anywhere in the value,
+    ignoring case (``schedule`` finds every schedule change)."""
+    query = (select(AuditEntry).order_by(AuditEntry.id.desc())
+             .offset(check_offset(offset)).limit(min(limit, MAX_SHOWN)))
     if user:
-        query = query.where(AuditEntry.user == user[:MAX_USER])
+        query = query.where(contains(AuditEntry.user, user[:MAX_USER]))
     if action:
-        query = query.where(AuditEntry.action == action[:MAX_ACTION])
+        query = query.where(contains(AuditEntry.action, action[:MAX_ACTION]))
     with db.session_scope() as session:
         return [Entry(e.at, e.user, e.action, e.target, dict(e.detail), e.address)
                 for e in session.scalars(query)]

@@ -30,6 +30,7 @@ from opsq.settings import PROJECT_ROOT, get_settings
 from opsq.store import db
 from opsq.store.models import Job, JobStatus, Role, Schedule
 from opsq.web import audit
+from opsq.web.lists import check_offset, contains
 from opsq.web.users import Principal
 
 #: Longest text field accepted (a command, a pattern), in characters.
@@ -135,6 +136,15 @@ class ScheduleEdit(BaseModel):
     notify: list[ShortText] | None = Field(None, max_length=100)
     enabled: bool | None = None
     overlap: Literal["skip", "allow"] | None = None
+    job: Text | None = Field(None, description="A fleet schedule's whole job, replacing "
+                                               "what it ran: an opsq run line, as for new "
+                                               "schedules.")
+    inventory: ShortText | None = Field(None, description="With job: the inventory's name "
+                                                          "(unset: the one it runs on).")
+    task: ShortText | None = Field(None, description="A registered task's schedule: its "
+                                                     "task, with args and kwargs (admins).")
+    args: list[Any] | Text | None = None
+    kwargs: dict[str, Any] | Text | None = None
 
 
 def _finite(value: float | None, what: str) -> None:
@@ -220,6 +230,14 @@ def _local_hosts() -> bool:
     return get_settings().web_local_hosts
 
 
+def _inventory_name(row: Schedule) -> str | None:
+    """The console's name of the inventory a fleet schedule runs on (None: the first)."""
+    spec = row.kwargs.get("spec") if isinstance(row.kwargs.get("spec"), dict) else {}
+    path = row.kwargs.get("inventory") or spec.get("inventory") \
+        or str(get_settings().inventory_path())
+    return next((name for name, p in inventories().items() if p == path), None)
+
+
 # -- jobs --------------------------------------------------------------------------------
 
 
@@ -299,17 +317,31 @@ def job_row(j: Job) -> dict[str, Any]:
             "duration": j.duration}
 
 
+def job_status(value: str | None) -> JobStatus | None:
+    """The status a filter names; an unknown one is refused with the known ones."""
+    if not value:
+        return None
+    try:
+        return JobStatus(value)
+    except ValueError:
+        raise OpsqError(f"unknown status {value[:32]!r}: one of "
+                        f"{', '.join(s.value for s in JobStatus)}") from None
+
+
 def list_jobs(status: JobStatus | None = None, pattern: str | None = None,
               submitter: str | None = None, schedule: str | None = None,
               since: datetime | None = None, until: datetime | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
-    """The newest jobs first, filtered."""
-    query = select(Job).order_by(Job.submitted_at.desc()).limit(min(limit, MAX_JOBS_LISTED))
-    for column, value in ((Job.status, status.value if status else None),
-                          (Job.pattern, pattern), (Job.submitted_by, submitter),
+              limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    """The newest jobs first, filtered: the pattern, submitter and schedule filters match
+    anywhere in the value, ignoring case (``operator`` finds ``web:operator``)."""
+    query = (select(Job).order_by(Job.submitted_at.desc(), Job.id)
+             .offset(check_offset(offset)).limit(min(limit, MAX_JOBS_LISTED)))
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    for column, value in ((Job.pattern, pattern), (Job.submitted_by, submitter),
                           (Job.schedule, schedule)):
         if value:
-            query = query.where(column == value)
+            query = query.where(contains(column, value))
     if since is not None:
         query = query.where(Job.submitted_at >= _utc(since, "since"))
     if until is not None:
@@ -454,8 +486,9 @@ def edit_schedule(who: Principal, name: str, e: ScheduleEdit, address: str | Non
     """Change a schedule as ``schedule edit/enable/disable`` do. Raises OpsqError."""
     detail = e.model_dump(exclude_none=True)
     try:
-        _may_change(who, name, changes_what=e.command is not None or e.pattern is not None
-                    or e.notify is not None or e.timeout is not None)
+        row = _may_change(who, name, changes_what=e.command is not None
+                          or e.pattern is not None or e.notify is not None
+                          or e.timeout is not None or e.job is not None)
         _finite(e.timeout, "the timeout")
         when = None
         if e.cron is not None or e.every is not None or e.at is not None:
@@ -465,15 +498,32 @@ def edit_schedule(who: Principal, name: str, e: ScheduleEdit, address: str | Non
         update = {k: v for k, v in (("command", e.command), ("pattern", e.pattern),
                                     ("timeout", e.timeout), ("notify", e.notify))
                   if v is not None}
-        if when is None and not update and e.enabled is None and e.overlap is None:
+        if e.job is not None:
+            if update:
+                raise schedules.ScheduleError("with a job line, give its options in the line")
+            update = job_line_kwargs(e.job, e.inventory or _inventory_name(row))
+        elif e.inventory is not None:
+            raise schedules.ScheduleError("an inventory goes with a job line")
+        call = None
+        if e.task is not None or e.args is not None or e.kwargs is not None:
+            if update:
+                raise schedules.ScheduleError("give either a task or a fleet command")
+            task = e.task or row.task
+            _check_task(who, task)
+            call = (task, _json_value(e.args, "args", list) if e.args is not None
+                    else list(row.args or []),
+                    _json_value(e.kwargs, "kwargs", dict) if e.kwargs is not None
+                    else dict(row.kwargs or {}))
+        if when is None and not update and call is None and e.enabled is None \
+                and e.overlap is None:
             raise schedules.ScheduleError("nothing to change")
-        if update:
+        if update and "spec" not in update:
             # What the console changes runs under the console's rules, whoever made it.
             update["local_hosts"] = _local_hosts()
         with inventory_errors(None):
             return schedules.edit(name, when=when, kwargs_update=update, enabled=e.enabled,
                                   on_change=_audited(who, action, detail, address),
-                                  overlap=e.overlap)
+                                  overlap=e.overlap, call=call)
     except OpsqError as exc:
         audit.refused(who, action, name, str(exc), detail, address)
         raise

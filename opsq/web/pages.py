@@ -8,16 +8,20 @@ argon2) runs in the thread pool, never on the event loop.
 
 from __future__ import annotations
 
+import io
+import json
 import secrets
+import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import jinja2
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -25,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from opsq import jobs, schedules
 from opsq.errors import OpsqError
 from opsq.store.models import JobStatus, Role
-from opsq.web import audit, operations, users
+from opsq.web import audit, operations, render, schedule_form, users
 from opsq.web.auth import (
     CSRF_FIELD,
     check_csrf,
@@ -35,22 +39,30 @@ from opsq.web.auth import (
     session_principal,
     start_session,
 )
+from opsq.web.lists import MAX_OFFSET
 from opsq.web.users import Principal
 
-#: Jobs the jobs page lists.
-JOBS_SHOWN = 100
+#: Jobs one page of the jobs list shows.
+JOBS_SHOWN = 50
+#: Audit entries one page of the audit log shows.
+AUDIT_SHOWN = 100
 #: Milliseconds between two looks at a running job from its page.
 LIVE_POLL_MS = 1000
+#: Milliseconds between two looks at the jobs list while it shows unfinished jobs.
+JOBS_POLL_MS = 3000
 #: Characters of a host's first output line in the job table.
 FIRST_LINE_CHARS = 120
 #: Hosts one page of a job's host table shows.
 HOSTS_PER_PAGE = 100
+#: Output groups a job page shows (the largest; the API pages through all of them).
+GROUPS_SHOWN = 20
 #: Seconds a new API token waits to be shown once after the form that made it.
 TOKEN_SHOWN_FOR = 300.0
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True)
+render.register(_env)
 templates = Jinja2Templates(env=_env)
 router = APIRouter(include_in_schema=False)
 
@@ -166,35 +178,160 @@ def home(request: Request) -> Response:
 
 @router.get("/jobs")
 def jobs_page(request: Request, status: str = "", pattern: str = "", submitter: str = "",
-              schedule: str = "") -> Response:
+              schedule: str = "", page: int = 1) -> Response:
     who = _user(request)
     filters = {"status": status, "pattern": pattern, "submitter": submitter,
                "schedule": schedule}
     for value in filters.values():
         _text(value)
-    chosen = JobStatus(status) if status in {s.value for s in JobStatus} else None
-    rows = operations.list_jobs(chosen, pattern, submitter, schedule, limit=JOBS_SHOWN)
-    return _render(request, "jobs.html", who, jobs=rows, filters=filters,
-                   statuses=[s.value for s in JobStatus])
+    error, rows = None, []
+    page = min(max(page, 1), MAX_OFFSET // JOBS_SHOWN)
+    try:
+        chosen = operations.job_status(status)
+        # One more than a page: whether there is an older page.
+        rows = operations.list_jobs(chosen, pattern, submitter, schedule,
+                                    limit=JOBS_SHOWN + 1, offset=(page - 1) * JOBS_SHOWN)
+    except OpsqError as exc:
+        error = str(exc)
+    query = {k: v for k, v in filters.items() if v}
+    return _render(request, "jobs.html", who, 400 if error else 200, jobs=rows[:JOBS_SHOWN],
+                   filters=filters, statuses=[s.value for s in JobStatus], error=error,
+                   page=page, older=len(rows) > JOBS_SHOWN, query=query,
+                   poll_ms=JOBS_POLL_MS, per_page=JOBS_SHOWN)
 
 
 def first_line(text: str | None) -> str:
     line = (text or "").lstrip("\n").split("\n", 1)[0]
-    return line[:FIRST_LINE_CHARS]
+    return render.strip_ansi(line)[:FIRST_LINE_CHARS]
 
 
 @router.get("/jobs/{job_id}")
-def job_page(request: Request, job_id: str, page: int = 1) -> Response:
+def job_page(request: Request, job_id: str, page: int = 1, q: str = "") -> Response:
     who = _user(request)
+    _text(job_id + q)
+    summary = jobs.summary(job_id, with_hosts=False)
+    error = None
+    if q:
+        try:
+            runs = jobs.host_runs(job_id, preview=True, search=q, limit=HOSTS_PER_PAGE + 1)
+        except OpsqError as exc:
+            runs, error = [], str(exc)
+        pages, page, offset = 1, 1, 0
+        more = len(runs) > HOSTS_PER_PAGE
+        runs = runs[:HOSTS_PER_PAGE]
+    else:
+        pages = max(1, -(-summary.total // HOSTS_PER_PAGE))
+        page = min(max(page, 1), pages)
+        offset = (page - 1) * HOSTS_PER_PAGE
+        runs = jobs.host_runs(job_id, preview=True, offset=offset, limit=HOSTS_PER_PAGE)
+        more = False
+    folded = jobs.groups(job_id, limit=GROUPS_SHOWN)
+    return _render(request, "job.html", who, 400 if error else 200, job=summary, runs=runs,
+                   first_line=first_line, last_line=last_line, poll_ms=LIVE_POLL_MS,
+                   quote=quote, page=page, pages=pages, offset=offset,
+                   per_page=HOSTS_PER_PAGE, q=q, search_error=error, more=more,
+                   groups=folded, started_at=jobs.first_start(job_id),
+                   counts=sorted(summary.counts.items(), key=lambda i: -i[1]))
+
+
+def last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").split("\n") if line.strip()]
+    return render.strip_ansi(lines[-1])[:FIRST_LINE_CHARS] if lines else ""
+
+
+#: Hosts read at a time while a download streams (memory stays bounded by one page).
+DOWNLOAD_PAGE = 200
+
+
+def _all_runs(job_id: str) -> Iterator[Any]:
+    offset = 0
+    while True:
+        page = jobs.host_runs(job_id, offset=offset, limit=DOWNLOAD_PAGE)
+        yield from page
+        if len(page) < DOWNLOAD_PAGE:
+            return
+        offset += DOWNLOAD_PAGE
+
+
+def _attachment(name: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{name}"',
+            "X-Content-Type-Options": "nosniff"}
+
+
+@router.get("/jobs/{job_id}/results.json")
+def results_json(request: Request, job_id: str) -> Response:
+    """The job's summary and every host's run with its whole output, streamed."""
+    _user(request)
     _text(job_id)
-    summary = jobs.summary(job_id)
-    pages = max(1, -(-summary.total // HOSTS_PER_PAGE))
-    page = min(max(page, 1), pages)
-    offset = (page - 1) * HOSTS_PER_PAGE
-    runs = jobs.host_runs(job_id, preview=True, offset=offset, limit=HOSTS_PER_PAGE)
-    return _render(request, "job.html", who, job=summary, runs=runs, first_line=first_line,
-                   poll_ms=LIVE_POLL_MS, quote=quote, page=page, pages=pages,
-                   offset=offset, per_page=HOSTS_PER_PAGE)
+    summary = jobs.summary(job_id, with_hosts=False)
+
+    def body() -> Iterator[bytes]:
+        yield b'{"job": ' + json.dumps(summary.as_dict()).encode() + b', "hosts": ['
+        for i, run in enumerate(_all_runs(job_id)):
+            yield (b", " if i else b"") + json.dumps(run.as_dict()).encode()
+        yield b"]}\n"
+
+    return StreamingResponse(body(), media_type="application/json",
+                             headers=_attachment(f"opsq-job-{summary.job_id[:8]}.json"))
+
+
+@router.get("/jobs/{job_id}/results.tar.gz")
+def results_archive(request: Request, job_id: str) -> Response:
+    """The job as plain text files: ``summary.txt``, and per host ``HOST/stdout.txt``,
+    ``HOST/stderr.txt`` and ``HOST/result.txt``. Host names are percent-encoded into
+    file names, so none can climb out of the archive's directory (``../x``)."""
+    _user(request)
+    _text(job_id)
+    summary = jobs.summary(job_id, with_hosts=False)
+    top = f"opsq-job-{summary.job_id[:8]}"
+
+    def body() -> Iterator[bytes]:
+        out = _Chunks()
+        with tarfile.open(fileobj=out, mode="w|gz") as tar:
+            lines = [f"job {summary.job_id}", f"status {summary.status.value}",
+                     f"command {summary.command}", f"pattern {summary.pattern}",
+                     f"hosts {summary.done}/{summary.total} done", ""]
+            for run in _all_runs(job_id):
+                name = quote(run.host, safe="") or "%"
+                lines.append(f"{run.host}\t{run.status.value}\t"
+                             f"{'' if run.exit_code is None else run.exit_code}")
+                result = (f"host {run.host}\nstatus {run.status.value}\nexit "
+                          f"{'' if run.exit_code is None else run.exit_code}\n"
+                          f"duration {'' if run.duration is None else round(run.duration, 3)}\n"
+                          f"error {run.error or ''}\n")
+                for file, text in (("stdout.txt", run.stdout), ("stderr.txt", run.stderr),
+                                   ("result.txt", result)):
+                    _add(tar, f"{top}/{name}/{file}", (text or "").encode())
+                yield out.take()
+            _add(tar, f"{top}/summary.txt", "\n".join(lines).encode() + b"\n")
+        yield out.take()
+
+    return StreamingResponse(body(), media_type="application/gzip",
+                             headers=_attachment(f"{top}.tar.gz"))
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only file whose bytes are taken as they come (a streamed archive)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
 
 
 @router.get("/jobs/{job_id}/hosts/{host}")
@@ -204,7 +341,7 @@ def host_page(request: Request, job_id: str, host: str) -> Response:
     runs = jobs.host_runs(job_id, host=host)
     if not runs:
         raise HTTPException(404, f"job {job_id[:64]} has no host {host[:64]!r}")
-    return _render(request, "host.html", who, job_id=job_id, run=runs[0])
+    return _render(request, "host.html", who, job_id=job_id, run=runs[0], quote=quote)
 
 
 @router.post("/jobs/{job_id}/rerun")
@@ -256,9 +393,9 @@ def _job_from_form(form: dict[str, str]) -> operations.JobIn:
 
 
 def _validation_message(exc: ValidationError) -> str:
-    e = exc.errors()[0]
-    where = ".".join(str(p) for p in e.get("loc", ()))
-    return f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg"))
+    """pydantic's refusals in the console's words, each naming its field's label."""
+    return "; ".join(v if k == "form" else f"{schedule_form.LABELS.get(k, k)}: {v}"
+                     for k, v in schedule_form.validation_errors(exc).items())
 
 
 @router.post("/run")
@@ -293,64 +430,32 @@ def schedules_page(request: Request) -> Response:
     rows = schedules.all_schedules()
     return _render(request, "schedules.html", who, schedules=rows,
                    timing=operations.describe_timing, target=operations.describe_target,
-                   fleet_task=schedules.SUBMIT_TASK, quote=quote)
+                   fleet_task=schedules.SUBMIT_TASK, quote=quote,
+                   builtin=schedules.BUILTIN_SCHEDULES)
 
 
-_SCHEDULE_FIELDS = ("name", "tz", "command", "pattern", "timeout", "task", "args", "kwargs",
-                    "overlap", "job")
-
-
-def _timing_fields(form: dict[str, str]) -> dict[str, str]:
-    kind, expression = form.get("when_kind", "cron"), form.get("expression", "").strip()
-    if kind not in ("cron", "every", "at"):
-        raise OpsqError("choose cron, every or at")
-    return {kind: expression}
-
-
-def _schedule_from_form(form: dict[str, str]) -> operations.ScheduleIn:
-    values: dict[str, Any] = {k: form[k].strip() for k in _SCHEDULE_FIELDS
-                              if form.get(k, "").strip()}
-    if form.get("what") == "task":
-        for k in ("command", "pattern", "timeout", "job"):
-            values.pop(k, None)
-    else:
-        for k in ("task", "args", "kwargs"):
-            values.pop(k, None)
-        if "job" in values:  # a whole job line: the three fields above are not its
-            for k in ("command", "pattern", "timeout"):
-                values.pop(k, None)
-    values.update(_timing_fields(form))
-    if "every" in values:  # the zone field keeps its default; an interval has no zone
-        values.pop("tz", None)
-    values["enabled"] = form.get("enabled") == "on"
-    return operations.ScheduleIn(**values)
-
-
-def _form_of(row: Any) -> dict[str, str]:
-    import json
-
-    kind = {"interval": "every", "cron": "cron", "once": "at"}[row.kind]
-    expression = f"{float(row.expression):g}s" if row.kind == "interval" else row.expression
-    fleet = row.task == schedules.SUBMIT_TASK
-    form = {"name": row.name, "when_kind": kind, "expression": expression,
-            "tz": row.timezone, "what": "fleet" if fleet else "task",
-            "enabled": "on" if row.enabled else "", "overlap": row.overlap}
-    if fleet:
-        # The command is not shown as stored (it may hold a secret): the field stays
-        # empty, which keeps it; its masked text is the placeholder.
-        form.update(command="", command_shown=jobs.mask_secrets(row.kwargs.get("command", "")),
-                    pattern=row.kwargs.get("pattern", ""),
-                    timeout=str(row.kwargs.get("timeout", "")))
-    else:
-        form.update(task=row.task, args=json.dumps(row.args), kwargs=json.dumps(row.kwargs))
-    return form
+def _schedule_form(request: Request, who: Principal, form: dict[str, str],
+                   editing: str | None, errors: dict[str, str] | None = None,
+                   status: int = 200) -> Response:
+    try:
+        offered = sorted(operations.inventories())
+    except OpsqError:
+        offered = []
+    options_open = bool(errors and any(f.name in errors or f.name == "job" for f in
+                                       schedule_form.OPTION_FIELDS)) or any(
+        form.get(f.name) for f in schedule_form.OPTION_FIELDS) or bool(form.get("job"))
+    return _render(request, "schedule_form.html", who, status, form=form, editing=editing,
+                   errors=errors or {}, labels=schedule_form.LABELS,
+                   option_fields=schedule_form.OPTION_FIELDS, inventories=offered,
+                   options_open=options_open or bool(errors and "job" in errors),
+                   quote=quote)
 
 
 @router.get("/schedules/new")
 def new_schedule_page(request: Request) -> Response:
     who = _user(request, Role.OPERATOR)
-    return _render(request, "schedule_form.html", who, form={"enabled": "on", "tz": "UTC"},
-                   error=None, editing=None)
+    return _schedule_form(request, who, {"enabled": "on", "tz": "UTC", "what": "fleet"},
+                          None)
 
 
 @router.post("/schedules/new")
@@ -362,15 +467,15 @@ async def new_schedule(request: Request) -> Response:
 
 def _new_schedule(request: Request, who: Principal, form: dict[str, str]) -> Response:
     try:
-        operations.create_schedule(who, _schedule_from_form(form), client_address(request))
-    except ValidationError as exc:
-        error = _validation_message(exc)
+        created = schedule_form.new_schedule(form)
+        operations.create_schedule(who, created, client_address(request))
+    except schedule_form.FormErrors as exc:
+        errors = exc.errors
     except OpsqError as exc:
-        error = str(exc)
+        errors = schedule_form.refused(exc, "job" if form.get("job") else "form").errors
     else:
         return _see("/schedules")
-    return _render(request, "schedule_form.html", who, 422, form=form, error=error,
-                   editing=None)
+    return _schedule_form(request, who, form, None, errors, 422)
 
 
 def _schedule_or_404(name: str) -> Any:
@@ -385,8 +490,7 @@ def _schedule_or_404(name: str) -> Any:
 def edit_schedule_page(request: Request, name: str) -> Response:
     who = _user(request, Role.OPERATOR)
     row = _schedule_or_404(name)
-    return _render(request, "schedule_form.html", who, form=_form_of(row), error=None,
-                   editing=row.name)
+    return _schedule_form(request, who, schedule_form.form_of(row), row.name)
 
 
 @router.post("/schedules/{name}/edit")
@@ -400,26 +504,16 @@ def _edit_schedule(request: Request, who: Principal, name: str, form: dict[str, 
                    ) -> Response:
     row = _schedule_or_404(name)
     try:
-        values: dict[str, Any] = _timing_fields(form)
-        if form.get("tz", "").strip() and "every" not in values:
-            values["tz"] = form["tz"].strip()
-        if row.task == schedules.SUBMIT_TASK:
-            for k in ("command", "pattern", "timeout"):
-                if form.get(k, "").strip():
-                    values[k] = form[k] if k == "command" else form[k].strip()
-        values["enabled"] = form.get("enabled") == "on"
-        if form.get("overlap", "").strip():
-            values["overlap"] = form["overlap"].strip()
-        operations.edit_schedule(who, name, operations.ScheduleEdit(**values),
-                                 client_address(request))
-    except ValidationError as exc:
-        error = _validation_message(exc)
+        edit = schedule_form.schedule_edit(form, row)
+        operations.edit_schedule(who, name, edit, client_address(request))
+    except schedule_form.FormErrors as exc:
+        errors = exc.errors
     except OpsqError as exc:
-        error = str(exc)
+        errors = schedule_form.refused(exc).errors
     else:
         return _see("/schedules")
-    return _render(request, "schedule_form.html", who, 422, form={**form, "name": name},
-                   error=error, editing=name)
+    shown = {**schedule_form.form_of(row), **form, "name": row.name}
+    return _schedule_form(request, who, shown, name, errors, 422)
 
 
 @router.post("/schedules/{name}/{action}")
@@ -464,7 +558,22 @@ def hosts_page(request: Request, pattern: str = "", inventory: str = "") -> Resp
         except OpsqError as exc:
             error = str(exc)
     return _render(request, "hosts.html", who, inventory=view, pattern=pattern,
-                   selected=selected, error=error)
+                   selected=selected, error=error, quote=quote)
+
+
+#: Runs one page of a host's history shows.
+HISTORY_SHOWN = 50
+
+
+@router.get("/hosts/{name}")
+def host_history_page(request: Request, name: str, page: int = 1) -> Response:
+    who = _user(request)
+    _text(name)
+    page = min(max(page, 1), MAX_OFFSET // HISTORY_SHOWN)
+    runs = jobs.host_history(name, (page - 1) * HISTORY_SHOWN, HISTORY_SHOWN + 1)
+    return _render(request, "host_history.html", who, name=name, runs=runs[:HISTORY_SHOWN],
+                   page=page, older=len(runs) > HISTORY_SHOWN, first_line=first_line,
+                   quote=quote)
 
 
 # -- users (admins) -------------------------------------------------------------------------
@@ -578,9 +687,13 @@ def _user_action(request: Request, who: Principal, name: str, action: str,
 
 
 @router.get("/audit")
-def audit_page(request: Request, user: str = "", action: str = "") -> Response:
+def audit_page(request: Request, user: str = "", action: str = "", page: int = 1) -> Response:
     who = _user(request, Role.ADMIN)
     _text(user + action)
-    rows = audit.entries(audit.MAX_SHOWN, user or None, action or None)
-    return _render(request, "audit.html", who, entries=rows, filters={"user": user,
-                                                                      "action": action})
+    page = min(max(page, 1), MAX_OFFSET // AUDIT_SHOWN)
+    rows = audit.entries(AUDIT_SHOWN + 1, user or None, action or None,
+                         (page - 1) * AUDIT_SHOWN)
+    query = {k: v for k, v in {"user": user, "action": action}.items() if v}
+    return _render(request, "audit.html", who, entries=rows[:AUDIT_SHOWN],
+                   filters={"user": user, "action": action}, page=page,
+                   older=len(rows) > AUDIT_SHOWN, query=query, per_page=AUDIT_SHOWN)

@@ -344,8 +344,12 @@ def test_job_events_stream_each_change_until_the_job_ends(web, accounts):
         with viewer.stream("GET", f"{API}/jobs/{job_id}/events", timeout=60) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
-            events = [json.loads(line[len("data: "):]) for line in r.iter_lines()
-                      if line.startswith("data: ")]
+            events, kind = [], None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[len("event: "):]
+                elif line.startswith("data: ") and kind == "progress":
+                    events.append(json.loads(line[len("data: "):]))
         assert time.monotonic() - began < 30  # the stream ended with the job
         assert events[-1]["status"] == "succeeded" and events[-1]["done"] == 6
         assert [e["done"] for e in events] == sorted(e["done"] for e in events)
