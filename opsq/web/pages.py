@@ -571,7 +571,7 @@ def host_history_page(request: Request, name: str, page: int = 1) -> Response:
     _text(name)
     page = min(max(page, 1), MAX_OFFSET // HISTORY_SHOWN)
     runs = jobs.host_history(name, (page - 1) * HISTORY_SHOWN, HISTORY_SHOWN + 1)
-    return _render(request, "host_history.html", who, name=name, runs=runs[:HISTORY_SHOWN],
+    return _render(request, "host_history.html", who, host=name, runs=runs[:HISTORY_SHOWN],
                    page=page, older=len(runs) > HISTORY_SHOWN, first_line=first_line,
                    quote=quote)
 

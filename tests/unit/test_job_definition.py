@@ -74,3 +74,22 @@ def test_a_spec_with_every_stored_option_survives_its_stored_form():
     again = spec_from_dict(spec_to_dict(spec))
     for name in STORED_FIELDS:
         assert getattr(again, name) == getattr(spec, name), name
+
+
+def test_the_schedule_form_offers_every_option_the_api_takes():
+    from opsq.web.schedule_form import LABELS, OPTION_FIELDS
+
+    own_fields = {"pattern", "inventory", "timeout"}  # the form's main fields
+    offered = {f.name for f in OPTION_FIELDS} | own_fields
+    assert offered == {o.api for o in JOB_OPTIONS if o.api is not None}
+    assert all(LABELS[name] for name in offered)
+
+
+def test_command_line_flags_read_in_the_console_s_words():
+    from opsq.web.schedule_form import console_words, field_of
+
+    message = "--max-fail needs --batch-size (it decides whether the next batch starts)"
+    assert console_words(message) == \
+        "“Stop after failures” needs “Batch size” (it decides whether the next batch starts)"
+    assert field_of(message, "form") == "max_fail"
+    assert field_of("invalid cron line 'x': minute 'x' is not valid", "form") == "expression"
