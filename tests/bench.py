@@ -11,7 +11,8 @@ do), then times, each after a warm-up and reported as median and p90:
 * 1 SSH host, warm: submit -> ``get()`` against one Fabric ``run`` over an open connection;
 * ``opsq run true -t host001 --wait`` as a whole CLI process against a fresh
   ``python -c`` that opens a Fabric connection and runs ``true``;
-* last, 10,000 local hosts, once, with the fleet worker's peak RSS.
+* last, 10,000 local hosts, once, with the fleet worker's peak RSS; then the same hosts
+  printing three distinct outputs, folded (``jobs.groups`` and ``opsq result --fold``).
 
 The machine is noisy: compare the ratios, not the seconds.
 """
@@ -40,8 +41,8 @@ RUNS = int(os.environ.get("BENCH_RUNS", "7"))
 SSH_HOSTS = int(os.environ.get("BENCH_SSH_HOSTS", "100"))
 LOCAL_HOSTS = int(os.environ.get("BENCH_LOCAL_HOSTS", "1000"))
 HUGE_HOSTS = int(os.environ.get("BENCH_HUGE_HOSTS", "10000"))
-#: Which measurements to run (all by default): local, ssh, one, cli, huge.
-GROUPS = set(os.environ.get("BENCH_GROUPS", "local,ssh,one,cli,huge").split(","))
+#: Which measurements to run (all by default): local, ssh, one, cli, huge, fold.
+GROUPS = set(os.environ.get("BENCH_GROUPS", "local,ssh,one,cli,huge,fold").split(","))
 #: Targets from the execution core's issue: opsq / anchor at most.
 TARGETS = {"local": 1.5, "ssh": 1.3, "cli": 1.2}
 #: Target for one warm SSH host, submit -> get(), in seconds.
@@ -116,6 +117,25 @@ def huge_job(rows: Rows, notes: list[str], worker_pid: int) -> None:
                  [time.perf_counter() - t0], "info"))
     notes.append(f"fleet worker peak RSS after the {HUGE_HOSTS}-host job: "
                  f"{rss_peak_mb(worker_pid):.0f} MB (target < 500 MB)")
+    if "fold" in GROUPS:
+        fold_job(rows, huge)
+
+
+def fold_job(rows: Rows, inventory: str) -> None:
+    """Folding a large job's results: HUGE_HOSTS hosts printing three distinct outputs."""
+    from opsq import jobs
+
+    s = jobs.submit(jobs.JobSpec(command="expr $$ % 3", pattern="local", inventory=inventory)
+                    ).get(timeout=600)
+    found = jobs.groups(s["job_id"])
+    assert found.total == 3, found.total
+    group = f"fold {HUGE_HOSTS} hosts, 3 outputs"
+    rows.append((group, "opsq: jobs.groups() (target < 1 s)",
+                 timed(lambda: jobs.groups(s["job_id"])), "info"))
+    rows.append((group, "opsq: `opsq result JOB --fold` (whole process)",
+                 timed(lambda: subprocess.run(
+                     [sys.executable, "-m", "opsq.cli", "result", s["job_id"], "--fold"],
+                     check=False, capture_output=True)), "info"))
 
 
 def ssh_jobs(rows: Rows, fleet) -> None:

@@ -175,6 +175,15 @@ def new_schedule(form: dict[str, str]) -> operations.ScheduleIn:
                               "overlap": form.get("overlap", "skip") or "skip"}
     if not values["name"]:
         raise FormErrors({"name": "give the schedule a name"})
+    task_fields = [f for f in ("task", "args", "kwargs") if _set(form, f)]
+    fleet_fields = [f for f in ("command", "pattern", "timeout", "job",
+                                *(o.name for o in OPTION_FIELDS)) if _set(form, f)]
+    if form.get("what") == "task" and fleet_fields:
+        raise FormErrors({fleet_fields[0]: "a registered task's schedule runs no command on "
+                                           "hosts: clear this, or choose a command on hosts"})
+    if form.get("what") != "task" and task_fields:
+        raise FormErrors({task_fields[0]: "a command on hosts runs no registered task: clear "
+                                          "this, or choose a registered task"})
     if form.get("what") == "task":
         if not _set(form, "task"):
             raise FormErrors({"task": "give the registered task to run"})
