@@ -69,8 +69,10 @@ from opsq.jobs.submission import (
     send_hosts,
     submit,
 )
+from opsq.status import HostStatus, JobStatus
 
 __all__ = [
+    "HostStatus", "JobStatus",
     "MAX_GROUPS_PAGE", "MAX_HISTORY_PAGE", "Groups", "OutputGroup",
     "FINISH_JOB", "JOB_ID_NAMESPACE", "MIN_CHUNKS", "RUN_HOSTS", "STORED_FIELDS", "HostRun",
     "JobSpec", "JobSummary", "LocalHostRefused", "attempts", "first_start",

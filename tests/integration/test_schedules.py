@@ -7,6 +7,7 @@ import signal
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from helpers import ROOT, wait_until
@@ -261,7 +262,7 @@ def test_birthday_task_can_be_scheduled_from_the_cli(opsq_cli):
     row = schedules.get("birthdays")
     assert (row.task, row.kwargs) == ("devtools.examples.birthday_greetings",
                                       {"tz": "Europe/Paris"})
-    assert row.next_run_at.astimezone(schedules.ZoneInfo("Europe/Paris")).hour == 9
+    assert row.next_run_at.astimezone(ZoneInfo("Europe/Paris")).hour == 9
 
 
 def test_the_example_task_is_not_loaded_unless_asked(opsq_cli):
