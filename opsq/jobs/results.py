@@ -398,6 +398,8 @@ def no_such_job(job_id: str) -> JobNotFound:
 
 # -- folded results ----------------------------------------------------------------------
 
+#: Seconds folding a job's output may take.
+GROUPS_TIMEOUT = 20.0
 #: Groups one request returns at most (a job of distinct outputs has a group per host).
 MAX_GROUPS_PAGE = 1000
 #: Host names NodeSet folds: ClusterShell reads brackets, commas, "@", "!", "&" and "^"
@@ -472,7 +474,18 @@ def groups(job_id: str, offset: int = 0, limit: int = MAX_GROUPS_PAGE) -> Groups
     with db.session_scope() as session:
         job_row(session, job_id)
         conn = session.connection()
-        rows = conn.execute(_GROUPS, {"job": job_id, "offset": offset, "limit": limit}).all()
+        # Every host's whole output is hashed: bounded, so that asking again and again for
+        # a huge job's groups cannot tie the database up.
+        conn.execute(text(f"SET LOCAL statement_timeout = {int(GROUPS_TIMEOUT * 1000)}"))
+        try:
+            rows = conn.execute(_GROUPS, {"job": job_id, "offset": offset,
+                                          "limit": limit}).all()
+        except OperationalError as exc:
+            if "statement timeout" in str(exc):
+                raise OpsqError(f"folding this job's output took more than "
+                                f"{GROUPS_TIMEOUT:g} s; page through its hosts instead"
+                                ) from None
+            raise
         keys = {r.k for r in rows}
         statuses: dict[str, dict[str, int]] = {}
         if keys:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from opsq.store import db
 from opsq.store.models import AuditEntry
-from opsq.web.lists import check_offset, contains
+from opsq.web.lists import bounded, check_offset, contains
 
 #: Entries the audit page and API show at most.
 MAX_SHOWN = 1000
@@ -131,4 +131,4 @@ def entries(limit: int = MAX_SHOWN, user: str | None = None,
         query = query.where(contains(AuditEntry.action, action[:MAX_ACTION]))
     with db.session_scope() as session:
         return [Entry(e.at, e.user, e.action, e.target, dict(e.detail), e.address)
-                for e in session.scalars(query)]
+                for e in bounded(session, query)]

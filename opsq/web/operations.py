@@ -30,7 +30,7 @@ from opsq.settings import PROJECT_ROOT, get_settings
 from opsq.store import db
 from opsq.store.models import Job, JobStatus, Role, Schedule
 from opsq.web import audit
-from opsq.web.lists import check_offset, contains
+from opsq.web.lists import bounded, check_offset, contains
 from opsq.web.users import Principal
 
 #: Longest text field accepted (a command, a pattern), in characters.
@@ -347,7 +347,7 @@ def list_jobs(status: JobStatus | None = None, pattern: str | None = None,
     if until is not None:
         query = query.where(Job.submitted_at < _utc(until, "until"))
     with db.session_scope() as session:
-        return [job_row(j) for j in session.scalars(query)]
+        return [job_row(j) for j in bounded(session, query)]
 
 
 def _utc(value: datetime, what: str) -> datetime:
@@ -456,7 +456,8 @@ def job_line_kwargs(line: str, inventory: str | None) -> dict[str, Any]:
     if not words or words[0] != "run":
         raise OpsqError("the console schedules 'run' job lines; a put, get or script "
                         "carries local files and is scheduled from the command line")
-    if any(w in _LINE_PATHS or w.startswith(("--inventory=", "-i")) for w in words[1:]
+    options = words[1:words.index("--")] if "--" in words else words[1:]  # then the command
+    if any(w in _LINE_PATHS or w.startswith(("--inventory=", "-i")) for w in options
            if w.startswith("-")):
         raise OpsqError("choose the inventory with the inventory field, not -i in the line")
     spec = job_line_spec([*words, "-i", inventory_path(inventory)])

@@ -239,8 +239,9 @@ def last_line(text: str | None) -> str:
     return render.strip_ansi(lines[-1])[:FIRST_LINE_CHARS] if lines else ""
 
 
-#: Hosts read at a time while a download streams (memory stays bounded by one page).
-DOWNLOAD_PAGE = 200
+#: Hosts read at a time while a download streams: memory stays bounded by one page (at
+#: most 2 x OPSQ_OUTPUT_LIMIT a host).
+DOWNLOAD_PAGE = 20
 
 
 def _all_runs(job_id: str) -> Iterator[Any]:

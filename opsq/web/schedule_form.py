@@ -135,7 +135,8 @@ def _job_line(form: dict[str, str], command: str) -> str | None:
     option is set (None: a plain fleet command)."""
     if not any(_set(form, f.name) for f in OPTION_FIELDS):
         return None
-    words = ["run", command, "-t", form.get("pattern", "").strip()]
+    # The command comes last, after "--": a command starting with "-" stays a command.
+    words = ["run", "-t", form.get("pattern", "").strip()]
     if _set(form, "timeout"):
         words += ["--timeout", form["timeout"].strip()]
     flags = {o.api: o.cli for o in JOB_OPTIONS if o.api}
@@ -151,7 +152,13 @@ def _job_line(form: dict[str, str], command: str) -> str | None:
                     words += [flags[f.name], url.strip()]
         else:
             words += [flags[f.name], value]
-    return shlex.join(words)
+    return shlex.join([*words, "--", command])
+
+
+def _plain_line(fleet: dict[str, Any]) -> str:
+    """The job line of a plain fleet command (command, pattern, timeout)."""
+    timeout = ["--timeout", str(fleet["timeout"])] if "timeout" in fleet else []
+    return shlex.join(["run", "-t", fleet["pattern"], *timeout, "--", fleet["command"]])
 
 
 def _timing(form: dict[str, str]) -> dict[str, str]:
@@ -234,19 +241,13 @@ def schedule_edit(form: dict[str, str], row: Schedule) -> operations.ScheduleEdi
         fleet = _fleet(form, stored_command=_stored_command(row))
         if "job" in fleet or "spec" in row.kwargs:
             if "job" not in fleet:  # a whole job before: a whole job again
-                fleet = {"job": shlex.join(["run", fleet["command"], "-t", fleet["pattern"],
-                                            *(["--timeout", str(fleet["timeout"])]
-                                              if "timeout" in fleet else [])]),
-                         "inventory": fleet.get("inventory")}
+                fleet = {"job": _plain_line(fleet), "inventory": fleet.get("inventory")}
             values.update(fleet)
         else:
             values.update({k: v for k, v in fleet.items() if k != "inventory"})
             if fleet.get("inventory") and fleet["inventory"] != _name(
                     row.kwargs.get("inventory")):  # another inventory: the whole job again
-                values.update(job=shlex.join(["run", fleet["command"], "-t", fleet["pattern"],
-                                              *(["--timeout", str(fleet["timeout"])]
-                                                if "timeout" in fleet else [])]),
-                              inventory=fleet["inventory"])
+                values.update(job=_plain_line(fleet), inventory=fleet["inventory"])
                 for k in ("command", "pattern", "timeout"):
                     values.pop(k, None)
     elif row.task != schedules.SUBMIT_TASK:

@@ -25,9 +25,9 @@ def test_job_options_make_a_whole_job_line():
                       "notify": "https://hooks.example.com/a\nhttps://hooks.example.com/b"})
     assert s.command is None and s.pattern is None
     words = shlex.split(s.job)
-    assert words[:4] == ["run", "apt-get -y upgrade", "-t", "web"]
-    assert words[4:] == ["--become", "--batch-size", "25%", "--max-fail", "1", "--notify",
-                         "https://hooks.example.com/a", "--notify", "https://hooks.example.com/b"]
+    assert words == ["run", "-t", "web", "--become", "--batch-size", "25%", "--max-fail", "1",
+                     "--notify", "https://hooks.example.com/a", "--notify",
+                     "https://hooks.example.com/b", "--", "apt-get -y upgrade"]
 
 
 @pytest.mark.parametrize(("what", "extra", "field"), [
