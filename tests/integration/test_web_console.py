@@ -206,3 +206,54 @@ def test_the_console_has_no_serious_accessibility_violation(
             if violations:
                 found[(path, "dark" if dark else "light")] = violations
     assert not found
+
+
+def test_the_jobs_list_keeps_itself_current_and_times_say_how_long_ago(
+        chromium, web, accounts):  # noqa: F811
+    page = page_as(chromium, web, accounts["viewer"])
+    page.goto(f"{web.url}/jobs")
+    # A job submitted after the page was drawn appears, and ends, without a reload.
+    job_id = submit(web, accounts["operator"], pattern="host01", command="sleep 2",
+                    batch_size=1)  # a number where a number is natural
+    row = page.locator(f"#jobs tbody tr[data-job='{job_id}']")
+    expect(row.locator(".status")).to_have_text("succeeded", timeout=60_000)
+    when = row.locator("time[data-rel]")
+    assert when.get_attribute("datetime").startswith("20")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+                        when.text_content().split(" (")[0])
+    expect(when.locator(".rel")).to_have_text(re.compile(r"^\(\d+ (s|min) ago\)$"))
+
+
+def test_a_job_downloads_as_json_and_as_a_text_archive(chromium, web, accounts):  # noqa: F811
+    import io
+    import json
+    import tarfile
+
+    job_id = submit(web, accounts["operator"], pattern="host0[1-2]",
+                    command="echo out; echo err >&2")
+    wait_until(lambda: jobs.summary(job_id, with_hosts=False).finished, 60, "the job")
+    page = page_as(chromium, web, accounts["viewer"])
+    got = page.request.get(f"{web.url}/jobs/{job_id}/results.json")
+    assert got.ok and "attachment" in got.headers["content-disposition"]
+    data = json.loads(got.body())
+    assert data["job"]["job_id"] == job_id
+    assert [(h["host"], h["stdout"], h["stderr"]) for h in data["hosts"]] == [
+        ("host01", "out\n", "err\n"), ("host02", "out\n", "err\n")]
+    archive = page.request.get(f"{web.url}/jobs/{job_id}/results.tar.gz")
+    with tarfile.open(fileobj=io.BytesIO(archive.body()), mode="r:gz") as tar:
+        names = sorted(tar.getnames())
+        top = f"opsq-job-{job_id[:8]}"
+        assert names == sorted([f"{top}/summary.txt"] + [
+            f"{top}/{h}/{f}" for h in ("host01", "host02")
+            for f in ("stdout.txt", "stderr.txt", "result.txt")])
+        assert tar.extractfile(f"{top}/host02/stderr.txt").read() == b"err\n"
+    # A viewer's session reads them; no session, no file.
+    anonymous = chromium.new_context().request
+    assert anonymous.get(f"{web.url}/jobs/{job_id}/results.json", max_redirects=0).status \
+        in (303, 401)
+
+
+def test_the_api_documents_its_token_scheme(web):
+    schema = web.client().get(f"{API}/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert [s["scheme"] for s in schemes.values()] == ["bearer"]
