@@ -460,7 +460,13 @@ def job_line_kwargs(line: str, inventory: str | None) -> dict[str, Any]:
     if any(w in _LINE_PATHS or w.startswith(("--inventory=", "-i")) for w in options
            if w.startswith("-")):
         raise OpsqError("choose the inventory with the inventory field, not -i in the line")
-    spec = job_line_spec([*words, "-i", inventory_path(inventory)])
+    path = inventory_path(inventory)
+    # The inventory goes with the options, before a "--" that ends them.
+    at = words.index("--") if "--" in words else len(words)
+    try:
+        spec = job_line_spec([*words[:at], "-i", path, *words[at:]])
+    except OpsqError as exc:  # never the server's path in an answer
+        raise type(exc)(str(exc).replace(path, inventory or "the inventory")) from None
     return {"spec": jobs.spec_to_dict(replace(spec, local_hosts=_local_hosts()))}
 
 

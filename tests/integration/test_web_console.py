@@ -71,6 +71,16 @@ def _wider(page, width: int) -> list[str]:
         .map(e => e.tagName + "#" + e.id + "." + e.className).slice(0, 10)""", width)
 
 
+def saved(page, web) -> None:
+    """Save the schedule form; fail with what the form said if it did not go back to the
+    list."""
+    page.click("#save")
+    page.wait_for_load_state()
+    if page.locator("#error").count():
+        raise AssertionError(page.locator("#error").text_content())
+    page.wait_for_url(web.url + "/schedules")
+
+
 def test_a_running_host_shows_its_output_as_it_comes_and_cancel_asks_first(
         chromium, web, accounts):  # noqa: F811
     job_id = submit(web, accounts["operator"], pattern="host01",
@@ -257,3 +267,44 @@ def test_the_api_documents_its_token_scheme(web):
     schema = web.client().get(f"{API}/openapi.json").json()
     schemes = schema["components"]["securitySchemes"]
     assert [s["scheme"] for s in schemes.values()] == ["bearer"]
+
+
+def test_the_form_edits_what_it_made_a_task_s_call_and_a_job_s_options(
+        chromium, web, accounts):  # noqa: F811
+    tag = secrets.token_hex(3)
+    page = page_as(chromium, web, accounts["admin"])
+    # A registered task: its kwargs are edited in the form.
+    page.goto(f"{web.url}/schedules/new")
+    page.fill("#name", f"prune-{tag}")
+    page.fill("#expression", "0 4 * * *")
+    page.select_option("#what", "task")
+    expect(page.locator("#fleet-fields")).to_be_hidden()
+    page.fill("#task", "opsq.prune")
+    page.fill("#kwargs", '{"days": 30}')
+    saved(page, web)
+    page.goto(f"{web.url}/schedules/prune-{tag}/edit")
+    assert page.input_value("#kwargs") == '{"days": 30}'
+    page.fill("#kwargs", '{"days": 7}')
+    saved(page, web)
+    with web.client(accounts["admin"].token) as c:
+        assert c.get(f"{API}/schedules/prune-{tag}").json()["kwargs"] == {"days": 7}
+    # A command with job options: shown again in the form, changed there.
+    page.goto(f"{web.url}/schedules/new")
+    page.fill("#name", f"roll-{tag}")
+    page.fill("#expression", "30 1 * * *")
+    page.fill("#command", "uptime")
+    page.fill("#pattern", "fleet")
+    page.click("#job-options summary")
+    page.fill("#batch_size", "2")
+    page.fill("#retries", "1")
+    page.check("#rerun_safe")
+    saved(page, web)
+    page.goto(f"{web.url}/schedules/roll-{tag}/edit")
+    assert page.input_value("#batch_size") == "2" and page.input_value("#retries") == "1"
+    assert page.get_attribute("#command", "placeholder").startswith("uptime")
+    page.fill("#batch_size", "50%")
+    saved(page, web)
+    with web.client(accounts["admin"].token) as c:
+        spec = c.get(f"{API}/schedules/roll-{tag}").json()["kwargs"]["spec"]
+    assert (spec["command"], spec["pattern"], spec["batch_size"], spec["retries"]) == (
+        "uptime", "fleet", "50%", 1)
