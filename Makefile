@@ -55,8 +55,14 @@ fleet-down: venv  ## stop the local fleet
 	$(BIN)/python -m devtools.devfleet down --dir $(FLEET_DIR)
 
 .PHONY: worker
-worker: db  ## run a worker in the foreground (both queues, threads pool)
+worker: venv  ## run a worker in the foreground (both queues, threads pool); SITE=eu: only the hosts of site eu
+ifeq ($(SITE),)
+	$(MAKE) db
 	$(BIN)/celery -A opsq worker -l INFO -P threads -c $(CONCURRENCY) -Q opsq.fleet,opsq.control,celery
+else
+	$(BIN)/python -c 'import sys; from opsq.inventory.hosts import check_site; check_site(sys.argv[1], "SITE")' '$(SITE)'
+	$(BIN)/celery -A opsq worker -l INFO -P threads -c $(CONCURRENCY) -Q opsq.fleet.$(SITE) -n fleet-$(SITE)@%h
+endif
 
 .PHONY: start
 start: db  ## start the worker daemons (celery multi: fleet + control nodes) and beat

@@ -26,6 +26,11 @@ CONTROL_QUEUES = f"{CONTROL_QUEUE},{PLAIN_QUEUE}"
 #: Seconds a finished task's row stays in celery_taskmeta (opsq's own tables keep
 #: the job history; see the retention setting).
 RESULT_EXPIRES = 7 * 24 * 3600
+
+
+def fleet_queue(site: str | None) -> str:
+    """The queue of a site's hosts (``opsq.fleet.<site>``); without a site, ``opsq.fleet``."""
+    return f"{FLEET_QUEUE}.{site}" if site else FLEET_QUEUE
 #: Publishing a task retries this often before the caller gets a clear error.
 PUBLISH_MAX_RETRIES = 3
 #: Seconds to wait for RabbitMQ to accept a connection.

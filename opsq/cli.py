@@ -125,6 +125,9 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--retry-on", type=click.Choice(["failure", "unreachable"]),
                      help="Retry any failure (needs --rerun-safe) or only hosts where the "
                           "command never started."),
+        click.option("--deadline", type=Seconds(MAX_WAIT), metavar="SECONDS",
+                     help="Hosts not started this long after submission (no worker of "
+                          "their site took them) end unreachable."),
         click.option("--wait", "wait_", is_flag=True, help="Show progress, then the results."),
         click.option("--stream", is_flag=True,
                      help="With --wait: print each host's output as it arrives, each line "
@@ -185,7 +188,8 @@ def _submit(spec_for: Callable[[Any], Any], opts: dict[str, Any]) -> str | None:
         command_timeout=opts["timeout"], connect_timeout=opts["connect_timeout"],
         rerun_safe=opts["rerun_safe"], params=params, notify=list(opts["notify"]),
         batch_size=opts["batch_size"], batch_pause=opts["pause"], max_fail=opts["max_fail"],
-        retries=opts["retries"], retry_delay=opts["retry_delay"], retry_on=opts["retry_on"])
+        retries=opts["retries"], retry_delay=opts["retry_delay"], retry_on=opts["retry_on"],
+        deadline=opts["deadline"])
     spec = spec_for(base)  # a bad file or path is refused before the prompt
     if capturing is not None:
         capturing.append(spec)
@@ -378,13 +382,16 @@ def status(job_id: str, as_json: bool) -> None:
     from opsq import jobs
 
     s = jobs.summary(job_id)
+    waiting = [] if s.finished else jobs.waiting(job_id)
     if as_json:
-        click.echo(json.dumps(s.as_dict(), indent=2))
+        click.echo(json.dumps({**s.as_dict(), "waiting": waiting}, indent=2))
         return
     counts = _count_line(s.counts)
     batch = f"  batch {s.batch}/{s.batches}" if s.batches else ""
     click.echo(f"{s.job_id}  {s.status.value}  {s.done}/{s.total} hosts done ({counts})"
                f"{batch}")
+    for why in waiting:
+        click.echo(why)
     if s.error:
         click.echo(f"error: {s.error}")
 
@@ -879,39 +886,61 @@ def daemons() -> None:
     """Worker nodes (celery multi) and beat as background daemons."""
 
 
+def _site_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--site", "sites", multiple=True, callback=_check_sites, metavar="SITE",
+        help="On a site's machine: a fleet-SITE node for the hosts whose opsq_site is SITE "
+             "(repeatable), and no control node or beat.")(fn)
+
+
+def _check_sites(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+                 ) -> tuple[str, ...]:
+    from opsq.errors import InventoryError
+    from opsq.inventory.hosts import check_site
+
+    try:
+        return tuple(dict.fromkeys(check_site(v, "--site") or "" for v in value))
+    except InventoryError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @daemons.command("start")
 @click.option("--no-beat", is_flag=True, help="Start the workers only.")
-def daemons_start(no_beat: bool) -> None:
+@_site_option
+def daemons_start(no_beat: bool, sites: tuple[str, ...]) -> None:
     """Start the fleet and control nodes and beat; clears stale pid files first."""
     from opsq.worker import daemons as d
 
-    sys.exit(d.start(with_beat=not no_beat, echo=click.echo))
+    sys.exit(d.start(with_beat=not no_beat, echo=click.echo, sites=sites))
 
 
 @daemons.command("stop")
 @click.option("--no-beat", is_flag=True, help="Leave beat running.")
-def daemons_stop(no_beat: bool) -> None:
+@_site_option
+def daemons_stop(no_beat: bool, sites: tuple[str, ...]) -> None:
     """Stop after the running tasks finish (warm shutdown); nothing is lost."""
     from opsq.worker import daemons as d
 
-    sys.exit(d.stop(with_beat=not no_beat, echo=click.echo))
+    sys.exit(d.stop(with_beat=not no_beat, echo=click.echo, sites=sites))
 
 
 @daemons.command("restart")
 @click.option("--no-beat", is_flag=True)
-def daemons_restart(no_beat: bool) -> None:
+@_site_option
+def daemons_restart(no_beat: bool, sites: tuple[str, ...]) -> None:
     """Restart the nodes (warm) and beat."""
     from opsq.worker import daemons as d
 
-    sys.exit(d.restart(with_beat=not no_beat, echo=click.echo))
+    sys.exit(d.restart(with_beat=not no_beat, echo=click.echo, sites=sites))
 
 
 @daemons.command("status")
-def daemons_status() -> None:
+@_site_option
+def daemons_status(sites: tuple[str, ...]) -> None:
     """Each node's pid and whether it answers a Celery ping."""
     from opsq.worker import daemons as d
 
-    sys.exit(d.status(echo=click.echo))
+    sys.exit(d.status(echo=click.echo, sites=sites))
 
 
 @main.command()

@@ -118,7 +118,7 @@ class Worker:
     """A real ``celery worker`` subprocess on both queues."""
 
     def __init__(self, name: str, extra_env: dict[str, str] | None = None,
-                 concurrency: int = 32) -> None:
+                 concurrency: int = 32, queues: str | None = None) -> None:
         self.name = name
         self.log = WORK / f"worker-{name}.log"
         env = {**os.environ, **(extra_env or {})}
@@ -126,7 +126,8 @@ class Worker:
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "opsq", "worker", "-l", "INFO",
-             "-P", "threads", "-c", str(concurrency), "-Q", f"{FLEET_QUEUE},{CONTROL_QUEUES}",
+             "-P", "threads", "-c", str(concurrency),
+             "-Q", queues or f"{FLEET_QUEUE},{CONTROL_QUEUES}",
              "-n", f"{name}@%h", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -42,6 +42,21 @@ PORT_SHORTHAND_VAR = "ansible_port"
 CONNECTION_VAR = "ansible_connection"
 TIMEOUT_VAR = "opsq_timeout"
 CONNECT_TIMEOUT_VAR = "opsq_connect_timeout"
+#: The site whose workers run a host (``opsq.fleet.<site>``); unset: any worker of
+#: ``opsq.fleet``. Settable on hosts and groups, as any variable.
+SITE_VAR = "opsq_site"
+#: What a site's name may be: it becomes part of a queue and a worker's node name.
+_SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def check_site(value: Any, where: str) -> str | None:
+    """A host's ``opsq_site``, checked (None: no site). Raises InventoryError."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _SITE_NAME.match(value):
+        raise InventoryError(f"{where}: {SITE_VAR} must be 1 to 32 lower-case letters, digits "
+                             f"or '-', starting with a letter or digit, not {value!r:.60}")
+    return value
 #: The host variables a run reads (see opsq.hostrun.ssh.RunOptions.resolve).
 RUN_VARS = frozenset({TIMEOUT_VAR, CONNECT_TIMEOUT_VAR})
 #: How ansible-inventory writes a vault-encrypted value as JSON; opsq keeps it so.
@@ -84,6 +99,12 @@ class Host:
             "groups": list(self.groups),
             "vars": copy.deepcopy(self.vars),
         }
+
+    @property
+    def site(self) -> str | None:
+        """The site whose workers run this host (``opsq_site``), checked. Raises
+        InventoryError."""
+        return check_site(self.vars.get(SITE_VAR), f"host {self.name}")
 
     def run_record(self) -> dict[str, Any]:
         """What a worker needs to run a command on this host, and nothing else: where and

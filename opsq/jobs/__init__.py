@@ -37,6 +37,7 @@ from opsq.jobs.results import (
     recent,
     summary,
     wait,
+    waiting,
 )
 from opsq.jobs.spec import (
     STORED_FIELDS,
@@ -66,6 +67,7 @@ from opsq.jobs.submission import (
     record_failed_submission,
     rerun_spec,
     resolve,
+    routed_chunks,
     send_hosts,
     submit,
 )
@@ -81,6 +83,7 @@ __all__ = [
     "follow_output", "fold", "groups", "host_history", "host_results", "host_runs", "job_action",
     "job_signature", "job_status",
     "load_inventory", "mask_secrets", "no_such_job", "plan", "progress", "publish", "recent",
-    "record_failed_submission", "rerun_spec", "resolve", "send_hosts", "spec_from_dict",
-    "spec_to_dict", "submit", "summary", "wait",
+    "record_failed_submission", "rerun_spec", "resolve", "routed_chunks", "send_hosts",
+    "spec_from_dict",
+    "spec_to_dict", "submit", "summary", "wait", "waiting",
 ]

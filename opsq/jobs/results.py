@@ -3,6 +3,7 @@ attempts, output while it runs, and waiting for the end (LISTEN/NOTIFY, no polli
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -539,3 +540,49 @@ def host_history(host: str, offset: int = 0, limit: int = 50) -> list[dict[str, 
             d[k] = d[k].isoformat() if d[k] else None
         out.append(d)
     return out
+
+
+_PENDING_SITES = text("""
+    SELECT site, count(*) AS n FROM host_results
+    WHERE job_id = :job AND status = 'pending' AND site IS NOT NULL
+    GROUP BY site ORDER BY site
+""")
+
+
+def waiting(job_id: str) -> list[str]:
+    """Why hosts of the job have not started, when it is their site's workers: "waiting
+    for a worker of site us (3 hosts)" for each site with pending hosts whose queue no
+    worker consumes (asked of RabbitMQ). Empty when every site has a worker, or when the
+    broker cannot be asked."""
+    from opsq.app import app, fleet_queue
+
+    with db.session_scope() as session:
+        pending = session.execute(_PENDING_SITES, {"job": job_id}).all()
+    if not pending:
+        return []
+    out = []
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            for row in pending:
+                if _consumers(conn, fleet_queue(row.site)) == 0:
+                    out.append(f"waiting for a worker of site {row.site} ({row.n} "
+                               f"host{'s' if row.n != 1 else ''})")
+    except Exception:  # the broker away: nothing known, nothing said
+        return []
+    return out
+
+
+def _consumers(conn: Any, queue: str) -> int:
+    """Consumers of ``queue`` (0 when it does not exist yet), on a channel of its own: a
+    passive declare of a missing queue closes its channel."""
+    from amqp.exceptions import NotFound
+
+    channel = conn.channel()
+    try:
+        return channel.queue_declare(queue=queue, passive=True).consumer_count
+    except NotFound:
+        return 0
+    finally:
+        with contextlib.suppress(Exception):  # closed by the broker already
+            channel.close()

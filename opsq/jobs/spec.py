@@ -80,6 +80,9 @@ class JobSpec:
     hosts: list[str] | None = field(default=None, hash=False)
     #: The job this one runs again.
     rerun_of: str | None = None
+    #: Seconds after submission at which hosts that never started (no worker of their
+    #: site took them) end ``unreachable``; None: they wait.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ JOB_OPTIONS = (
     JobOption("retry_delay", "--retry-delay", "retry_delay"),
     JobOption("retry_on", "--retry-on", "retry_on"),
     JobOption("notify", "--notify", "notify"),
+    JobOption("deadline", "--deadline", "deadline"),
 )
 
 
@@ -121,7 +125,8 @@ JOB_OPTIONS = (
 #: but who submits it, the schedule it comes from, the file's bytes and re-run bookkeeping.
 STORED_FIELDS = ("kind", "command", "pattern", "inventory", "command_timeout",
                  "connect_timeout", "rerun_safe", "params", "batch_size", "batch_pause",
-                 "max_fail", "retries", "retry_delay", "retry_on", "notify", "local_hosts")
+                 "max_fail", "retries", "retry_delay", "retry_on", "notify", "local_hosts",
+                 "deadline")
 
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
@@ -183,8 +188,11 @@ def check_local_hosts(hosts: list[Host], allowed: bool) -> None:
 
 
 
-def check_timeouts(command_timeout: float | None, connect_timeout: float | None) -> None:
+def check_timeouts(command_timeout: float | None, connect_timeout: float | None,
+                   deadline: float | None = None) -> None:
     """Refuse a deadline that is not a finite number of seconds in range (InvalidNumber)."""
+    if deadline is not None:
+        limits.seconds(deadline, "the job's deadline", limits.MAX_WAIT)
     if connect_timeout is not None:
         limits.seconds(connect_timeout, "the connect timeout", limits.MAX_CONNECT_TIMEOUT)
     limit = get_settings().max_command_timeout

@@ -69,24 +69,28 @@ class Claim:
 
 _ADD_HOSTS = text(
     """
-    INSERT INTO host_results (job_id, host, target, status, batch, not_before)
+    INSERT INTO host_results (job_id, host, target, status, batch, not_before, site)
     SELECT :job, h.host, CAST(h.target AS jsonb), 'pending', h.batch,
-           CASE WHEN h.batch > 1 THEN 'infinity'::timestamptz END
-    FROM unnest(CAST(:hosts AS text[]), CAST(:targets AS text[]), CAST(:batches AS int[]))
-        WITH ORDINALITY AS h(host, target, batch, n)
+           CASE WHEN h.batch > 1 THEN 'infinity'::timestamptz END, h.site
+    FROM unnest(CAST(:hosts AS text[]), CAST(:targets AS text[]), CAST(:batches AS int[]),
+                CAST(:sites AS text[]))
+        WITH ORDINALITY AS h(host, target, batch, site, n)
     ORDER BY h.n
     """
 )
 
 
 def add_hosts(conn: Connection, job_id: str, hosts: Sequence[tuple[str, str]],
-              batch_size: int | None = None) -> None:
+              batch_size: int | None = None, sites: Sequence[str | None] | None = None
+              ) -> None:
     """A new job's hosts, ``pending``: (name, target as JSON), in inventory order (the
-    row ids keep it). One statement whatever their number. With ``batch_size``, host i
-    is in batch ``i // batch_size + 1``; batches after the first wait their turn."""
+    row ids keep it), each with its site (None: the plain fleet queue). One statement
+    whatever their number. With ``batch_size``, host i is in batch ``i // batch_size +
+    1``; batches after the first wait their turn."""
     batches = [i // batch_size + 1 if batch_size else None for i in range(len(hosts))]
     conn.execute(_ADD_HOSTS, {"job": job_id, "hosts": [h for h, _ in hosts],
-                              "targets": [t for _, t in hosts], "batches": batches})
+                              "targets": [t for _, t in hosts], "batches": batches,
+                              "sites": list(sites) if sites else [None] * len(hosts)})
 
 
 # -- claim ------------------------------------------------------------------------------
@@ -369,6 +373,23 @@ def close_pending(conn: Connection, job_id: str, status: HostStatus, reason: str
     row = conn.execute(statement, {"job": job_id, "status": status.value, "reason": reason,
                                    "job_error": job_error}).first()
     return bool(row and row.closed)
+
+
+_PAST_DEADLINE = text(
+    """
+    SELECT j.id, array_remove(array_agg(DISTINCT h.site), NULL) AS sites
+    FROM jobs j JOIN host_results h ON h.job_id = j.id AND h.status = 'pending'
+    WHERE j.deadline_at <= now() AND j.status IN ('queued', 'running')
+    GROUP BY j.id, j.deadline_at ORDER BY j.deadline_at LIMIT :batch
+    """
+)
+
+
+def past_deadline(conn: Connection, batch: int) -> list[tuple[str, list[str]]]:
+    """Unfinished jobs past their deadline that still have hosts nobody took, with those
+    hosts' sites (at most ``batch`` jobs, the longest overdue first)."""
+    return [(r.id, sorted(r.sites or [])) for r in conn.execute(_PAST_DEADLINE,
+                                                                {"batch": batch})]
 
 
 def abandon(conn: Connection, job_id: str, reason: str) -> None:

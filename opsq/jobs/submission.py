@@ -14,15 +14,16 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from celery import Signature, chord, group
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as BrokerOperationalError
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import OperationalError
 
-from opsq.app import app
+from opsq.app import app, fleet_queue
 from opsq.errors import BackendUnavailable, InventoryError, OpsqError
 from opsq.inventory import Host, Inventory
 from opsq.jobs import rolling, state, steering, webhooks
@@ -89,11 +90,13 @@ def plan(spec: JobSpec) -> Plan:
     asking for a password). Raises OpsqError naming what is refused."""
     if not spec.command.strip():
         raise OpsqError("the command is empty")
-    check_timeouts(spec.command_timeout, spec.connect_timeout)
+    check_timeouts(spec.command_timeout, spec.connect_timeout, spec.deadline)
     notify = webhooks.check_urls(spec.notify)
     inv = load_inventory(spec.inventory)
     hosts = inv.resolve(spec.pattern) if spec.hosts is None else _named(inv, spec.hosts)
     check_local_hosts(hosts, spec.local_hosts)
+    for h in hosts:
+        h.site  # noqa: B018  (an opsq_site that is not a site's name is refused here)
     roll = rolling.resolve(len(hosts), batch=spec.batch_size, pause=spec.batch_pause,
                            max_fail=spec.max_fail, retries=spec.retries,
                            retry_delay=spec.retry_delay, retry_on=spec.retry_on,
@@ -139,10 +142,12 @@ def _record(spec: JobSpec, job_id: str | None = None, on_record: OnRecord | None
             batch_size=roll.batch_size, batch_pause=roll.batch_pause,
             current_batch=1 if roll.batch_size else None, max_fail=roll.max_fail,
             retries=roll.retries, retry_delay=roll.retry_delay, retry_on=roll.retry_on,
+            deadline_at=(func.now() + timedelta(seconds=spec.deadline)
+                         if spec.deadline is not None else None),
         ))
         state.add_hosts(session.connection(), job_id,
                         [(h.name, json.dumps(h.run_record())) for h in hosts],
-                        batch_size=roll.batch_size)
+                        batch_size=roll.batch_size, sites=[h.site for h in hosts])
         if on_record is not None:
             on_record(session.connection(), job_id)
     return job_id, first_batch([h.name for h in hosts], roll.batch_size)
@@ -179,6 +184,23 @@ def chunks(hosts: list[str], size: int) -> list[list[str]]:
     return [hosts[bounds[i]:bounds[i + 1]] for i in range(count)]
 
 
+_SITES = text("SELECT host, site FROM host_results WHERE job_id = :job "
+              "AND host = ANY(CAST(:hosts AS text[])) AND site IS NOT NULL")
+
+
+def routed_chunks(job_id: str, hosts: list[str]) -> list[tuple[str, list[str]]]:
+    """The job's hosts as (queue, chunk) pairs: each site's hosts go to its queue
+    (``opsq.fleet.<site>``), in chunks of their own; hosts without a site to
+    ``opsq.fleet``. Inventory order is kept within each site."""
+    with db.session_scope() as session:
+        site_of = dict(session.execute(_SITES, {"job": job_id, "hosts": list(hosts)}).all())
+    by_site: dict[str | None, list[str]] = {}
+    for h in hosts:
+        by_site.setdefault(site_of.get(h), []).append(h)
+    return [(fleet_queue(site), part) for site, members in by_site.items()
+            for part in chunks(members, get_settings().chunk_size)]
+
+
 def callback_signature(job_id: str) -> Signature:
     """The job's chord callback: ``finish_job``, whose task id is the job id."""
     return app.signature(FINISH_JOB, (job_id,)).set(task_id=job_id, argsrepr=repr((job_id,)))
@@ -197,10 +219,10 @@ def job_signature(job_id: str, hosts: list[str], command: str, again: str = "") 
     # fall back to polling (celery.chord_unlock) for a lazy header.
     header = group([
         app.signature(RUN_HOSTS, (job_id, part), immutable=True).set(
-            task_id=_derived_id(job_id, f"chunk/{i}{again}"),
+            task_id=_derived_id(job_id, f"chunk/{i}{again}"), queue=queue,
             argsrepr=repr((part, shown)), kwargsrepr=repr({"job": job_id}),
         )
-        for i, part in enumerate(chunks(hosts, get_settings().chunk_size))
+        for i, (queue, part) in enumerate(routed_chunks(job_id, hosts))
     ])
     # The chord's own task id becomes the header's group id (the body keeps the job id).
     return chord(header, callback_signature(job_id)).set(
@@ -240,9 +262,9 @@ def send_hosts(job_id: str, hosts: list[str], command: str, tag: str,
     Raises BackendUnavailable; the sweep resends due hosts nobody took anyway."""
     shown = mask_secrets(command)[:ARGSREPR_COMMAND_LIMIT]
     try:
-        for i, part in enumerate(chunks(hosts, get_settings().chunk_size)):
+        for i, (queue, part) in enumerate(routed_chunks(job_id, hosts)):
             app.send_task(RUN_HOSTS, (job_id, part), chord=callback_signature(job_id),
-                          task_id=_derived_id(job_id, f"{tag}/chunk/{i}"),
+                          task_id=_derived_id(job_id, f"{tag}/chunk/{i}"), queue=queue,
                           countdown=countdown or None, argsrepr=repr((part, shown)),
                           kwargsrepr=repr({"job": job_id}))
     except (BrokerOperationalError, OSError) as exc:

@@ -41,6 +41,10 @@ class Job(Base):
     """One command run across the hosts a pattern resolved to at submit time."""
 
     __tablename__ = "jobs"
+    __table_args__ = (
+        Index("jobs_deadline_idx", "deadline_at", postgresql_where=text(
+            "deadline_at IS NOT NULL AND status IN ('queued', 'running')")),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     command: Mapped[str] = mapped_column(Text)
@@ -106,6 +110,9 @@ class Job(Base):
     notify: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default="[]")
     #: When ``opsq cancel`` asked for the job to stop.
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When the job's hosts that never started end ``unreachable`` (``--deadline``: no
+    #: worker of their site took them); None: never.
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class HostResult(Base):
@@ -151,6 +158,9 @@ class HostResult(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     #: The batch (1, 2, ...) of a rolling job the host runs in; None when unbatched.
     batch: Mapped[int | None] = mapped_column(Integer)
+    #: The site whose workers run the host (``opsq_site``; queue ``opsq.fleet.<site>``);
+    #: None: any worker of ``opsq.fleet``.
+    site: Mapped[str | None] = mapped_column(String(32))
     #: A pending host is not due before this (a later batch: infinity until its turn; a
     #: retry: after its delay); the sweep resends only due hosts nobody took.
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

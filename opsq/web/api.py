@@ -103,8 +103,10 @@ def list_jobs(who: Caller, status: JobStatus | None = None,
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
 def get_job(job_id: JobId, who: Caller) -> dict[str, Any]:
-    """The job's summary: status, counts, each host's status and exit code."""
-    return jobs.summary(job_id).as_dict()
+    """The job's summary: status, counts, each host's status and exit code; ``waiting``
+    says which sites' hosts wait for a worker ("waiting for a worker of site us")."""
+    summary = jobs.summary(job_id)
+    return {**summary.as_dict(), "waiting": [] if summary.finished else jobs.waiting(job_id)}
 
 
 @router.get("/jobs/{job_id}/hosts", tags=["jobs"])

@@ -86,6 +86,9 @@ class JobIn(BaseModel):
     retry_delay: float | None = None
     retry_on: Literal["failure", "unreachable"] | None = None
     notify: list[ShortText] = Field(default_factory=list, max_length=100)
+    deadline: float | None = Field(None, description="Seconds after submission at which "
+                                   "hosts no worker took (their site's workers are down) "
+                                   "end unreachable.")
 
 
 class ScheduleIn(BaseModel):
@@ -248,7 +251,8 @@ def submit(who: Principal, job: JobIn, address: str | None) -> str:
     try:
         for value, what in ((job.timeout, "the timeout"), (job.connect_timeout,
                             "the connect timeout"), (job.pause, "the pause"),
-                            (job.retry_delay, "the retry delay")):
+                            (job.retry_delay, "the retry delay"),
+                            (job.deadline, "the deadline")):
             _finite(value, what)
         params = kinds.become_params(job.become, job.become_user)
         spec = jobs.JobSpec(
@@ -258,7 +262,8 @@ def submit(who: Principal, job: JobIn, address: str | None) -> str:
             rerun_safe=job.rerun_safe, submitted_by=SUBMITTED_BY_PREFIX + who.name,
             params=params, batch_size=job.batch_size, batch_pause=job.pause,
             max_fail=job.max_fail, retries=job.retries, retry_delay=job.retry_delay,
-            retry_on=job.retry_on, notify=list(job.notify), local_hosts=_local_hosts())
+            retry_on=job.retry_on, notify=list(job.notify), local_hosts=_local_hosts(),
+            deadline=job.deadline)
 
         def audited(conn: Any, job_id: str) -> None:
             audit.record(conn, who, "job.submit", job_id, detail, address)

@@ -231,6 +231,7 @@ def job_page(request: Request, job_id: str, page: int = 1, q: str = "") -> Respo
                    quote=quote, page=page, pages=pages, offset=offset,
                    per_page=HOSTS_PER_PAGE, q=q, search_error=error, more=more,
                    groups=folded, started_at=jobs.first_start(job_id),
+                   waiting=[] if summary.finished else jobs.waiting(job_id),
                    counts=sorted(summary.counts.items(), key=lambda i: -i[1]))
 
 
@@ -368,7 +369,7 @@ async def cancel_job(request: Request, job_id: str) -> Response:
 
 _RUN_FIELDS = ("command", "pattern", "inventory", "timeout", "connect_timeout",
                "batch_size", "pause", "max_fail", "retries", "retry_delay", "retry_on",
-               "become_user")
+               "become_user", "deadline")
 
 
 def _inventory_names() -> list[str]:

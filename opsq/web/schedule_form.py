@@ -51,6 +51,8 @@ OPTION_FIELDS = (
     OptionField("retry_on", "Retry on", "choice", choices=("", "failure", "unreachable")),
     OptionField("notify", "Notify URLs", "lines", hint="one http(s) URL a line: the job's "
                                                       "summary is POSTed there when it ends"),
+    OptionField("deadline", "Deadline (s)", "number", hint="hosts no worker took by then "
+                                                          "end unreachable"),
 )
 #: Labels of the form's other fields, by field name.
 LABELS = {"name": "Name", "expression": "When", "tz": "Time zone", "command": "Command",
@@ -308,7 +310,8 @@ def form_of(row: Schedule) -> dict[str, str]:
                     retries=_number(spec.get("retries") or None),
                     retry_delay=_number(spec.get("retry_delay")),
                     retry_on=str(spec.get("retry_on") or ""),
-                    notify="\n".join(spec.get("notify") or []))
+                    notify="\n".join(spec.get("notify") or []),
+                    deadline=_number(spec.get("deadline")))
     else:
         form.update(pattern=str(row.kwargs.get("pattern", "")),
                     timeout=_number(row.kwargs.get("timeout")),

@@ -21,10 +21,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from opsq.app import CONTROL_QUEUES, FLEET_QUEUE
+from opsq.app import CONTROL_QUEUES, FLEET_QUEUE, fleet_queue
 from opsq.settings import PROJECT_ROOT, get_settings
 
 NODES = ("fleet", "control")
+
+
+def nodes(sites: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The nodes this machine runs: ``fleet`` and ``control``; on a site's machine
+    (``--site``), a ``fleet-<site>`` node per site and nothing else (the control node and
+    beat run where the database is)."""
+    return tuple(f"fleet-{site}" for site in sites) if sites else NODES
 #: Processes of the control node's prefork pool.
 CONTROL_CONCURRENCY = 2
 #: Seconds ``stop`` waits for beat to exit after SIGTERM before SIGKILL.
@@ -66,13 +73,17 @@ def celery_bin() -> list[str]:
     return [sys.executable, "-m", "celery"]
 
 
-def multi_args(action: str) -> list[str]:
+def multi_args(action: str, sites: tuple[str, ...] = ()) -> list[str]:
     """The ``celery multi`` command line for ``action`` (start, stopwait, restart...)."""
     s = get_settings()
     run, log = s.run_path(), s.log_path()
-    return [
-        *celery_bin(), "multi", action, *NODES, "-A", "opsq", "-l", s.log_level,
-        f"--pidfile={run}/%n.pid", f"--logfile={log}/%n%I.log",
+    head = [*celery_bin(), "multi", action, *nodes(sites), "-A", "opsq", "-l", s.log_level,
+            f"--pidfile={run}/%n.pid", f"--logfile={log}/%n%I.log"]
+    if sites:
+        return head + [arg for site in sites for arg in (
+            f"-Q:fleet-{site}", fleet_queue(site), f"-P:fleet-{site}", "threads",
+            f"-c:fleet-{site}", str(s.fleet_concurrency))]
+    return head + [
         "-Q:fleet", FLEET_QUEUE, "-P:fleet", "threads", "-c:fleet", str(s.fleet_concurrency),
         "-Q:control", CONTROL_QUEUES, "-P:control", "prefork",
         "-c:control", str(CONTROL_CONCURRENCY),
@@ -116,15 +127,17 @@ def _is_celery(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z" and b"celery" in cmdline
 
 
-def pidfiles() -> list[PidInfo]:
+def pidfiles(sites: tuple[str, ...] = ()) -> list[PidInfo]:
     run = get_settings().run_path()
-    return [read_pid(n, run / f"{n}.pid") for n in NODES] + [read_pid("beat", beat_pidfile())]
+    beat = [] if sites else [read_pid("beat", beat_pidfile())]
+    return [read_pid(n, run / f"{n}.pid") for n in nodes(sites)] + beat
 
 
-def clear_stale(echo: Callable[[str], None] = print) -> list[str]:
+def clear_stale(echo: Callable[[str], None] = print, sites: tuple[str, ...] = ()
+                ) -> list[str]:
     """Remove pid files whose process is gone; returns their names."""
     cleared = []
-    for info in pidfiles():
+    for info in pidfiles(sites):
         if info.path.exists() and not info.alive:
             echo(f"stale pid file {info.path} (pid {info.pid} is not running): removed")
             info.path.unlink()
@@ -145,11 +158,12 @@ def _private_run_and_log_dirs() -> None:
         private_files(d.iterdir())
 
 
-def start(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
+def start(with_beat: bool = True, echo: Callable[[str], None] = print,
+          sites: tuple[str, ...] = ()) -> int:
     _private_run_and_log_dirs()
-    clear_stale(echo)
-    rc = _run(multi_args("start"))
-    if with_beat and rc == 0:
+    clear_stale(echo, sites)
+    rc = _run(multi_args("start", sites))
+    if with_beat and not sites and rc == 0:
         beat = read_pid("beat", beat_pidfile())
         if beat.alive:
             echo(f"beat already running (pid {beat.pid})")
@@ -159,12 +173,13 @@ def start(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
     return rc
 
 
-def stop(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
+def stop(with_beat: bool = True, echo: Callable[[str], None] = print,
+         sites: tuple[str, ...] = ()) -> int:
     """Warm shutdown: wait for running tasks to finish, then exit."""
-    rc = _run(multi_args("stopwait"))
-    if with_beat:
+    rc = _run(multi_args("stopwait", sites))
+    if with_beat and not sites:
         stop_beat(echo)
-    clear_stale(echo)
+    clear_stale(echo, sites)
     return rc
 
 
@@ -182,18 +197,19 @@ def stop_beat(echo: Callable[[str], None] = print) -> None:
     echo(f"> beat: stopped (pid {beat.pid})")
 
 
-def restart(with_beat: bool = True, echo: Callable[[str], None] = print) -> int:
+def restart(with_beat: bool = True, echo: Callable[[str], None] = print,
+            sites: tuple[str, ...] = ()) -> int:
     _private_run_and_log_dirs()
-    clear_stale(echo)
-    rc = _run(multi_args("restart"))
-    if with_beat:
+    clear_stale(echo, sites)
+    rc = _run(multi_args("restart", sites))
+    if with_beat and not sites:
         stop_beat(echo)
         beat_rc = _run(beat_args())  # schedules keep firing even if a node failed
         rc = rc or beat_rc
     return rc
 
 
-def status(echo: Callable[[str], None] = print) -> int:
+def status(echo: Callable[[str], None] = print, sites: tuple[str, ...] = ()) -> int:
     """Each node's pid and whether it answers a Celery ping; 0 when all are up."""
     from opsq.app import app
 
@@ -205,7 +221,7 @@ def status(echo: Callable[[str], None] = print) -> int:
     except Exception as exc:  # broker down: still show the pid files
         echo(f"cannot ping through the broker: {exc}")
     ok = True
-    for info in pidfiles():
+    for info in pidfiles(sites):
         if info.name == "beat":
             state = "running" if info.alive else "not running"
             ping = "-"

@@ -17,6 +17,7 @@ from opsq.app import app
 from opsq.errors import BackendUnavailable
 from opsq.jobs import state, steering
 from opsq.settings import get_settings
+from opsq.status import HostStatus
 from opsq.store import db, files
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class SweepReport:
     announced: list[str] = field(default_factory=list)
     resent: dict[str, list[str]] = field(default_factory=dict)
     released: dict[str, list[str]] = field(default_factory=dict)
+    expired: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +82,8 @@ def sweep(grace: float | None = None) -> SweepReport:
       is over: they are sent;
     * a job published STALL_PERIODS lease periods ago whose hosts nobody took yet: they
       are sent again;
+    * a job past its deadline (``--deadline``) with hosts no worker took (their site's
+      workers are down): they end ``unreachable``;
     * a job closed ``grace`` seconds ago whose callback was never sent (the broker was
       away as it closed): it is sent, so Celery and Flower get the job's result.
 
@@ -104,8 +108,11 @@ def sweep(grace: float | None = None) -> SweepReport:
             # Published before the commit: if RabbitMQ refuses, the hosts stay as they
             # were and the next sweep tries again. A task that arrives first waits for
             # the commit on the rows' locks.
-            app.send_task(jobs.RUN_HOSTS, (job_id, hosts), chord=jobs.callback_signature(job_id),
-                          task_id=str(uuid.uuid5(jobs.JOB_ID_NAMESPACE, f"{job_id}/{token}")))
+            for i, (queue, part) in enumerate(jobs.routed_chunks(job_id, hosts)):
+                app.send_task(jobs.RUN_HOSTS, (job_id, part), queue=queue,
+                              chord=jobs.callback_signature(job_id),
+                              task_id=str(uuid.uuid5(jobs.JOB_ID_NAMESPACE,
+                                                     f"{job_id}/{token}/{i}")))
         state.drop_dead_leases(conn, grace)
         report.interrupted, report.rerun = dead.interrupt, dead.rerun
     with _sweeping() as conn:
@@ -137,6 +144,15 @@ def sweep(grace: float | None = None) -> SweepReport:
             jobs.publish(job_id, hosts, command, again=f"/again/{token}")
             state.mark_published(conn, job_id)
             report.resent[job_id] = hosts
+    with _sweeping() as conn:
+        for job_id, sites in state.past_deadline(conn, SWEEP_BATCH):
+            # Hosts no worker took by the job's deadline (their site's workers are down).
+            where = f" of site {', '.join(sites)}" if sites else ""
+            if state.close_pending(conn, job_id, HostStatus.UNREACHABLE,
+                                   f"not started by the job's deadline: no worker{where} "
+                                   "took it", lock=True):
+                report.closed.append(job_id)
+            report.expired.append(job_id)
     with _sweeping() as conn:
         # The jobs this sweep closed, and closed jobs whose callback the broker refused:
         # publish before marking, so a refused publish is tried again by the next sweep.
