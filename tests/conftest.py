@@ -118,14 +118,16 @@ class Worker:
     """A real ``celery worker`` subprocess on both queues."""
 
     def __init__(self, name: str, extra_env: dict[str, str] | None = None,
-                 concurrency: int = 32, queues: str | None = None) -> None:
+                 concurrency: int = 32, queues: str | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.name = name
         self.log = WORK / f"worker-{name}.log"
         env = {**os.environ, **(extra_env or {})}
         from opsq.app import CONTROL_QUEUES, FLEET_QUEUE
 
+        # prefix: how to start it elsewhere (``ip netns exec NS`` for a site's network).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "opsq", "worker", "-l", "INFO",
+            [*(prefix or []), sys.executable, "-m", "celery", "-A", "opsq", "worker", "-l", "INFO",
              "-P", "threads", "-c", str(concurrency),
              "-Q", queues or f"{FLEET_QUEUE},{CONTROL_QUEUES}",
              "-n", f"{name}@%h", "--without-mingle", "--without-gossip"],

@@ -86,3 +86,60 @@ def test_a_site_name_that_cannot_be_a_queue_is_refused(fleet, tmp_path):
         assert "opsq_site must be" in str(exc) and "EU West!" in str(exc)
     else:
         raise AssertionError("a bad opsq_site was accepted")
+
+
+def test_sites_in_networks_of_their_own_are_run_by_their_own_workers(worker, fleet):
+    """Two sites, each in a network namespace whose hosts nothing outside can reach, each
+    with its worker inside; one job over both; one site's worker stopped and started
+    again."""
+    import socket
+
+    from netsites import NetSite
+
+    from devtools.devfleet import FLEET_USER
+
+    sites = {}
+    workers = {}
+    try:
+        for index, name in enumerate(("north", "south"), start=1):
+            sites[name] = NetSite(name, index, fleet)
+        path = WORK / "netsites.yml"
+        path.write_text(yaml.safe_dump({"all": {"children": {
+            name: {"vars": {"opsq_site": name}, "hosts": {
+                host: {"ansible_host": address, "ansible_port": port,
+                       "ansible_user": FLEET_USER,
+                       "ansible_ssh_private_key_file": str(fleet.client_key_path)}
+                for host, address, port in site.hosts}}
+            for name, site in sites.items()}}}))
+        inventory = str(path)
+        # From here (and so from the plain fleet's worker) a site's host is unreachable.
+        _, address, port = sites["north"].hosts[0]
+        with socket.socket() as probe:
+            probe.settimeout(2)
+            assert probe.connect_ex((address, port)) != 0
+        for name, site in sites.items():
+            workers[name] = site.worker(name)
+        done = jobs.submit(jobs.JobSpec(command="hostname -I", pattern="all",
+                                        inventory=inventory)).get(timeout=90)
+        assert done["status"] == "succeeded" and done["total"] == 4, done
+        ran = rows(done["job_id"])
+        for name, site in sites.items():
+            for host, _, _ in site.hosts:
+                assert ran[host]["worker"].startswith(f"net-{name}@"), ran[host]
+                assert site.inside in ran[host]["stdout"], ran[host]  # its own network
+        # south's worker stops: its hosts wait, and say why; back, they run.
+        workers["south"].stop()
+        job_id = jobs.submit(jobs.JobSpec(command="true", pattern="all",
+                                          inventory=inventory)).id
+        wait_until(lambda: jobs.waiting(job_id) == [
+            "waiting for a worker of site south (2 hosts)"], 60, "south's hosts to wait")
+        wait_until(lambda: jobs.summary(job_id).counts.get("ok") == 2, 60, "north's hosts")
+        assert jobs.summary(job_id).counts == {"ok": 2, "pending": 2}
+        workers["south"] = sites["south"].worker("south")
+        wait_until(lambda: jobs.summary(job_id).finished, 60, "south's worker to run them")
+        assert jobs.summary(job_id).counts == {"ok": 4}
+    finally:
+        for w in workers.values():
+            w.stop()
+        for site in sites.values():
+            site.close()
