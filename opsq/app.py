@@ -12,7 +12,8 @@ from opsq.settings import get_settings
 
 #: opsq's own task modules; users add theirs with OPSQ_TASK_MODULES (the example task,
 #: devtools.examples, is loaded only that way, from a source checkout).
-OPSQ_TASK_MODULES = ["opsq.worker.fleet_tasks", "opsq.worker.maintenance_tasks"]
+OPSQ_TASK_MODULES = ["opsq.worker.fleet_tasks", "opsq.worker.maintenance_tasks",
+                     "opsq.worker.startup"]
 #: Queue of per-host SSH work: IO-bound, consumed by a threads-pool worker.
 FLEET_QUEUE = "opsq.fleet"
 #: Queue of bookkeeping (job summaries, schedules, pruning): a small prefork worker.

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(DEFAULT_LEASE_TTL, ge=1)
     max_broker_delay: float = Field(DEFAULT_MAX_BROKER_DELAY, ge=0)
     retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1)
+    #: Each process's PostgreSQL pool: connections kept, and more opened at a peak.
+    db_pool_size: int = Field(10, ge=1, le=1000)
+    db_pool_overflow: int = Field(30, ge=0, le=10000)
+    #: Connections a worker leaves free on the server, beyond superuser_reserved_connections
+    #: (psql, a migration, the console): a worker that could take them does not start.
+    db_reserve: int = Field(10, ge=0)
     #: Extra task modules workers and ``opsq schedule add --task`` import (comma-separated).
     task_modules: str = ""
     #: Where the daemons keep pid files and logs (relative: to the project root).

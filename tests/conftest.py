@@ -119,7 +119,7 @@ class Worker:
 
     def __init__(self, name: str, extra_env: dict[str, str] | None = None,
                  concurrency: int = 32, queues: str | None = None,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, pool: str = "threads") -> None:
         self.name = name
         self.log = WORK / f"worker-{name}.log"
         env = {**os.environ, **(extra_env or {})}
@@ -128,7 +128,7 @@ class Worker:
         # prefix: how to start it elsewhere (``ip netns exec NS`` for a site's network).
         self.proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "celery", "-A", "opsq", "worker", "-l", "INFO",
-             "-P", "threads", "-c", str(concurrency),
+             "-P", pool, "-c", str(concurrency),
              "-Q", queues or f"{FLEET_QUEUE},{CONTROL_QUEUES}",
              "-n", f"{name}@%h", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,

@@ -24,10 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from opsq.errors import BackendUnavailable
 from opsq.settings import get_settings
 
-#: Connections kept open per process; the fleet worker's threads share them.
-POOL_SIZE = 10
-#: Extra connections allowed under bursts, closed when returned.
-POOL_MAX_OVERFLOW = 30
+#: (A process's pool size and its overflow, the connections opened beyond it at a peak
+#: and closed when returned, are settings: OPSQ_DB_POOL_SIZE, OPSQ_DB_POOL_OVERFLOW.)
 #: Seconds to wait for a free pooled connection before failing.
 POOL_TIMEOUT = 30
 #: Seconds after which a pooled connection is replaced (survives server-side idle kills).
@@ -38,7 +36,13 @@ CONNECT_TIMEOUT = 5
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: The pool of a process that runs one task at a time (a prefork child, beat): no more is
+#: ever in use at once.
+SMALL_POOL_SIZE = 2
+SMALL_POOL_OVERFLOW = 2
+
 _lock = threading.Lock()
+_small_pool = False
 _engines: dict[str, Engine] = {}
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
 
@@ -59,8 +63,9 @@ def get_engine(url: str | None = None) -> Engine:
             if engine is None:
                 engine = create_engine(
                     url,
-                    pool_size=POOL_SIZE,
-                    max_overflow=POOL_MAX_OVERFLOW,
+                    pool_size=SMALL_POOL_SIZE if _small_pool else get_settings().db_pool_size,
+                    max_overflow=(SMALL_POOL_OVERFLOW if _small_pool
+                                  else get_settings().db_pool_overflow),
                     pool_timeout=POOL_TIMEOUT,
                     pool_recycle=POOL_RECYCLE,
                     # A round trip per checkout; hosts are written in batches, so it
@@ -165,3 +170,47 @@ def dispose_all(close: bool = True) -> None:
 
 
 os.register_at_fork(after_in_child=lambda: dispose_all(close=False))
+
+
+# -- the connection budget ----------------------------------------------------------------
+
+_SERVER_LIMITS = text("""
+    SELECT current_setting('max_connections')::int AS max_connections,
+           current_setting('superuser_reserved_connections')::int AS superuser,
+           (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS used
+""")
+
+
+def use_small_pool() -> None:
+    """This process runs one task at a time (a prefork pool's processes, beat): its pool is
+    SMALL_POOL_SIZE + SMALL_POOL_OVERFLOW, whatever the settings. Before its first query."""
+    global _small_pool
+    _small_pool = True
+
+
+def connections_per_process(small: bool = False) -> int:
+    """The most PostgreSQL connections one opsq process opens: its pool (OPSQ_DB_POOL_SIZE
+    + OPSQ_DB_POOL_OVERFLOW, or the small pool) and one LISTEN connection."""
+    s = get_settings()
+    if small:
+        return SMALL_POOL_SIZE + SMALL_POOL_OVERFLOW + 1
+    return s.db_pool_size + s.db_pool_overflow + 1
+
+
+def check_budget(need: int, what: str) -> str:
+    """Refuse (ConfigError) when ``need`` more connections (``what`` may open them) are more
+    than the server has left: max_connections minus the superusers' reserve,
+    OPSQ_DB_RESERVE and the connections open now. Returns the figures as a sentence."""
+    from opsq.errors import ConfigError
+
+    s = get_settings()
+    with get_engine().connect() as conn:
+        row = conn.execute(_SERVER_LIMITS).one()
+    left = row.max_connections - row.superuser - s.db_reserve - row.used
+    figures = (f"{what} may open up to {need} PostgreSQL connections; the server has "
+               f"{left} left (max_connections {row.max_connections} - {row.superuser} for "
+               f"superusers - OPSQ_DB_RESERVE {s.db_reserve} - {row.used} open now)")
+    if need > left:
+        raise ConfigError(f"{figures}: lower OPSQ_DB_POOL_SIZE, OPSQ_DB_POOL_OVERFLOW or "
+                          "the worker's processes, or raise max_connections")
+    return figures

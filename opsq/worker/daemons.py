@@ -231,4 +231,29 @@ def status(echo: Callable[[str], None] = print, sites: tuple[str, ...] = ()) -> 
             ping = "answers ping" if f"{info.name}@{host}" in answers else "no ping reply"
         ok = ok and info.alive and ping != "no ping reply"
         echo(f"{info.name:<8} pid {info.pid or '-':<8} {state:<15} {ping}")
+    echo(connection_budget(sites))
     return 0 if ok else 1
+
+
+def connections(sites: tuple[str, ...] = ()) -> int:
+    """The PostgreSQL connections this machine's daemons may open: a fleet node (threads:
+    one process, the full pool) per site, or the fleet node, the control node's parent and
+    its CONTROL_CONCURRENCY children, and beat (one task at a time: the small pool)."""
+    from opsq.store import db
+
+    full, small = db.connections_per_process(), db.connections_per_process(small=True)
+    return len(sites) * full if sites else full + (1 + CONTROL_CONCURRENCY + 1) * small
+
+
+def connection_budget(sites: tuple[str, ...] = ()) -> str:
+    """This machine's daemons' PostgreSQL connections at most, against what the server
+    has left, as one line (``opsq daemons status``)."""
+    from opsq.errors import BackendUnavailable, ConfigError
+    from opsq.store import db
+
+    try:
+        return "PostgreSQL: " + db.check_budget(connections(sites), "these daemons")
+    except ConfigError as exc:
+        return f"PostgreSQL: OVER BUDGET: {exc}"
+    except BackendUnavailable as exc:
+        return f"PostgreSQL: budget not checked ({exc})"

@@ -18,6 +18,7 @@ from helpers import wait_until
 from sqlalchemy import text
 from webtools import Web, make_account
 
+from opsq.settings import get_settings
 from opsq.store import db
 from opsq.web import streams
 from opsq.web.api import EVENTS_KEEPALIVE
@@ -32,7 +33,7 @@ ME_MAX_SECONDS = 1.0
 ME_TIMEOUT = 10.0
 #: PostgreSQL connections the web process may hold with the streams open: its pool's
 #: kept connections (the stream opens come in a burst) plus the one listening.
-MAX_WEB_CONNECTIONS = db.POOL_SIZE + 1
+MAX_WEB_CONNECTIONS = get_settings().db_pool_size + 1
 #: Seconds the tests give the server to open, or to end, every stream.
 STREAMS_TIMEOUT = 60
 #: A job that stays unfinished for the length of a test (it is cancelled at the end).
