@@ -43,6 +43,15 @@ BROKER_HEARTBEAT = 10
 BROKER_SOCKET_TIMEOUT = 30
 
 
+def _queue(name: str, queue_type: str) -> Queue:
+    """One of opsq's queues on an exchange of its name: classic and direct, or quorum and
+    topic (what native delayed delivery binds to)."""
+    if queue_type == "quorum":
+        return Queue(name, Exchange(name, type="topic"), routing_key=name,
+                     queue_arguments={"x-queue-type": "quorum"})
+    return Queue(name, Exchange(name), routing_key=name)
+
+
 def make_app() -> Celery:
     """Build the Celery app from the current settings."""
     settings = get_settings()
@@ -60,12 +69,18 @@ def make_app() -> Celery:
         accept_content=["json"],
         result_accept_content=["json"],
         task_default_queue=CONTROL_QUEUE,
-        task_queues=(
-            Queue(FLEET_QUEUE, Exchange(FLEET_QUEUE), routing_key=FLEET_QUEUE),
-            Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
-            # Declared as a plain Celery client declares it (direct exchange "celery").
-            Queue(PLAIN_QUEUE, Exchange(PLAIN_QUEUE), routing_key=PLAIN_QUEUE),
-        ),
+        # Declared as a plain Celery client declares them (the "celery" queue on a direct
+        # exchange "celery"; quorum ones as Celery declares quorum queues).
+        task_queues=tuple(_queue(name, settings.queue_type)
+                          for name in (FLEET_QUEUE, CONTROL_QUEUE, PLAIN_QUEUE)),
+        # Quorum queues: a site's queue made on first use is one too; Celery then turns
+        # global QoS off and delays tasks (a retry delay, a batch pause) by native delayed
+        # delivery, which needs topic exchanges.
+        task_default_queue_type=settings.queue_type,
+        task_create_missing_queue_type=settings.queue_type,
+        task_create_missing_queue_exchange_type=(
+            "topic" if settings.queue_type == "quorum" else None),
+        worker_detect_quorum_queues=True,
         task_routes={"opsq.run_hosts": {"queue": FLEET_QUEUE},
                      "opsq.run_on_host": {"queue": FLEET_QUEUE},
                      "opsq.notify": {"queue": CONTROL_QUEUE}},

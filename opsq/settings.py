@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +99,9 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(DEFAULT_LEASE_TTL, ge=1)
     max_broker_delay: float = Field(DEFAULT_MAX_BROKER_DELAY, ge=0)
     retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1)
+    #: RabbitMQ queue type of opsq's queues: "classic", or "quorum" (replicated on a
+    #: cluster: a message survives the loss of a broker node; deploy/README.md).
+    queue_type: Literal["classic", "quorum"] = "classic"
     #: Each process's PostgreSQL pool: connections kept, and more opened at a peak.
     db_pool_size: int = Field(10, ge=1, le=1000)
     db_pool_overflow: int = Field(30, ge=0, le=10000)

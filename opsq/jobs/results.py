@@ -405,13 +405,16 @@ GROUPS_TIMEOUT = 20.0
 MAX_GROUPS_PAGE = 1000
 #: Host names NodeSet folds: ClusterShell reads brackets, commas, "@", "!", "&" and "^"
 #: in a name as syntax (``a[1-99999999]`` would expand), so other names stay as they are.
-_FOLDABLE = re.compile(r"^[A-Za-z0-9._-]+$")
+_FOLDABLE = re.compile(r"^[A-Za-z._-]*[0-9]{0,18}[A-Za-z._-]*$")
+_DIGITS = re.compile(r"[0-9]+")
 _GROUPS = text("""
     WITH g AS (
-        SELECT md5(coalesce(stdout, '') || chr(1) || coalesce(stderr, '') || chr(1)
-                   || coalesce(error, '') || chr(1)
-                   || CASE WHEN status IN ('pending', 'running') THEN status ELSE '' END
-               ) AS k, id, host, status, exit_code
+        SELECT encode(sha256(convert_to(
+                   length(coalesce(stdout, '')) || ':' || coalesce(stdout, '') || ':'
+                   || length(coalesce(stderr, '')) || ':' || coalesce(stderr, '') || ':'
+                   || coalesce(error, '') || ':'
+                   || CASE WHEN status IN ('pending', 'running') THEN status ELSE '' END,
+                   'UTF8')), 'hex') AS k, id, host, status, exit_code
         FROM host_results WHERE job_id = :job
     )
     SELECT k, count(*) AS n, min(id) AS first, array_agg(host ORDER BY id) AS hosts,
@@ -421,15 +424,24 @@ _GROUPS = text("""
     OFFSET :offset LIMIT :limit
 """)
 _GROUP_STATUSES = text("""
-    SELECT md5(coalesce(stdout, '') || chr(1) || coalesce(stderr, '') || chr(1)
-               || coalesce(error, '') || chr(1)
-               || CASE WHEN status IN ('pending', 'running') THEN status ELSE '' END) AS k,
+    SELECT encode(sha256(convert_to(
+               length(coalesce(stdout, '')) || ':' || coalesce(stdout, '') || ':'
+               || length(coalesce(stderr, '')) || ':' || coalesce(stderr, '') || ':'
+               || coalesce(error, '') || ':'
+               || CASE WHEN status IN ('pending', 'running') THEN status ELSE '' END,
+               'UTF8')), 'hex') AS k,
            status, count(*) AS n
     FROM host_results WHERE job_id = :job GROUP BY 1, 2
 """)
 _FIRSTS = text("""
-    SELECT id, stdout, stderr, error FROM host_results WHERE id = ANY(CAST(:ids AS bigint[]))
+    SELECT id, left(stdout, :chars) AS stdout, left(stderr, :chars) AS stderr,
+           length(stdout) AS stdout_chars, length(stderr) AS stderr_chars, error
+    FROM host_results WHERE id = ANY(CAST(:ids AS bigint[]))
 """)
+#: Characters of each stream a group shows (the host's page has all of it).
+GROUP_PREVIEW_CHARS = 16 * 1024
+#: Names of one group folded at most; a larger group lists its count and first names.
+MAX_FOLDED_NAMES = 20_000
 
 
 def fold(names: list[str]) -> str:
@@ -437,8 +449,11 @@ def fold(names: list[str]) -> str:
     would read as syntax is listed as it is."""
     from ClusterShell.NodeSet import NOGROUP_RESOLVER, NodeSet
 
-    plain = [n for n in names if _FOLDABLE.match(n)]
-    other = [n for n in names if not _FOLDABLE.match(n)]
+    # NodeSet folds a name with one number in linear time; names with several numbers
+    # (rack2-node07) cost it far more than linear, so those are listed as they are.
+    plain, other = [], []
+    for n in names:
+        (plain if _FOLDABLE.match(n) and len(_DIGITS.findall(n)) <= 1 else other).append(n)
     folded = str(NodeSet.fromlist(plain, resolver=NOGROUP_RESOLVER)) if plain else ""
     return ",".join([folded, *other] if folded else other)
 
@@ -451,9 +466,12 @@ class OutputGroup:
     count: int
     statuses: dict[str, int]
     exit_codes: list[int]
+    #: The first GROUP_PREVIEW_CHARS of each stream; ``*_chars``: their whole length.
     stdout: str | None
     stderr: str | None
     error: str | None
+    stdout_chars: int = 0
+    stderr_chars: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -481,26 +499,31 @@ def groups(job_id: str, offset: int = 0, limit: int = MAX_GROUPS_PAGE) -> Groups
         try:
             rows = conn.execute(_GROUPS, {"job": job_id, "offset": offset,
                                           "limit": limit}).all()
+            keys = {r.k for r in rows}
+            statuses: dict[str, dict[str, int]] = {}
+            if keys:
+                for r in conn.execute(_GROUP_STATUSES, {"job": job_id}):
+                    if r.k in keys:
+                        statuses.setdefault(r.k, {})[r.status] = r.n
         except OperationalError as exc:
             if "statement timeout" in str(exc):
                 raise OpsqError(f"folding this job's output took more than "
                                 f"{GROUPS_TIMEOUT:g} s; page through its hosts instead"
                                 ) from None
             raise
-        keys = {r.k for r in rows}
-        statuses: dict[str, dict[str, int]] = {}
-        if keys:
-            for r in conn.execute(_GROUP_STATUSES, {"job": job_id}):
-                if r.k in keys:
-                    statuses.setdefault(r.k, {})[r.status] = r.n
-        firsts = {r.id: r for r in conn.execute(_FIRSTS, {"ids": [r.first for r in rows]})}
+        firsts = {r.id: r for r in conn.execute(
+            _FIRSTS, {"ids": [r.first for r in rows], "chars": GROUP_PREVIEW_CHARS})}
     out = []
     for r in rows:
         first = firsts[r.first]
-        out.append(OutputGroup(hosts=fold(list(r.hosts)), count=r.n,
-                               statuses=statuses.get(r.k, {}),
+        names = list(r.hosts)
+        hosts = fold(names) if len(names) <= MAX_FOLDED_NAMES else (
+            f"{', '.join(names[:20])}, … ({len(names) - 20} more)")
+        out.append(OutputGroup(hosts=hosts, count=r.n, statuses=statuses.get(r.k, {}),
                                exit_codes=sorted(r.codes or []), stdout=first.stdout,
-                               stderr=first.stderr, error=first.error))
+                               stderr=first.stderr, error=first.error,
+                               stdout_chars=first.stdout_chars or 0,
+                               stderr_chars=first.stderr_chars or 0))
     return Groups(groups=out, total=rows[0].total if rows else 0)
 
 
@@ -530,8 +553,15 @@ def host_history(host: str, offset: int = 0, limit: int = 50) -> list[dict[str, 
     if not offset >= 0 or not 1 <= limit <= MAX_HISTORY_PAGE:
         raise OpsqError(f"offset must be 0 or more and limit 1 to {MAX_HISTORY_PAGE}")
     with db.session_scope() as session:
-        rows = session.execute(_HISTORY, {"host": host, "offset": offset, "limit": limit,
-                                          "chars": PREVIEW_CHARS}).all()
+        session.execute(text(f"SET LOCAL statement_timeout = {int(SEARCH_TIMEOUT * 1000)}"))
+        try:
+            rows = session.execute(_HISTORY, {"host": host, "offset": offset, "limit": limit,
+                                              "chars": PREVIEW_CHARS}).all()
+        except OperationalError as exc:
+            if "statement timeout" not in str(exc):
+                raise
+            raise OpsqError(f"the host's history took more than {SEARCH_TIMEOUT:g} s to "
+                            "read; page less far") from None
     out = []
     for r in rows:
         d = r._asdict()
@@ -560,6 +590,10 @@ def waiting(job_id: str) -> list[str]:
         pending = session.execute(_PENDING_SITES, {"job": job_id}).all()
     if not pending:
         return []
+    key = (job_id, tuple(pending))
+    held = _waiting_seen.get(key)
+    if held is not None and held[0] > time.monotonic():
+        return held[1]  # a live page asks every second: RabbitMQ is asked every few
     out = []
     try:
         with app.connection_for_read() as conn:
@@ -570,7 +604,16 @@ def waiting(job_id: str) -> list[str]:
                                f"host{'s' if row.n != 1 else ''})")
     except Exception:  # the broker away: nothing known, nothing said
         return []
+    if len(_waiting_seen) > WAITING_SEEN_MAX:
+        _waiting_seen.clear()
+    _waiting_seen[key] = (time.monotonic() + WAITING_TTL, out)
     return out
+
+
+#: Seconds an answer of ``waiting`` is reused, and answers kept at most.
+WAITING_TTL = 5.0
+WAITING_SEEN_MAX = 1000
+_waiting_seen: dict[tuple, tuple[float, list[str]]] = {}
 
 
 def _consumers(conn: Any, queue: str) -> int:

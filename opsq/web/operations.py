@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import click
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -465,13 +466,15 @@ def job_line_kwargs(line: str, inventory: str | None) -> dict[str, Any]:
     if any(w in _LINE_PATHS or w.startswith(("--inventory=", "-i")) for w in options
            if w.startswith("-")):
         raise OpsqError("choose the inventory with the inventory field, not -i in the line")
+    if any(w in ("--help", "-h") for w in options):
+        raise OpsqError("a job line runs a job; --help shows nothing here")
     path = inventory_path(inventory)
-    # The inventory goes with the options, before a "--" that ends them.
-    at = words.index("--") if "--" in words else len(words)
+    # The inventory first: no option of the line can take it as its value.
     try:
-        spec = job_line_spec([*words[:at], "-i", path, *words[at:]])
-    except OpsqError as exc:  # never the server's path in an answer
-        raise type(exc)(str(exc).replace(path, inventory or "the inventory")) from None
+        spec = job_line_spec([words[0], "-i", path, *words[1:]])
+    except (OpsqError, click.ClickException) as exc:  # never the server's path in an answer
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        raise OpsqError(message.replace(path, inventory or "the inventory")) from None
     return {"spec": jobs.spec_to_dict(replace(spec, local_hosts=_local_hosts()))}
 
 

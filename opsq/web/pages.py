@@ -279,9 +279,10 @@ def results_json(request: Request, job_id: str) -> Response:
 
 @router.get("/jobs/{job_id}/results.tar.gz")
 def results_archive(request: Request, job_id: str) -> Response:
-    """The job as plain text files: ``summary.txt``, and per host ``HOST/stdout.txt``,
-    ``HOST/stderr.txt`` and ``HOST/result.txt``. Host names are percent-encoded into
-    file names, so none can climb out of the archive's directory (``../x``)."""
+    """The job as plain text files: ``summary.txt``, and per host ``NNNNNN-HOST/stdout.txt``,
+    ``stderr.txt`` and ``result.txt`` (NNNNNN: its place in the job). Host names are
+    percent-encoded into file names, a leading dot too, so none can climb out of the
+    archive's directory (``../x``)."""
     _user(request)
     _text(job_id)
     summary = jobs.summary(job_id, with_hosts=False)
@@ -293,8 +294,12 @@ def results_archive(request: Request, job_id: str) -> Response:
             lines = [f"job {summary.job_id}", f"status {summary.status.value}",
                      f"command {summary.command}", f"pattern {summary.pattern}",
                      f"hosts {summary.done}/{summary.total} done", ""]
-            for run in _all_runs(job_id):
-                name = quote(run.host, safe="") or "%"
+            for i, run in enumerate(_all_runs(job_id), start=1):
+                # Numbered (so no two hosts, nor a host and summary.txt, share a folder on
+                # a case-insensitive disk), percent-encoded, a leading dot too ("..").
+                encoded = quote(run.host, safe="")
+                name = f"{i:06d}-" + (encoded.replace(".", "%2E", 1) if encoded.startswith(".")
+                                       else encoded)
                 lines.append(f"{run.host}\t{run.status.value}\t"
                              f"{'' if run.exit_code is None else run.exit_code}")
                 result = (f"host {run.host}\nstatus {run.status.value}\nexit "
@@ -492,6 +497,8 @@ def _schedule_or_404(name: str) -> Any:
 def edit_schedule_page(request: Request, name: str) -> Response:
     who = _user(request, Role.OPERATOR)
     row = _schedule_or_404(name)
+    if row.task != schedules.SUBMIT_TASK:
+        require(who, Role.ADMIN)  # a registered task's arguments are the admins' to read
     return _schedule_form(request, who, schedule_form.form_of(row), row.name)
 
 

@@ -17,7 +17,7 @@ from markupsafe import Markup, escape
 #: One escape sequence: CSI (``ESC [`` ... final byte), OSC (``ESC ]`` ... BEL or ST), or
 #: a two-byte ESC sequence. Linear: no nested repetition.
 _ESCAPES = re.compile(
-    r"\x1b(?:\[([0-9;:?]*)([\x40-\x7e])|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+    r"\x1b(?:\[([0-9;:?]*)([\x40-\x7e])|\][^\x07\x1b]{0,512}(?:\x07|\x1b\\)?|[@-Z\\-_])")
 #: Other control characters but newline and tab are shown as nothing.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _COLOURS = {**{30 + i: f"ansi-{30 + i}" for i in range(8)},
@@ -76,8 +76,16 @@ def _plain(text: str) -> str:
 
 def _sgr(params: str, classes: list[str]) -> list[str]:
     state = {c for c in classes}
-    for part in params.replace(":", ";").split(";"):
+    parts = params.replace(":", ";").split(";")
+    skip = 0
+    for i, part in enumerate(parts):
+        if skip:
+            skip -= 1
+            continue
         code = int(part) if part.isdigit() and len(part) <= 3 else 0
+        if code in (38, 48, 58):  # 256 or RGB colours: 5;N or 2;R;G;B follow, not shown
+            skip = 2 if parts[i + 1:i + 2] == ["5"] else 4
+            continue
         if code == 0:
             state = set()
         elif code == 1:

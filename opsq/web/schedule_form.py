@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from opsq import jobs, schedules
 from opsq.errors import OpsqError
 from opsq.jobs.spec import JOB_OPTIONS
+from opsq.jobs.webhooks import shown
 from opsq.store.models import Schedule
 from opsq.web import operations
 
@@ -240,6 +241,13 @@ def schedule_edit(form: dict[str, str], row: Schedule) -> operations.ScheduleEdi
     if _set(form, "overlap"):
         values["overlap"] = form["overlap"].strip()
     if row.task == schedules.SUBMIT_TASK and _fleet_changed(form, row):
+        if _kind(row) != "command":
+            # A put, get or script carries a file of the machine it was added on: the
+            # console changes its timing only (its "command" is a description).
+            raise FormErrors({"form": f"this schedule runs a {_kind(row)} made on the "
+                                      "command line: change what it runs there (opsq "
+                                      "schedule edit); here, its timing only"})
+        form = {**form, "notify": _kept_notify(form.get("notify", ""), row)}
         fleet = _fleet(form, stored_command=_stored_command(row))
         if "job" in fleet or "spec" in row.kwargs:
             if "job" not in fleet:  # a whole job before: a whole job again
@@ -266,12 +274,36 @@ def schedule_edit(form: dict[str, str], row: Schedule) -> operations.ScheduleEdi
 _FLEET_FIELDS = ("pattern", "timeout", "inventory", "job", *(f.name for f in OPTION_FIELDS))
 
 
+def _same(a: str, b: str) -> bool:
+    """Two field values alike (a browser sends a textarea's line breaks as CRLF)."""
+    return a.replace("\r\n", "\n").strip() == b.replace("\r\n", "\n").strip()
+
+
 def _fleet_changed(form: dict[str, str], row: Schedule) -> bool:
     """Whether the form changes what a fleet schedule runs (an edit of its timing alone
     leaves it, whatever inventory it was made on)."""
     stored = form_of(row)
     return _set(form, "command") or any(
-        form.get(k, "").strip() != stored.get(k, "").strip() for k in _FLEET_FIELDS)
+        not _same(form.get(k, ""), stored.get(k, "")) for k in _FLEET_FIELDS)
+
+
+def _kind(row: Schedule) -> str:
+    spec = row.kwargs.get("spec")
+    return str(spec.get("kind", "command")) if isinstance(spec, dict) else "command"
+
+
+def _stored_notify(row: Schedule) -> list[str]:
+    spec = row.kwargs.get("spec")
+    holder = spec if isinstance(spec, dict) else row.kwargs
+    return [str(u) for u in holder.get("notify") or []]
+
+
+def _kept_notify(text: str, row: Schedule) -> str:
+    """The notification URLs a form means: a line left as shown (masked: a URL's path
+    may hold a token) keeps its stored URL."""
+    stored = {shown(u): u for u in _stored_notify(row)}
+    return "\n".join(stored.get(line.strip(), line.strip())
+                     for line in text.replace("\r\n", "\n").splitlines() if line.strip())
 
 
 def _stored_command(row: Schedule) -> str:
@@ -285,7 +317,7 @@ def form_of(row: Schedule) -> dict[str, str]:
     """The edit form of a schedule as stored. The command is not shown (it may hold a
     secret): the field stays empty, which keeps it; its masked text is the placeholder."""
     kind = {"interval": "every", "cron": "cron", "once": "at"}[row.kind]
-    expression = f"{float(row.expression):g}s" if row.kind == "interval" else row.expression
+    expression = f"{_exact(row.expression)}s" if row.kind == "interval" else row.expression
     form = {"name": row.name, "when_kind": kind, "expression": expression,
             "tz": row.timezone or "", "enabled": "on" if row.enabled else "",
             "overlap": row.overlap}
@@ -310,18 +342,26 @@ def form_of(row: Schedule) -> dict[str, str]:
                     retries=_number(spec.get("retries") or None),
                     retry_delay=_number(spec.get("retry_delay")),
                     retry_on=str(spec.get("retry_on") or ""),
-                    notify="\n".join(spec.get("notify") or []),
+                    notify="\n".join(shown(u) for u in spec.get("notify") or []),
                     deadline=_number(spec.get("deadline")))
     else:
         form.update(pattern=str(row.kwargs.get("pattern", "")),
                     timeout=_number(row.kwargs.get("timeout")),
                     inventory=_name(row.kwargs.get("inventory")),
-                    notify="\n".join(row.kwargs.get("notify") or []))
+                    connect_timeout=_number(row.kwargs.get("connect_timeout")),
+                    rerun_safe="on" if row.kwargs.get("rerun_safe") else "",
+                    notify="\n".join(shown(u) for u in row.kwargs.get("notify") or []))
     return form
 
 
+def _exact(value: Any) -> str:
+    """A number as the parsers read it back, without an exponent or lost digits."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def _number(value: Any) -> str:
-    return "" if value is None else f"{float(value):g}"
+    return "" if value is None else _exact(value)
 
 
 def _text(value: Any) -> str:

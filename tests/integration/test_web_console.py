@@ -254,9 +254,9 @@ def test_a_job_downloads_as_json_and_as_a_text_archive(chromium, web, accounts):
         names = sorted(tar.getnames())
         top = f"opsq-job-{job_id[:8]}"
         assert names == sorted([f"{top}/summary.txt"] + [
-            f"{top}/{h}/{f}" for h in ("host01", "host02")
+            f"{top}/{h}/{f}" for h in ("000001-host01", "000002-host02")
             for f in ("stdout.txt", "stderr.txt", "result.txt")])
-        assert tar.extractfile(f"{top}/host02/stderr.txt").read() == b"err\n"
+        assert tar.extractfile(f"{top}/000002-host02/stderr.txt").read() == b"err\n"
     # A viewer's session reads them; no session, no file.
     anonymous = chromium.new_context().request
     assert anonymous.get(f"{web.url}/jobs/{job_id}/results.json", max_redirects=0).status \
