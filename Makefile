@@ -148,6 +148,10 @@ demo-job: venv  # (a sub-make, so it sees the inventory fleet-up just wrote)
 test: venv services  ## the whole suite, against real RabbitMQ, PostgreSQL, workers and sshd
 	$(BIN)/pytest -q
 
+.PHONY: test-cluster
+test-cluster: venv services  ## the broker cluster test alone (three RabbitMQ nodes; also part of make test)
+	$(BIN)/pytest -q tests/integration/test_broker_cluster.py
+
 .PHONY: test-fast
 test-fast: venv  ## tests/unit: the tests that need no service (inventory, patterns, options, local runner...)
 	$(BIN)/pytest -q tests/unit

@@ -122,6 +122,7 @@ class Worker:
                  prefix: list[str] | None = None, pool: str = "threads") -> None:
         self.name = name
         self.log = WORK / f"worker-{name}.log"
+        self.env_overrides = extra_env
         env = {**os.environ, **(extra_env or {})}
         from opsq.app import CONTROL_QUEUES, FLEET_QUEUE
 
@@ -139,6 +140,11 @@ class Worker:
     def wait_ready(self) -> None:
         from opsq.app import app
 
+        broker = (self.env_overrides or {}).get("OPSQ_BROKER_URL")
+        if broker:  # a worker of another broker answers there
+            from celery import Celery
+
+            app = Celery("ping", broker=broker, set_as_current=False)
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
