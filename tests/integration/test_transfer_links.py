@@ -411,19 +411,19 @@ def test_a_put_whose_channel_closes_leaves_no_private_directory(shared_dir):
     # SIGPIPE, which must still remove the private directory and the partial file.
     data = secrets.token_bytes(1024 * 1024)
     target = shared_dir / "app.bin"
-    programs = []
+    sent = []
 
     def record(script: str, stdin: bytes, timeout: float, limit: int, keep_stdin=False):
         if ".opsq-put." not in script:
             return LocalRunner().exec(script, stdin, timeout, limit)
-        programs.append(script)
+        sent.append(script)
         raise _Recorded()
 
     with pytest.raises(_Recorded):
         programs.put(programs.HostSide(record, None, False), programs.Action(
             "put", {"remote": str(target), "sha256": hashlib.sha256(data).hexdigest()},
             data), 60)
-    proc = subprocess.Popen(["/bin/sh", "-c", programs[0]], stdin=subprocess.PIPE,
+    proc = subprocess.Popen(["/bin/sh", "-c", sent[0]], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdin.write(data[:len(data) // 2])
     proc.stdin.flush()
