@@ -179,8 +179,11 @@ def test_the_schedule_form_names_the_field_at_fault_in_its_own_words(
     page.click("#job-options summary")
     page.fill("#pause", "5")
     page.click("#save")
-    page.wait_for_load_state()
-    assert page.locator("#error-pause").count(), page.locator("#error").text_content()
+    try:
+        expect(page.locator("#error-pause")).to_be_visible()
+    except AssertionError:
+        raise AssertionError(f"no message by the pause field; the form said: "
+                             f"{page.locator('#error').all_text_contents()}") from None
     problem = page.locator("#error-pause").text_content()
     assert "“Batch size”" in problem and "--" not in problem
     page.fill("#batch_size", "25%")
