@@ -53,6 +53,12 @@ INVENTORIES = {
 
 #: (case id, argv after ``opsq``, words one of which the reason must contain).
 CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
+    # daemons: a site name that cannot be a queue or a node name, for each subcommand
+    *[(f"daemons-{sub}-bad-site", ["daemons", sub, "--site", "EU West!"], ("opsq_site must",))
+      for sub in ("start", "stop", "restart", "status")],
+    # run: a deadline that is not a number of seconds in range
+    ("run-deadline-nan", ["run", "true", "-t", "all", "-i", "{dir}/good.yml",
+                          "--deadline", "nan"], ("deadline", "finite", "nan")),
     # run: a typed sudo password (-K) kept shorter than the job may run; refused before
     # the prompt (the test gives no password)
     ("run-K-outlives-password", ["run", "true", "-t", "all", "-i", "{dir}/good.yml",
@@ -313,9 +319,6 @@ def setup(services, inventories):
 #: Commands that take input but have no case here, and why.
 NO_CASE = {
     ("schedule", "list"): "its only option is a flag (--json)",
-    ("daemons", "start"): "its only option is a flag; starting daemons is test_deploy's",
-    ("daemons", "stop"): "its only option is a flag",
-    ("daemons", "restart"): "its only option is a flag",
 }
 
 
