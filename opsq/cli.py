@@ -944,6 +944,27 @@ def daemons_status(sites: tuple[str, ...]) -> None:
 
 
 @main.command()
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Address to listen on (the figures name hosts and commands' outcomes: "
+                   "keep it private).")
+@click.option("--port", type=click.IntRange(1, 65535), default=9808, show_default=True)
+@_errors
+def metrics(address: str, port: int) -> None:
+    """Serve opsq's Prometheus metrics at http://ADDRESS:PORT/metrics, where the console
+    (which serves them at /api/v1/metrics) does not run."""
+    import time
+
+    from prometheus_client import start_http_server
+
+    from opsq.worker.metrics import registry
+
+    start_http_server(port, addr=address, registry=registry())
+    click.echo(f"metrics at http://{address}:{port}/metrics", err=True)
+    while True:
+        time.sleep(3600)
+
+
+@main.command()
 @_errors
 def flower() -> None:
     """Start Flower on OPSQ_FLOWER_ADDRESS:OPSQ_FLOWER_PORT with authentication."""

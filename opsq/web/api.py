@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
@@ -136,6 +136,20 @@ def job_groups(job_id: JobId, who: Caller,
     found = jobs.groups(job_id, offset=offset, limit=limit)
     return {"groups": [g.as_dict() for g in found.groups], "total": found.total,
             "offset": offset, "limit": limit}
+
+
+@router.get("/metrics", tags=["metrics"], response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {}},
+                             "description": "Prometheus text format"}})
+def metrics(who: Caller) -> PlainTextResponse:
+    """opsq's Prometheus metrics (any role's token: scrape with ``authorization:
+    credentials``): jobs and host results by status, job and host duration histograms,
+    tasks waiting per fleet queue, hosts interrupted and retried."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from opsq.worker.metrics import registry
+
+    return PlainTextResponse(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 #: Seconds between two keep-alive comments of an idle event stream.

@@ -56,6 +56,8 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     # daemons: a site name that cannot be a queue or a node name, for each subcommand
     *[(f"daemons-{sub}-bad-site", ["daemons", sub, "--site", "EU West!"], ("opsq_site must",))
       for sub in ("start", "stop", "restart", "status")],
+    # metrics: a port that is not one
+    ("metrics-port-0", ["metrics", "--port", "0"], ("range",)),
     # run: a deadline that is not a number of seconds in range
     ("run-deadline-nan", ["run", "true", "-t", "all", "-i", "{dir}/good.yml",
                           "--deadline", "nan"], ("deadline", "finite", "nan")),
