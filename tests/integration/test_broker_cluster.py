@@ -129,6 +129,15 @@ def test_a_job_survives_the_loss_of_its_worker_s_broker_node(cluster, fleet, ops
         # The next job runs, through the surviving nodes.
         again = opsq_cli("run", "true", "-t", "fleet", "--wait", env=env)
         assert again.returncode == 0, again.stdout + again.stderr
+        # A delayed task (a retry 2 s later) goes through Celery's native delayed delivery,
+        # as quorum queues need: host01 fails once, then succeeds on its retry.
+        flag = runs / "failed-once"
+        retried = opsq_cli("run", f"{HOST_NUMBER}; if [ $n = 1 ] && [ ! -e {flag} ]; then "
+                           f"touch {flag}; exit 1; fi; echo ok", "-t", "host01",
+                           "--retries", "1", "--retry-delay", "2", "--rerun-safe",
+                           "--wait", env=env)
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+        assert flag.exists()
     finally:
         worker.stop()
         time.sleep(0.5)
