@@ -61,3 +61,14 @@ def test_schedule_runs_lists_the_jobs_a_schedule_started(worker):
                          "ok_count": 1, "not_ok_count": 0}]
     finally:
         schedules.remove(name)
+
+
+def test_the_readme_s_schedule_queries_run(worker):
+    from helpers import ROOT
+
+    blocks = (ROOT / "README.md").read_text().split("```postgresql")[1:]
+    statements = [q.strip() for b in blocks for q in b.split("```")[0].split(";") if q.strip()]
+    assert len(statements) >= 2
+    with db.session_scope() as s:
+        for q in statements:
+            s.execute(text(q)).all()  # a schedule of that name may not exist: no error
