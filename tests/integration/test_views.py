@@ -31,7 +31,19 @@ def test_drift_lists_the_hosts_whose_output_differs_from_their_job_s_majority(wo
     assert _rows("SELECT * FROM job_drift WHERE job_id = :j", j=same["job_id"]) == []
 
 
+_WEEK = """
+    SELECT host, sum(failures) AS failures, sum(runs) AS runs
+    FROM host_daily WHERE day >= date_trunc('day', now()) - interval '7 days'
+      AND host IN ('host01', 'host02') GROUP BY host"""
+
+
+def _week() -> dict[str, tuple[int, int]]:
+    return {r["host"]: (int(r["failures"]), int(r["runs"])) for r in _rows(_WEEK)}
+
+
 def test_latest_run_and_daily_failures_per_host(worker):
+    # Other tests ran on these hosts too: what these two jobs add is what is checked.
+    before = _week()
     first = run_job("true", pattern="host0[1-2]")
     second = run_job(f"{HOST_NUMBER}; [ $n = 2 ] && exit 4; true", pattern="host0[1-2]")
     latest = {r["host"]: r for r in _rows(
@@ -39,12 +51,10 @@ def test_latest_run_and_daily_failures_per_host(worker):
         "WHERE host IN ('host01', 'host02')")}
     assert latest["host01"]["job_id"] == second["job_id"] != first["job_id"]
     assert (latest["host02"]["status"], latest["host02"]["exit_code"]) == ("failed", 4)
-    rate = _rows("""
-        SELECT host, sum(failures) AS failures, sum(runs) AS runs
-        FROM host_daily WHERE day >= date_trunc('day', now()) - interval '7 days'
-          AND host IN ('host01', 'host02') GROUP BY host ORDER BY host""")
-    assert rate[0]["failures"] == 0 and rate[0]["runs"] >= 2
-    assert rate[1]["failures"] >= 1 and rate[1]["runs"] >= 2
+    after = _week()
+    added = {h: (after[h][0] - before.get(h, (0, 0))[0], after[h][1] - before.get(h, (0, 0))[1])
+             for h in after}
+    assert added == {"host01": (0, 2), "host02": (1, 2)}
 
 
 def test_schedule_runs_lists_the_jobs_a_schedule_started(worker):
