@@ -313,3 +313,12 @@ def test_the_form_edits_what_it_made_a_task_s_call_and_a_job_s_options(
         spec = c.get(f"{API}/schedules/roll-{tag}").json()["kwargs"]["spec"]
     assert (spec["command"], spec["pattern"], spec["batch_size"], spec["retries"]) == (
         "uptime", "fleet", "50%", 1)
+
+
+def test_a_job_page_draws_hosts_that_printed_nothing_yet(chromium, web, accounts):  # noqa: F811
+    job_id = submit(web, accounts["operator"], pattern="host0[1-2]", command="sleep 3")
+    page = page_as(chromium, web, accounts["viewer"])
+    response = page.goto(f"{web.url}/jobs/{job_id}")
+    assert response.status == 200, page.content()[:500]
+    expect(page.locator("#groups details.group")).to_have_count(1)
+    expect(page.locator("#job-status")).to_have_text("succeeded")
