@@ -641,46 +641,6 @@ def _drain(chan, out: Capture, err: Capture) -> bool:
     return idle
 
 
-def _exec_on(chan, command: str, stdin: bytes, deadline: float, timeout: float,
-             out: Capture, err: Capture, keep_stdin: bool) -> Exec:
-    try:
-        chan.settimeout(timeout)
-        chan.exec_command(command)
-        view = memoryview(stdin)
-        for start in range(0, len(view), CHUNK_SIZE):
-            chan.settimeout(max(deadline - time.monotonic(), 0.001))
-            chan.sendall(view[start:start + CHUNK_SIZE])
-        if not keep_stdin:  # kept open: a remote watchdog waits for it to close
-            chan.shutdown_write()
-        chan.settimeout(0.0)
-        with selectors.DefaultSelector() as sel:
-            sel.register(chan, selectors.EVENT_READ)
-            while True:
-                drained = _drain(chan, out, err)
-                if chan.exit_status_ready() and drained:
-                    return Exec(chan.recv_exit_status(), out, err)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return Exec(None, out, err, timed_out=True)
-                sel.select(min(remaining, POLL_INTERVAL))
-    except TimeoutError:
-        return Exec(None, out, err, timed_out=True)
-    finally:
-        chan.close()
-
-
-def _drain(chan, out: Capture, err: Capture) -> bool:
-    """Read what the channel holds; True when nothing was left to read."""
-    idle = True
-    while chan.recv_ready():
-        out.add(chan.recv(CHUNK_SIZE))
-        idle = False
-    while chan.recv_stderr_ready():
-        err.add(chan.recv_stderr(CHUNK_SIZE))
-        idle = False
-    return idle
-
-
 def on_connection(host: Host, options: RunOptions, pool: ConnectionPool,
                   work: Callable[[Connection], Outcome]) -> Outcome:
     """``work`` on a pooled (or new) connection to ``host``; never raises for a host's
