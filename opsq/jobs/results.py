@@ -599,7 +599,7 @@ def waiting(job_id: str) -> list[str]:
         with app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1)
             for row in pending:
-                if _consumers(conn, fleet_queue(row.site)) == 0:
+                if queue_state(conn, fleet_queue(row.site))[1] == 0:  # no consumer
                     out.append(f"waiting for a worker of site {row.site} ({row.n} "
                                f"host{'s' if row.n != 1 else ''})")
     except Exception:  # the broker away: nothing known, nothing said
@@ -616,16 +616,17 @@ WAITING_SEEN_MAX = 1000
 _waiting_seen: dict[tuple, tuple[float, list[str]]] = {}
 
 
-def _consumers(conn: Any, queue: str) -> int:
-    """Consumers of ``queue`` (0 when it does not exist yet), on a channel of its own: a
-    passive declare of a missing queue closes its channel."""
+def queue_state(conn: Any, queue: str) -> tuple[int, int]:
+    """(messages waiting, consumers) of ``queue`` on RabbitMQ; (0, 0) when it does not
+    exist yet. A channel of its own: a passive declare of a missing queue closes it."""
     from amqp.exceptions import NotFound
 
     channel = conn.channel()
     try:
-        return channel.queue_declare(queue=queue, passive=True).consumer_count
+        ok = channel.queue_declare(queue=queue, passive=True)
+        return ok.message_count, ok.consumer_count
     except NotFound:
-        return 0
+        return 0, 0
     finally:
         with contextlib.suppress(Exception):  # closed by the broker already
             channel.close()

@@ -100,9 +100,8 @@ class OpsqCollector(Collector):
         self._sites = [r.site for r in conn.execute(_PENDING_SITES)]
 
     def _queues(self) -> GaugeMetricFamily:
-        from amqp.exceptions import NotFound
-
         from opsq.app import app, fleet_queue
+        from opsq.jobs.results import queue_state
 
         waiting = GaugeMetricFamily("opsq_queue_tasks",
                                     "Tasks waiting in a fleet queue (each site's too).",
@@ -111,17 +110,8 @@ class OpsqCollector(Collector):
             with app.connection_for_read() as conn:
                 conn.ensure_connection(max_retries=1)
                 for site in [None, *getattr(self, "_sites", [])]:
-                    channel = conn.channel()
-                    try:
-                        ok = channel.queue_declare(queue=fleet_queue(site), passive=True)
-                        waiting.add_metric([fleet_queue(site)], ok.message_count)
-                    except NotFound:
-                        waiting.add_metric([fleet_queue(site)], 0)
-                    finally:
-                        try:
-                            channel.close()
-                        except Exception:  # closed by the broker already
-                            logger.debug("channel already closed")
+                    messages, _ = queue_state(conn, fleet_queue(site))
+                    waiting.add_metric([fleet_queue(site)], messages)
         except Exception as exc:  # the broker away: the database's figures still count
             logger.warning("metrics: RabbitMQ not asked (%s)", exc)
         return waiting
