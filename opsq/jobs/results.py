@@ -180,9 +180,8 @@ def host_runs(job_id: str, preview: bool = False, host: str | None = None,
     if search:
         if len(search) > MAX_SEARCH_CHARS:
             raise OpsqError(f"a search is at most {MAX_SEARCH_CHARS} characters")
-        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append(or_(HostResult.stdout.ilike(f"%{escaped}%", escape="\\"),
-                         HostResult.stderr.ilike(f"%{escaped}%", escape="\\")))
+        where.append(or_(db.contains(HostResult.stdout, search),
+                         db.contains(HostResult.stderr, search)))
     with db.session_scope() as session:
         job_row(session, job_id)
         if search:

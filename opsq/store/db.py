@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
@@ -214,3 +214,10 @@ def check_budget(need: int, what: str) -> str:
         raise ConfigError(f"{figures}: lower OPSQ_DB_POOL_SIZE, OPSQ_DB_POOL_OVERFLOW or "
                           "the worker's processes, or raise max_connections")
     return figures
+
+
+def contains(column: Any, value: str) -> Any:
+    """``column`` holds ``value`` anywhere, case-insensitively; ``%``, ``_`` and ``\\``
+    in ``value`` are matched as themselves."""
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.ilike(f"%{escaped}%", escape="\\")

@@ -8,16 +8,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from opsq.errors import OpsqError
+from opsq.store.db import contains  # noqa: F401  (the lists' filter, shared with searches)
 
 #: The furthest a list may be paged (offset paging reads what it skips).
 MAX_OFFSET = 100_000
-
-
-def contains(column: Any, value: str) -> Any:
-    """``column`` holds ``value`` anywhere, case-insensitively; ``%``, ``_`` and ``\\``
-    in ``value`` are matched as themselves."""
-    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return column.ilike(f"%{escaped}%", escape="\\")
 
 
 def check_offset(offset: int) -> int:
