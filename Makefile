@@ -160,6 +160,11 @@ test-fast: venv  ## tests/unit: the tests that need no service (inventory, patte
 bench: venv services  ## benchmark: opsq jobs vs. what their parts allow, same run, as ratios
 	$(BIN)/python -m tests.bench
 
+SECONDS ?= 3600
+.PHONY: soak
+soak: venv services  ## steady load for SECONDS (3600): fails if the fleet worker's memory grows over 10 %
+	SOAK_SECONDS=$(SECONDS) $(BIN)/python -m tests.soak
+
 .PHONY: lint
 lint: venv
 	$(BIN)/ruff check opsq tests devtools

@@ -424,11 +424,24 @@ def open_connection(host: Host, options: RunOptions) -> Connection:
     return conn
 
 
+#: Channels (commands, transfers) a pooled connection carries before it is closed and a
+#: fresh one opened: paramiko's transport remembers every channel id it ever opened
+#: (``Transport.channels_seen``), so a connection kept for days would grow without bound.
+MAX_CHANNELS_PER_CONNECTION = 1000
+
+
+def worn_out(conn: Connection) -> bool:
+    """Whether ``conn`` has carried its share of channels (MAX_CHANNELS_PER_CONNECTION)."""
+    transport = conn.transport
+    return transport is not None and len(
+        getattr(transport, "channels_seen", ())) >= MAX_CHANNELS_PER_CONNECTION
+
+
 class ConnectionPool:
     """Open SSH connections kept per host in one worker process, with an idle expiry.
 
     A connection is checked out by one task at a time. One that timed out or broke is
-    closed instead of being returned.
+    closed instead of being returned, and so is one worn out (``worn_out``).
     """
 
     def __init__(self, idle_seconds: float) -> None:
@@ -459,7 +472,7 @@ class ConnectionPool:
         return found
 
     def checkin(self, key: tuple, conn: Connection) -> None:
-        if self.idle_seconds <= 0 or not conn.is_connected:
+        if self.idle_seconds <= 0 or not conn.is_connected or worn_out(conn):
             _close_quietly(conn)
             return
         now = time.monotonic()

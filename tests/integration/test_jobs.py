@@ -345,6 +345,33 @@ def test_idle_connections_of_hosts_not_used_again_are_closed(fleet):
     pool.close_all()
 
 
+def test_a_pooled_connection_is_replaced_after_its_share_of_channels(fleet, monkeypatch):
+    # paramiko remembers every channel a transport opened: a connection kept for days of
+    # commands would grow the worker without bound, so the pool retires a worn one.
+    from devtools.devfleet import FLEET_USER
+    from opsq.hostrun import ssh
+    from opsq.hostrun.runner import RunOptions
+    from opsq.inventory import Host
+    from opsq.settings import get_settings
+
+    monkeypatch.setattr(ssh, "MAX_CHANNELS_PER_CONNECTION", 3)
+    h = next(h for h in fleet.hosts if h.name == "host01")
+    host = Host(name=h.name, address=h.address, port=h.port, user=FLEET_USER,
+                key_file=str(fleet.client_key_path))
+    opts = RunOptions.resolve(host, get_settings())
+    pool = ssh.ConnectionPool(idle_seconds=60)
+    key = pool.key(host, opts)
+    conn = ssh.open_connection(host, opts)
+    for used in range(1, 4):
+        conn.run("true", hide=True, in_stream=False)
+        pool.checkin(key, conn)
+        if used < 3:
+            assert pool.checkout(key) is conn
+    assert not conn.is_connected  # the third channel wore it out: closed, not kept
+    assert pool.checkout(key) is None
+    pool.close_all()
+
+
 def test_a_start_queued_by_the_previous_release_still_runs_its_job():
     # An upgrade with messages in flight: the old release sent one opsq.start_job per job.
     job_id = jobs.create(jobs.JobSpec(command="echo upgraded", pattern="host03"))
