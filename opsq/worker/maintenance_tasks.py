@@ -24,16 +24,25 @@ logger = logging.getLogger(__name__)
 
 #: Jobs deleted per transaction, so pruning never holds long locks on a busy table.
 PRUNE_BATCH = 1000
+#: Rows of a job's per-host tables deleted per transaction: a job of 100,000 hosts is
+#: emptied in steps of this many before its row goes, never in one long transaction.
+PRUNE_ROWS = 5000
 
-_PRUNE_JOBS = text(
+_OLD_JOBS = text(
     """
-    DELETE FROM jobs WHERE id IN (
-        SELECT id FROM jobs
-        WHERE submitted_at < now() - make_interval(days => :days)
-          AND status = ANY(:final)
-        ORDER BY submitted_at LIMIT :batch)
+    SELECT id FROM jobs
+    WHERE submitted_at < now() - make_interval(days => :days) AND status = ANY(:final)
+    ORDER BY submitted_at LIMIT :batch
     """
 )
+#: The per-host tables of a job, emptied a step at a time (``PRUNE_ROWS``) before the job.
+_PRUNE_ROWS = [text(
+    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
+    f"WHERE job_id = ANY(CAST(:jobs AS text[])) LIMIT :rows)")
+    for table in ("host_results", "host_attempts")]
+#: The jobs, once emptied (leases and notifications, a few rows each, go with them).
+_PRUNE_JOBS = text(
+    "DELETE FROM jobs WHERE id = ANY(CAST(:jobs AS text[])) AND status = ANY(:final)")
 _PRUNE_CHORDS = text(
     "DELETE FROM opsq_chords WHERE created_at < now() - make_interval(days => :days)"
 )
@@ -181,12 +190,20 @@ def prune(days: int | None = None) -> dict[str, Any]:
     """
     days = get_settings().retention_days if days is None else int(days)
     jobs_deleted = 0
+    final = list(state.FINAL_JOB_STATUSES)
     while True:
         with db.get_engine().begin() as conn:
-            n = conn.execute(_PRUNE_JOBS, {"days": days, "batch": PRUNE_BATCH,
-                                             "final": list(state.FINAL_JOB_STATUSES)}).rowcount
-        jobs_deleted += n
-        if n < PRUNE_BATCH:
+            old = list(conn.scalars(_OLD_JOBS, {"days": days, "batch": PRUNE_BATCH,
+                                                 "final": final}))
+        for statement in _PRUNE_ROWS:
+            while True:
+                with db.get_engine().begin() as conn:
+                    if conn.execute(statement, {"jobs": old, "rows": PRUNE_ROWS}
+                                    ).rowcount < PRUNE_ROWS:
+                        break
+        with db.get_engine().begin() as conn:
+            jobs_deleted += conn.execute(_PRUNE_JOBS, {"jobs": old, "final": final}).rowcount
+        if len(old) < PRUNE_BATCH:
             break
     with db.get_engine().begin() as conn:
         chords = conn.execute(_PRUNE_CHORDS, {"days": days}).rowcount

@@ -305,6 +305,40 @@ def test_retention_prunes_old_finished_jobs_only():
                                                                 "opsq.prune")
 
 
+def test_retention_empties_a_large_job_in_short_transactions(monkeypatch):
+    # A job of 100,000 hosts must not be deleted in one transaction: its host rows go a
+    # step at a time (PRUNE_ROWS each), then the job.
+    from sqlalchemy import event
+
+    from opsq.worker import maintenance_tasks
+
+    monkeypatch.setattr(maintenance_tasks, "PRUNE_ROWS", 2)
+    big = jobs.submit(jobs.JobSpec(command="true", pattern="fleet")).get(timeout=30)
+    assert big["total"] >= 5
+    with db.session_scope() as s:
+        s.execute(text("UPDATE jobs SET submitted_at = now() - interval '400 days' "
+                       "WHERE id = :a"), {"a": big["job_id"]})
+    largest = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("DELETE FROM host_results"):
+            largest.append(cursor.rowcount)
+
+    engine = db.get_engine()
+    event.listen(engine, "after_cursor_execute", count)
+    try:
+        maintenance_tasks.prune(days=300)
+    finally:
+        event.remove(engine, "after_cursor_execute", count)
+    with db.session_scope() as s:
+        left = s.execute(text("SELECT count(*) FROM host_results WHERE job_id = :a"),
+                         {"a": big["job_id"]}).scalar()
+        job = s.execute(text("SELECT count(*) FROM jobs WHERE id = :a"),
+                        {"a": big["job_id"]}).scalar()
+    assert (left, job) == (0, 0)
+    assert len(largest) >= 3 and max(largest) <= 2, largest
+
+
 @pytest.mark.parametrize("rerun_safe", [False, True])
 def test_reconcile_closes_hosts_whose_worker_died(rerun_safe):
     # Hosts left running by a delivery whose lease is gone (its worker died and the
