@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-# `celery -A opsq` looks for an attribute named `app` (or `celery`) on the package.
-from opsq.app import app  # noqa: E402
-
 __all__ = ["app", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """``celery -A opsq`` finds the app as ``opsq.app`` (or ``opsq.celery``); it is loaded
+    on first use, so the command line's quick path starts without Celery."""
+    if name in ("app", "celery"):
+        from opsq.app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

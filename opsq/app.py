@@ -6,32 +6,24 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Exchange, Queue
 
+from opsq.queues import (  # noqa: F401  (opsq.app's names since the first release)
+    CONTROL_QUEUE,
+    CONTROL_QUEUES,
+    FLEET_QUEUE,
+    PLAIN_QUEUE,
+    declared,
+    fleet_queue,
+)
 from opsq.settings import get_settings
 
 #: opsq's own task modules; users add theirs with OPSQ_TASK_MODULES (the example task,
 #: devtools.examples, is loaded only that way, from a source checkout).
 OPSQ_TASK_MODULES = ["opsq.worker.fleet_tasks", "opsq.worker.maintenance_tasks",
                      "opsq.worker.startup"]
-#: Queue of per-host SSH work: IO-bound, consumed by a threads-pool worker.
-FLEET_QUEUE = "opsq.fleet"
-#: Queue of bookkeeping (job summaries, schedules, pruning): a small prefork worker.
-CONTROL_QUEUE = "opsq.control"
-#: Celery's default queue: a client that sends ``opsq.submit_job`` by name, without
-#: opsq's routes, publishes there. The control node consumes it, so such a submission
-#: runs (and a task no opsq worker knows is marked failed, not left waiting forever).
-PLAIN_QUEUE = "celery"
-#: The queues a control node consumes.
-CONTROL_QUEUES = f"{CONTROL_QUEUE},{PLAIN_QUEUE}"
 #: Seconds a finished task's row stays in celery_taskmeta (opsq's own tables keep
 #: the job history; see the retention setting).
 RESULT_EXPIRES = 7 * 24 * 3600
-
-
-def fleet_queue(site: str | None) -> str:
-    """The queue of a site's hosts (``opsq.fleet.<site>``); without a site, ``opsq.fleet``."""
-    return f"{FLEET_QUEUE}.{site}" if site else FLEET_QUEUE
 #: Publishing a task retries this often before the caller gets a clear error.
 PUBLISH_MAX_RETRIES = 3
 #: Seconds to wait for RabbitMQ to accept a connection.
@@ -41,15 +33,6 @@ BROKER_HEARTBEAT = 10
 #: Seconds a blocking read or write on a broker socket (a publisher confirm, an RPC
 #: reply) may take before it fails and is retried on a fresh connection.
 BROKER_SOCKET_TIMEOUT = 30
-
-
-def _queue(name: str, queue_type: str) -> Queue:
-    """One of opsq's queues on an exchange of its name: classic and direct, or quorum and
-    topic (what native delayed delivery binds to)."""
-    if queue_type == "quorum":
-        return Queue(name, Exchange(name, type="topic"), routing_key=name,
-                     queue_arguments={"x-queue-type": "quorum"})
-    return Queue(name, Exchange(name), routing_key=name)
 
 
 def make_app() -> Celery:
@@ -71,7 +54,7 @@ def make_app() -> Celery:
         task_default_queue=CONTROL_QUEUE,
         # Declared as a plain Celery client declares them (the "celery" queue on a direct
         # exchange "celery"; quorum ones as Celery declares quorum queues).
-        task_queues=tuple(_queue(name, settings.queue_type)
+        task_queues=tuple(declared(name, settings.queue_type)
                           for name in (FLEET_QUEUE, CONTROL_QUEUE, PLAIN_QUEUE)),
         # Quorum queues: a site's queue made on first use is one too; Celery then turns
         # global QoS off and delays tasks (a retry delay, a batch pause) by native delayed

@@ -223,6 +223,10 @@ def run(command: str, **opts: Any) -> None:
     """Run COMMAND on the hosts PATTERN selects; prints the job id at once."""
     from dataclasses import replace
 
+    from opsq import quick
+
+    if _captured.get() is None and quick.eligible(command, opts):
+        _run_quick(command, opts)
     if (job_id := _submit(lambda spec: replace(spec, command=command), opts)) is not None:
         _show_finished(job_id, opts["as_json"], progress=not opts["as_json"],
                        stream=opts["stream"])
@@ -286,30 +290,43 @@ def script(path: str, args: tuple[str, ...], **opts: Any) -> None:
                        stream=opts["stream"])
 
 
+def _show_progress(done: int, total: int, counts: dict[str, int]) -> None:
+    """On a terminal: one line redrawn in place, a bar and the counts by status; piped: a
+    plain line at the end only."""
+    tty = sys.stderr.isatty()
+    if not tty and done < total:
+        return
+    width = PROGRESS_BAR_WIDTH
+    filled = width * done // total if total else width
+    bar = f"[{'#' * filled}{'.' * (width - filled)}] " if tty else ""
+    line = f"  {bar}{done}/{total} hosts done"
+    if counts:
+        line += " (" + _count_line(counts) + ")"
+    click.echo(("\r\x1b[K" if tty else "") + line, err=True, nl=not tty or done == total)
+
+
+def _run_quick(command: str, opts: dict[str, Any]) -> None:
+    """``opsq run`` through opsq.quick: without Celery or SQLAlchemy in the process."""
+    from opsq import quick
+
+    job_id, wait = quick.run(command, opts)
+    click.echo(f"job {job_id}", err=True)
+    finished, rows = wait(lambda text: click.echo(f"opsq: {text}", err=True))
+    if (refusal := quick.refused(finished)) is not None:
+        raise refusal
+    _show_progress(len(rows), len(rows), finished.counts)
+    _print_table(rows, finished)
+    sys.exit(EXIT_OK if finished.succeeded else EXIT_HOST_FAILED)
+
+
 def _show_finished(job_id: str, as_json: bool, progress: bool, timeout: float | None = None,
                    save_to: str | None = None, stream: bool = False) -> None:
     from opsq import jobs
 
     if stream and not as_json:
         jobs.follow_output(job_id, _print_line, follow=True)
-
-    tty = sys.stderr.isatty()
-
-    def show(done: int, total: int, counts: dict[str, int]) -> None:
-        # On a terminal: one line redrawn in place, a bar and the counts by status;
-        # piped: a plain line at the end only.
-        if not tty and done < total:
-            return
-        width = PROGRESS_BAR_WIDTH
-        filled = width * done // total if total else width
-        bar = f"[{'#' * filled}{'.' * (width - filled)}] " if tty else ""
-        line = f"  {bar}{done}/{total} hosts done"
-        if counts:
-            line += " (" + _count_line(counts) + ")"
-        click.echo(("\r\x1b[K" if tty else "") + line, err=True,
-                   nl=not tty or done == total)
-
-    summary = jobs.wait(job_id, timeout=timeout, on_counts=show if progress else None)
+    summary = jobs.wait(job_id, timeout=timeout,
+                        on_counts=_show_progress if progress else None)
     _print_result(summary, as_json)
     if save_to is not None:
         _save(job_id, save_to)
@@ -352,9 +369,14 @@ def _print_result(summary: Any, as_json: bool) -> None:
         click.echo(json.dumps({**summary.as_dict(), "results": jobs.host_results(
             summary.job_id)}, indent=2, default=str))
         return
-    rows = [("HOST", "STATUS", "EXIT", "TIME", "OUTPUT")]
     # Only the start of each output is read: the table shows one line of it.
-    for h in jobs.host_runs(summary.job_id, preview=True):
+    _print_table(jobs.host_runs(summary.job_id, preview=True), summary)
+
+
+def _print_table(runs: Any, summary: Any) -> None:
+    """The result table: a line per host (``runs``: HostRun-like rows), then the job's."""
+    rows = [("HOST", "STATUS", "EXIT", "TIME", "OUTPUT")]
+    for h in runs:
         text = (h.stdout or "").strip() if h.succeeded else (
             h.error or (h.stderr or "").strip() or (h.stdout or "").strip())
         first = printable(text.splitlines()[0]) if text else ""
@@ -370,7 +392,8 @@ def _print_result(summary: Any, as_json: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
     counts = _count_line(summary.counts)
     duration = f" in {summary.duration:.2f}s" if summary.duration is not None else ""
-    click.echo(f"job {summary.job_id}: {summary.status.value} ({counts}){duration}")
+    status = getattr(summary.status, "value", summary.status)
+    click.echo(f"job {summary.job_id}: {status} ({counts}){duration}")
 
 
 @main.command()

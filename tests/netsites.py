@@ -83,14 +83,15 @@ class NetSite:
             SSHD_START_TIMEOUT, f"sshd of {name} in {self.ns}")
         return name, address, port
 
-    def worker(self, site: str) -> Worker:
-        """A worker of ``site`` inside the namespace: only its site's queue."""
+    def worker(self, site: str | None, concurrency: int = 8) -> Worker:
+        """A worker inside the namespace: only ``site``'s queue (None: the fleet queue
+        of hosts without a site)."""
         from opsq.app import fleet_queue
 
         env = {k: os.environ[k].replace("127.0.0.1", self.outside)
                for k in ("OPSQ_BROKER_URL", "OPSQ_DATABASE_URL")}
         return Worker(f"net-{self.name}", {**env, "OPSQ_KNOWN_HOSTS": str(self.known_hosts)},
-                      concurrency=8, queues=fleet_queue(site),
+                      concurrency=concurrency, queues=fleet_queue(site),
                       prefix=["ip", "netns", "exec", self.ns])
 
     def close(self) -> None:

@@ -86,6 +86,7 @@ from opsq.inventory.inventory import (
     MEMORY_SOURCE,
     NOT_FOUND_HINT,
     Inventory,
+    load_inventory,
 )
 from opsq.inventory.patterns import (
     GLOB_CHARS,
@@ -157,4 +158,5 @@ __all__ = [
     "Host",
     "Inventory",
     "expand_host_range",
+    "load_inventory",
 ]

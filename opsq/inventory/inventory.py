@@ -495,3 +495,14 @@ def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return os.path.normcase(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
     return norm(a) == norm(b)
+
+
+def load_inventory(path: str | None = None) -> Inventory:
+    """The inventory at ``path``, else ``OPSQ_INVENTORY``; the implicit localhost if the
+    default file does not exist."""
+    from opsq.settings import DEFAULT_INVENTORY, get_settings
+
+    settings = get_settings()
+    chosen = path or str(settings.inventory_path())
+    default = str(settings.inventory_path()) if settings.inventory == DEFAULT_INVENTORY else None
+    return Inventory.from_path_or_default(chosen, default_path=default)

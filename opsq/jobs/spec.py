@@ -8,6 +8,7 @@ checks it.
 
 from __future__ import annotations
 
+import getpass
 import math
 import re
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from opsq.inventory import Host
 from opsq.inventory.hosts import CONNECTION_LOCAL
 from opsq.jobs import rolling
 from opsq.settings import get_settings
-from opsq.store import db, files
 
 _SECRET = re.compile(
     r"(?i)(\b[\w-]*(?:pass(?:word|wd)?|secret|token|api[_-]?key)[\w-]*\s*[=:]\s*|"
@@ -153,6 +153,8 @@ def spec_from_dict(data: Any) -> JobSpec:
     kind = data.get("kind", "command")
     params = kinds.check_params(kind, data.get("params") or {})
     if params.get("sha256"):
+        from opsq.store import db, files
+
         with db.session_scope() as session:
             if not files.exists(session.connection(), params["sha256"]):
                 raise OpsqError(f"the {kind} job's file {params['sha256'][:12]}… is not "
@@ -228,3 +230,9 @@ def check_prompt_lifetime(roll: rolling.Rollout, hosts: int, command_timeout: fl
             "--retries)")
 
 
+def whoami() -> str:
+    """Who submits from this process: the login name (``submitted_by``)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers): still record something
+        return "unknown"

@@ -9,7 +9,6 @@ transitions belong to ``opsq.jobs.state``; this module only reads them.
 
 from __future__ import annotations
 
-import getpass
 import json
 import uuid
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from opsq.app import app, fleet_queue
 from opsq.errors import BackendUnavailable, InventoryError, OpsqError
-from opsq.inventory import Host, Inventory
+from opsq.inventory import Host, Inventory, load_inventory
 from opsq.jobs import rolling, state, steering, webhooks
 from opsq.jobs.results import JobSummary, job_row, summary
 from opsq.jobs.spec import (
@@ -34,8 +33,9 @@ from opsq.jobs.spec import (
     check_prompt_lifetime,
     check_timeouts,
     mask_secrets,
+    whoami,
 )
-from opsq.settings import DEFAULT_INVENTORY, get_settings
+from opsq.settings import get_settings
 from opsq.store import db, files
 from opsq.store.models import HostResult, HostStatus, Job, JobStatus
 
@@ -46,15 +46,6 @@ FINISH_JOB = "opsq.finish_job"
 MIN_CHUNKS = 8
 #: Characters of a command shown in Flower's argument column.
 ARGSREPR_COMMAND_LIMIT = 200
-
-def load_inventory(path: str | None = None) -> Inventory:
-    """The inventory at ``path``, else ``OPSQ_INVENTORY``; the implicit localhost if the
-    default file does not exist."""
-    settings = get_settings()
-    chosen = path or str(settings.inventory_path())
-    default = str(settings.inventory_path()) if settings.inventory == DEFAULT_INVENTORY else None
-    return Inventory.from_path_or_default(chosen, default_path=default)
-
 
 def resolve(pattern: str, inventory: str | None = None) -> list[Host]:
     """The hosts ``pattern`` selects. Raises InventoryError or PatternError."""
@@ -135,7 +126,7 @@ def _record(spec: JobSpec, job_id: str | None = None, on_record: OnRecord | None
         session.execute(insert(Job).values(
             id=job_id, command=spec.command, pattern=spec.pattern, inventory=inv.source,
             hosts=[h.name for h in hosts], host_count=len(hosts),
-            status=JobStatus.QUEUED.value, submitted_by=spec.submitted_by or _whoami(),
+            status=JobStatus.QUEUED.value, submitted_by=spec.submitted_by or whoami(),
             command_timeout=spec.command_timeout, connect_timeout=spec.connect_timeout,
             rerun_safe=spec.rerun_safe, schedule_id=spec.schedule_id, schedule=spec.schedule,
             kind=spec.kind, params=spec.params, notify=notify, rerun_of=spec.rerun_of,
@@ -165,7 +156,7 @@ def record_failed_submission(spec: JobSpec, job_id: str, reason: str) -> None:
         session.execute(insert(Job).values(
             id=job_id, command=spec.command, pattern=spec.pattern,
             inventory=spec.inventory or "", hosts=[], host_count=0,
-            status=JobStatus.ERROR.value, submitted_by=spec.submitted_by or _whoami(),
+            status=JobStatus.ERROR.value, submitted_by=spec.submitted_by or whoami(),
             schedule_id=spec.schedule_id, schedule=spec.schedule, error=reason,
             finished_at=func.now(),
         ))
@@ -365,10 +356,3 @@ def cancel(job_id: str, on_record: OnRecord | None = None) -> JobSummary:
         except (BrokerOperationalError, OSError):
             pass  # the sweep sends it once RabbitMQ is back (jobs.callback_sent_at)
     return summary(job_id)
-
-
-def _whoami() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (containers): still record something
-        return "unknown"

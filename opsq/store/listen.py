@@ -17,12 +17,9 @@ from typing import Any
 import psycopg2
 from sqlalchemy.exc import OperationalError
 
-from opsq.store import db
+from opsq.store import JOBS_CHANNEL, db
 
 logger = logging.getLogger(__name__)
-
-#: PostgreSQL channel a job's progress and end are announced on (payload: the job id).
-JOBS_CHANNEL = "opsq_jobs"
 
 #: Seconds between reconnection attempts of a listener whose connection broke.
 RECONNECT_PAUSE = 0.5

@@ -11,7 +11,7 @@ from helpers import ROOT
 #: Lowest first. A module belongs to the first entry that is its name or a parent of it.
 LAYERS = [
     ["opsq.errors", "opsq.settings", "opsq.limits", "opsq.status"],
-    ["opsq.app"],
+    ["opsq.queues", "opsq.app"],
     ["opsq.store"],
     ["opsq.inventory"],
     ["opsq.hostrun"],
@@ -19,7 +19,7 @@ LAYERS = [
     ["opsq.schedules"],
     ["opsq.worker"],
     # The console takes job lines in the command line's own syntax (cli.job_line_spec).
-    ["opsq.web", "opsq.cli"],
+    ["opsq.web", "opsq.cli", "opsq.quick"],
     ["opsq"],
 ]
 
