@@ -15,5 +15,6 @@ def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
         from opsq.app import app
 
+        globals()["app"] = app  # the instance, not the submodule the import bound
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,8 +32,9 @@ DEFAULT_GROUP_PRIORITY = 1
 class _GroupDef:
     vars: dict[str, Any] = field(default_factory=dict)
     children: list[str] = field(default_factory=list)
-    # The hosts listed directly in the group, in the order first listed.
-    hosts: list[str] = field(default_factory=list)
+    # The hosts listed directly in the group, in the order first listed (a dict: an
+    # ordered set, so an inventory of 100,000 hosts is read in linear time).
+    hosts: dict[str, None] = field(default_factory=dict)
     priority: int = DEFAULT_GROUP_PRIORITY
 
 
@@ -121,8 +122,7 @@ class _Builder:
         host.vars.update(host_vars)
         if group not in host.groups:
             host.groups.append(group)
-        if name not in definition.hosts:
-            definition.hosts.append(name)
+        definition.hosts.setdefault(name)
 
     def build(self, source: str) -> Built:
         """Resolve group nesting, host order and variable precedence into Hosts.
@@ -184,12 +184,12 @@ class _Builder:
     def _fill_ungrouped(self) -> None:
         """Make "ungrouped" list exactly the hosts in no other group, as Ansible does."""
         ungrouped = self.groups[UNGROUPED_GROUP]
-        lonely = [
+        lonely = dict.fromkeys(
             name for name, definition in self.hosts.items()
             if self._direct_groups(name, definition) == [UNGROUPED_GROUP]
-        ]
+        )
         kept = [name for name in ungrouped.hosts if name in lonely]
-        ungrouped.hosts = kept + [name for name in lonely if name not in kept]
+        ungrouped.hosts = dict.fromkeys([*kept, *lonely])
 
     def _merge(
         self, ranked: list[str], host_layers: list[Mapping[str, Any]]

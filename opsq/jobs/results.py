@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import case, func, or_, select, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import defer
 
 from opsq.errors import JobNotFound, OpsqError
 from opsq.jobs import state
@@ -385,7 +386,8 @@ def job_status(job_id: str) -> JobStatus | None:
 
 
 def job_row(session: Any, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+    # The host list (100,000 names for a large job) is read only where used.
+    job = session.get(Job, job_id, options=[defer(Job.hosts)])
     if job is None:
         raise no_such_job(job_id)
     return job
