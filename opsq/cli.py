@@ -402,23 +402,36 @@ def _print_table(runs: Any, summary: Any) -> None:
 @_errors
 def status(job_id: str, as_json: bool) -> None:
     """Where a job stands: status and hosts done / total."""
-    from opsq import jobs
+    from opsq import quick
 
-    # The table says counts only: a job of 100,000 hosts is one grouped query, not 100,000
-    # rows (--json gives every host's status).
-    s = jobs.summary(job_id) if as_json else jobs.progress(job_id)
-    waiting = [] if s.finished else jobs.waiting(job_id)
+    if not as_json and quick.enabled():
+        # Counts only, without Celery or SQLAlchemy: a job of 100,000 hosts is one grouped
+        # query (--json gives every host's status). Only pending hosts of a site ask
+        # RabbitMQ whether the site has workers.
+        s: Any = quick.status(job_id)
+        waiting = [] if s.finished or not s.site_pending else _waiting(job_id)
+    else:
+        from opsq import jobs
+
+        s = jobs.summary(job_id) if as_json else jobs.progress(job_id)
+        waiting = [] if s.finished else jobs.waiting(job_id)
     if as_json:
         click.echo(json.dumps({**s.as_dict(), "waiting": waiting}, indent=2))
         return
     counts = _count_line(s.counts)
     batch = f"  batch {s.batch}/{s.batches}" if s.batches else ""
-    click.echo(f"{s.job_id}  {s.status.value}  {s.done}/{s.total} hosts done ({counts})"
-               f"{batch}")
+    click.echo(f"{s.job_id}  {getattr(s.status, 'value', s.status)}  {s.done}/{s.total} "
+               f"hosts done ({counts}){batch}")
     for why in waiting:
         click.echo(why)
     if s.error:
         click.echo(f"error: {s.error}")
+
+
+def _waiting(job_id: str) -> list[str]:
+    from opsq import jobs
+
+    return jobs.waiting(job_id)
 
 
 def _print_groups(job_id: str, as_json: bool) -> None:

@@ -29,6 +29,11 @@ class HostKeyError(OpsqError):
 class JobNotFound(OpsqError):
     """No job has the given id."""
 
+    @classmethod
+    def of(cls, job_id: str) -> JobNotFound:
+        shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+        return cls(f"no job with id {shown!r} (opsq jobs lists recent jobs)")
+
 
 class BackendUnavailable(OpsqError):
     """The broker (RabbitMQ) or the database (PostgreSQL) cannot be reached."""

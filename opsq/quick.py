@@ -12,6 +12,11 @@ plain case (one command on a pattern, waiting for the table, no option beyond
   the client does not check ends the job ``error`` with the reason, which is printed;
 * it waits on the jobs channel (``LISTEN``) and reads the result table with psycopg2.
 
+``opsq status JOB`` (without ``--json``) reads its line the same way (``status``).
+
+Unlike the usual path, a PostgreSQL restart while the command waits ends it with exit 3
+(the job goes on: ``opsq result JOB --wait`` picks it up).
+
 The job id, its rows and its Celery result are those of a job the usual path submits
 (Flower sees the task from its receipt on: there is no ``task-sent`` event). Set
 ``OPSQ_QUICK=0`` to take the usual path anyway.
@@ -20,15 +25,17 @@ The job id, its rows and its Celery result are those of a job the usual path sub
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import select
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from opsq.errors import BackendUnavailable, OpsqError
+from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
 from opsq.status import FINAL_JOB_STATUSES, HostStatus
 
 #: The task that records and fans out a job on a control worker.
@@ -46,9 +53,14 @@ PREVIEW_CHARS = 200
 DB_CONNECT_TIMEOUT = 5
 
 
+def enabled() -> bool:
+    """Whether the quick paths may be taken (``OPSQ_QUICK=0`` turns them off)."""
+    return os.environ.get("OPSQ_QUICK", "1") != "0"
+
+
 def eligible(command: str, opts: dict[str, Any]) -> bool:
     """Whether ``opsq run`` with these options can take the quick path."""
-    if os.environ.get("OPSQ_QUICK", "1") == "0" or not command.strip() or not opts["wait_"]:
+    if not enabled() or not command.strip() or not opts["wait_"]:
         return False
     return all(not value or name in QUICK_OPTIONS for name, value in opts.items())
 
@@ -141,21 +153,36 @@ def _dsn(url: str) -> str:
     return f"postgresql://{rest}" if sep and scheme.startswith("postgresql") else url
 
 
-def _connect() -> Any:
+def _unavailable(exc: Exception) -> BackendUnavailable:
+    from opsq.settings import get_settings
+
+    safe = get_settings().database_url.split("@")[-1]
+    first = (str(exc).strip().splitlines() or [repr(exc)])[0]
+    return BackendUnavailable(f"cannot reach PostgreSQL at {safe}: {first} (is the server "
+                              "running? check OPSQ_DATABASE_URL)")
+
+
+@contextlib.contextmanager
+def _cursor() -> Iterator[tuple[Any, Any]]:
+    """(connection, cursor) on opsq's database, autocommit; PostgreSQL unreachable or lost
+    is BackendUnavailable."""
     import psycopg2
 
     from opsq.settings import get_settings
 
-    url = get_settings().database_url
     try:
-        conn = psycopg2.connect(_dsn(url), connect_timeout=DB_CONNECT_TIMEOUT)
+        conn = psycopg2.connect(_dsn(get_settings().database_url),
+                                connect_timeout=DB_CONNECT_TIMEOUT)
     except psycopg2.OperationalError as exc:
-        safe = url.split("@")[-1]
-        first = (str(exc).strip().splitlines() or [repr(exc)])[0]
-        raise BackendUnavailable(f"cannot reach PostgreSQL at {safe}: {first} (is the "
-                                 "server running? check OPSQ_DATABASE_URL)") from exc
+        raise _unavailable(exc) from exc
     conn.autocommit = True
-    return conn
+    try:
+        with conn.cursor() as cur:
+            yield conn, cur
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        raise _unavailable(exc) from exc
+    finally:
+        conn.close()
 
 
 def wait(job_id: str, notice: Any) -> tuple[Finished, list[Row]]:
@@ -163,33 +190,29 @@ def wait(job_id: str, notice: Any) -> tuple[Finished, list[Row]]:
     told once when no control worker has recorded the job after UNRECORDED_NOTICE s."""
     from opsq.store import JOBS_CHANNEL
 
-    conn = _connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"LISTEN {JOBS_CHANNEL}")
-            started, told = time.monotonic(), False
-            while True:
-                cur.execute("SELECT status, duration, error FROM jobs WHERE id = %s",
-                            (job_id,))
-                job = cur.fetchone()
-                if job is not None and job[0] in FINAL_JOB_STATUSES:
-                    break
-                if job is None and not told and time.monotonic() - started > UNRECORDED_NOTICE:
-                    notice(f"job {job_id} is not recorded yet: it waits in RabbitMQ for a "
-                           "control worker (opsq.control)")
-                    told = True
-                if not conn.notifies:
-                    ready, _, _ = select.select([conn], [], [], MAX_NAP)
-                    if ready:
-                        conn.poll()
-                conn.notifies.clear()
-            cur.execute(
-                "SELECT host, status, exit_code, duration, truncated, error, "
-                "left(stdout, %(n)s), left(stderr, %(n)s) FROM host_results "
-                "WHERE job_id = %(job)s ORDER BY id", {"job": job_id, "n": PREVIEW_CHARS})
-            rows = [Row(r[0], HostStatus(r[1]), *r[2:]) for r in cur.fetchall()]
-    finally:
-        conn.close()
+    with _cursor() as (conn, cur):
+        cur.execute(f"LISTEN {JOBS_CHANNEL}")
+        started, told = time.monotonic(), False
+        while True:
+            cur.execute("SELECT status, duration, error FROM jobs WHERE id = %s",
+                        (job_id,))
+            job = cur.fetchone()
+            if job is not None and job[0] in FINAL_JOB_STATUSES:
+                break
+            if job is None and not told and time.monotonic() - started > UNRECORDED_NOTICE:
+                notice(f"job {job_id} is not recorded yet: it waits in RabbitMQ for a "
+                       "control worker (opsq.control)")
+                told = True
+            if not conn.notifies:
+                ready, _, _ = select.select([conn], [], [], MAX_NAP)
+                if ready:
+                    conn.poll()
+            conn.notifies.clear()
+        cur.execute(
+            "SELECT host, status, exit_code, duration, truncated, error, "
+            "left(stdout, %(n)s), left(stderr, %(n)s) FROM host_results "
+            "WHERE job_id = %(job)s ORDER BY id", {"job": job_id, "n": PREVIEW_CHARS})
+        rows = [Row(r[0], HostStatus(r[1]), *r[2:]) for r in cur.fetchall()]
     counts = dict(collections.Counter(r.status.value for r in rows))
     return Finished(job_id, job[0], counts, job[1], job[2]), rows
 
@@ -220,3 +243,41 @@ def refused(finished: Finished) -> OpsqError | None:
         return OpsqError(finished.error or "the job was refused")
     return None
 
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a job stands, as ``opsq status`` prints it (``jobs.progress`` gives the same)."""
+
+    job_id: str
+    status: str
+    done: int
+    total: int
+    counts: dict[str, int]
+    batch: int | None
+    batches: int | None
+    error: str | None
+    #: Whether some of its pending hosts belong to a site (whose workers may be missing).
+    site_pending: bool
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_JOB_STATUSES
+
+
+def status(job_id: str) -> Standing:
+    """The job's standing, in three small queries. Raises JobNotFound."""
+    with _cursor() as (_, cur):
+        cur.execute("SELECT status, done_count, host_count, current_batch, batch_size, "
+                    "error FROM jobs WHERE id = %s", (job_id,))
+        job = cur.fetchone()
+        if job is None:
+            raise JobNotFound.of(job_id)
+        cur.execute("SELECT status, count(*) FROM host_results WHERE job_id = %s "
+                    "GROUP BY status", (job_id,))
+        counts = dict(cur.fetchall())
+        cur.execute("SELECT EXISTS (SELECT 1 FROM host_results WHERE job_id = %s "
+                    "AND status = 'pending' AND site IS NOT NULL)", (job_id,))
+        site_pending = bool(cur.fetchone()[0])
+    status_, done, total, batch, batch_size, error = job
+    return Standing(job_id, status_, done, total, counts, batch,
+                    -(-total // batch_size) if batch_size else None, error, site_pending)

@@ -394,8 +394,7 @@ def job_row(session: Any, job_id: str) -> Job:
 
 
 def no_such_job(job_id: str) -> JobNotFound:
-    shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
-    return JobNotFound(f"no job with id {shown!r} (opsq jobs lists recent jobs)")
+    return JobNotFound.of(job_id)
 
 
 # -- folded results ----------------------------------------------------------------------

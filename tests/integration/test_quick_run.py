@@ -73,3 +73,20 @@ def test_the_quick_path_loads_neither_celery_nor_sqlalchemy():
         [sys.executable, "-X", "importtime", "-m", "opsq.cli", "run", "true", "-t", "host01",
          "--wait", "--timeout", "30"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert usual.returncode == 0 and "| celery" in usual.stderr
+
+
+def test_status_reads_the_line_the_usual_path_prints(opsq_cli):
+    done = jobs.submit(jobs.JobSpec(command="true", pattern="host01,host02,host03",
+                                    batch_size=2)).get(timeout=60)
+    quick, usual = both(opsq_cli, "status", done["job_id"])
+    assert quick.returncode == usual.returncode == 0, quick.stderr
+    assert quick.stdout == usual.stdout
+    assert re.match(rf"{done['job_id']}  succeeded  3/3 hosts done \(3 ok\)  batch 2/2$",
+                    quick.stdout.strip())
+    missing = both(opsq_cli, "status", "0" * 8 + "-0000-0000-0000-" + "0" * 12)
+    assert missing[0].returncode == missing[1].returncode == 2
+    assert missing[0].stderr == missing[1].stderr and "no job" in missing[0].stderr
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "opsq.cli", "status",
+                          done["job_id"]], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "| sqlalchemy" not in out.stderr
