@@ -392,8 +392,7 @@ def _print_table(runs: Any, summary: Any) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
     counts = _count_line(summary.counts)
     duration = f" in {summary.duration:.2f}s" if summary.duration is not None else ""
-    status = getattr(summary.status, "value", summary.status)
-    click.echo(f"job {summary.job_id}: {status} ({counts}){duration}")
+    click.echo(f"job {summary.job_id}: {summary.status.value} ({counts}){duration}")
 
 
 @main.command()
@@ -402,17 +401,15 @@ def _print_table(runs: Any, summary: Any) -> None:
 @_errors
 def status(job_id: str, as_json: bool) -> None:
     """Where a job stands: status and hosts done / total."""
-    from opsq import quick
+    from opsq import jobs, quick  # jobs loads its modules on first use
 
     if not as_json and quick.enabled():
         # Counts only, without Celery or SQLAlchemy: a job of 100,000 hosts is one grouped
         # query (--json gives every host's status). Only pending hosts of a site ask
         # RabbitMQ whether the site has workers.
         s: Any = quick.status(job_id)
-        waiting = [] if s.finished or not s.site_pending else _waiting(job_id)
+        waiting = [] if s.finished or not s.site_pending else jobs.waiting(job_id)
     else:
-        from opsq import jobs
-
         s = jobs.summary(job_id) if as_json else jobs.progress(job_id)
         waiting = [] if s.finished else jobs.waiting(job_id)
     if as_json:
@@ -420,18 +417,12 @@ def status(job_id: str, as_json: bool) -> None:
         return
     counts = _count_line(s.counts)
     batch = f"  batch {s.batch}/{s.batches}" if s.batches else ""
-    click.echo(f"{s.job_id}  {getattr(s.status, 'value', s.status)}  {s.done}/{s.total} "
-               f"hosts done ({counts}){batch}")
+    click.echo(f"{s.job_id}  {s.status.value}  {s.done}/{s.total} hosts done ({counts})"
+               f"{batch}")
     for why in waiting:
         click.echo(why)
     if s.error:
         click.echo(f"error: {s.error}")
-
-
-def _waiting(job_id: str) -> list[str]:
-    from opsq import jobs
-
-    return jobs.waiting(job_id)
 
 
 def _print_groups(job_id: str, as_json: bool) -> None:

@@ -37,3 +37,17 @@ class JobNotFound(OpsqError):
 
 class BackendUnavailable(OpsqError):
     """The broker (RabbitMQ) or the database (PostgreSQL) cannot be reached."""
+
+    @classmethod
+    def database(cls, safe_url: str, exc: BaseException) -> BackendUnavailable:
+        """PostgreSQL at ``safe_url`` (no password) refused or lost: the driver's first line."""
+        said = str(getattr(exc, "orig", exc)).strip()
+        first = said.splitlines()[0] if said else repr(exc)
+        return cls(f"cannot reach PostgreSQL at {safe_url}: {first} "
+                   "(is the server running? check OPSQ_DATABASE_URL)")
+
+    @classmethod
+    def broker(cls, safe_url: str, exc: BaseException) -> BackendUnavailable:
+        """RabbitMQ at ``safe_url`` (no password) refused or lost."""
+        return cls(f"cannot reach RabbitMQ at {safe_url}: {exc} "
+                   "(is it running? check OPSQ_BROKER_URL)")

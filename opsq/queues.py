@@ -3,6 +3,9 @@ light client can publish to them without loading Celery)."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 from kombu import Exchange, Queue
 
 #: Queue of per-host SSH work: IO-bound, consumed by a threads-pool worker.
@@ -29,3 +32,19 @@ def declared(name: str, queue_type: str) -> Queue:
         return Queue(name, Exchange(name, type="topic"), routing_key=name,
                      queue_arguments={"x-queue-type": "quorum"})
     return Queue(name, Exchange(name), routing_key=name)
+
+
+def queue_state(conn: Any, queue: str) -> tuple[int, int]:
+    """(messages waiting, consumers) of ``queue`` on RabbitMQ; (0, 0) when it does not
+    exist yet. A channel of its own: a passive declare of a missing queue closes it."""
+    from amqp.exceptions import NotFound
+
+    channel = conn.channel()
+    try:
+        ok = channel.queue_declare(queue=queue, passive=True)
+        return ok.message_count, ok.consumer_count
+    except NotFound:
+        return 0, 0
+    finally:
+        with contextlib.suppress(Exception):  # closed by the broker already
+            channel.close()

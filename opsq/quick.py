@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opsq.errors import BackendUnavailable, JobNotFound, OpsqError
-from opsq.status import FINAL_JOB_STATUSES, HostStatus
+from opsq.status import HostStatus, JobStatus
 
 #: The task that records and fans out a job on a control worker.
 SUBMIT_JOB = "opsq.submit_job"
@@ -88,14 +88,14 @@ class Finished:
     """What the table's last line says of the job."""
 
     job_id: str
-    status: str
+    status: JobStatus
     counts: dict[str, int]
     duration: float | None
     error: str | None
 
     @property
     def succeeded(self) -> bool:
-        return self.status == "succeeded"
+        return self.status is JobStatus.SUCCEEDED
 
 
 def submit_message(job_id: str, kwargs: dict[str, Any], kwargsrepr: str) -> tuple[
@@ -141,8 +141,7 @@ def publish(job_id: str, spec: dict[str, Any], submitted_by: str) -> None:
                                            "interval_step": 0.5, "interval_max": 1},
                              **properties)
     except (BrokerError, OSError) as exc:
-        raise BackendUnavailable(f"cannot reach RabbitMQ at {conn.as_uri()}: {exc} "
-                                 "(is it running? check OPSQ_BROKER_URL)") from exc
+        raise BackendUnavailable.broker(conn.as_uri(), exc) from exc
     finally:
         conn.release()
 
@@ -154,12 +153,10 @@ def _dsn(url: str) -> str:
 
 
 def _unavailable(exc: Exception) -> BackendUnavailable:
+    from opsq.jobs.spec import mask_secrets
     from opsq.settings import get_settings
 
-    safe = get_settings().database_url.split("@")[-1]
-    first = (str(exc).strip().splitlines() or [repr(exc)])[0]
-    return BackendUnavailable(f"cannot reach PostgreSQL at {safe}: {first} (is the server "
-                              "running? check OPSQ_DATABASE_URL)")
+    return BackendUnavailable.database(mask_secrets(get_settings().database_url), exc)
 
 
 @contextlib.contextmanager
@@ -197,7 +194,7 @@ def wait(job_id: str, notice: Any) -> tuple[Finished, list[Row]]:
             cur.execute("SELECT status, duration, error FROM jobs WHERE id = %s",
                         (job_id,))
             job = cur.fetchone()
-            if job is not None and job[0] in FINAL_JOB_STATUSES:
+            if job is not None and JobStatus(job[0]).finished:
                 break
             if job is None and not told and time.monotonic() - started > UNRECORDED_NOTICE:
                 notice(f"job {job_id} is not recorded yet: it waits in RabbitMQ for a "
@@ -214,7 +211,7 @@ def wait(job_id: str, notice: Any) -> tuple[Finished, list[Row]]:
             "WHERE job_id = %(job)s ORDER BY id", {"job": job_id, "n": PREVIEW_CHARS})
         rows = [Row(r[0], HostStatus(r[1]), *r[2:]) for r in cur.fetchall()]
     counts = dict(collections.Counter(r.status.value for r in rows))
-    return Finished(job_id, job[0], counts, job[1], job[2]), rows
+    return Finished(job_id, JobStatus(job[0]), counts, job[1], job[2]), rows
 
 
 def run(command: str, opts: dict[str, Any]) -> tuple[str, Any]:
@@ -239,7 +236,7 @@ def run(command: str, opts: dict[str, Any]) -> tuple[str, Any]:
 
 def refused(finished: Finished) -> OpsqError | None:
     """The refusal a job that never ran ends with (the control worker's reason)."""
-    if finished.status == "error" and not finished.counts:
+    if finished.status is JobStatus.ERROR and not finished.counts:
         return OpsqError(finished.error or "the job was refused")
     return None
 
@@ -249,7 +246,7 @@ class Standing:
     """Where a job stands, as ``opsq status`` prints it (``jobs.progress`` gives the same)."""
 
     job_id: str
-    status: str
+    status: JobStatus
     done: int
     total: int
     counts: dict[str, int]
@@ -261,7 +258,7 @@ class Standing:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINAL_JOB_STATUSES
+        return self.status.finished
 
 
 def status(job_id: str) -> Standing:
@@ -279,5 +276,5 @@ def status(job_id: str) -> Standing:
                     "AND status = 'pending' AND site IS NOT NULL)", (job_id,))
         site_pending = bool(cur.fetchone()[0])
     status_, done, total, batch, batch_size, error = job
-    return Standing(job_id, status_, done, total, counts, batch,
+    return Standing(job_id, JobStatus(status_), done, total, counts, batch,
                     -(-total // batch_size) if batch_size else None, error, site_pending)

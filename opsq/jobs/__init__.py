@@ -5,13 +5,13 @@ steered while it runs, and how its results are read.
 share; its names come from:
 
 - ``spec``: ``JobSpec``, one definition of a job (kind, target, every option), checked once;
-- ``kinds``: the put, get and script kinds" parameters, and fetched files written out;
+- ``kinds``: the put, get and script kinds' parameters, and fetched files written out;
 - ``rolling``: batch sizes, failure limits and retry policies;
 - ``submission``: resolving the hosts, recording the job, fanning it out as a chord;
 - ``results``: summaries, host rows, output while it runs, waiting for the end;
 - ``state``: every status and every transition of a job and its hosts (SQL);
 - ``steering``: rolling batches, retries, held hosts and cancel while a job runs;
-- ``become_password``: a typed sudo password handed to the job"s workers via RabbitMQ;
+- ``become_password``: a typed sudo password handed to the job's workers via RabbitMQ;
 - ``webhooks``: the job-end notifications.
 """
 

@@ -3,7 +3,6 @@ attempts, output while it runs, and waiting for the end (LISTEN/NOTIFY, no polli
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -584,7 +583,8 @@ def waiting(job_id: str) -> list[str]:
     for a worker of site us (3 hosts)" for each site with pending hosts whose queue no
     worker consumes (asked of RabbitMQ). Empty when every site has a worker, or when the
     broker cannot be asked."""
-    from opsq.app import app, fleet_queue
+    from opsq.app import app
+    from opsq.queues import fleet_queue, queue_state
 
     with db.session_scope() as session:
         pending = session.execute(_PENDING_SITES, {"job": job_id}).all()
@@ -614,19 +614,3 @@ def waiting(job_id: str) -> list[str]:
 WAITING_TTL = 5.0
 WAITING_SEEN_MAX = 1000
 _waiting_seen: dict[tuple, tuple[float, list[str]]] = {}
-
-
-def queue_state(conn: Any, queue: str) -> tuple[int, int]:
-    """(messages waiting, consumers) of ``queue`` on RabbitMQ; (0, 0) when it does not
-    exist yet. A channel of its own: a passive declare of a missing queue closes it."""
-    from amqp.exceptions import NotFound
-
-    channel = conn.channel()
-    try:
-        ok = channel.queue_declare(queue=queue, passive=True)
-        return ok.message_count, ok.consumer_count
-    except NotFound:
-        return 0, 0
-    finally:
-        with contextlib.suppress(Exception):  # closed by the broker already
-            channel.close()

@@ -263,9 +263,7 @@ def send_hosts(job_id: str, hosts: list[str], command: str, tag: str,
 
 
 def broker_unavailable(exc: Exception) -> BackendUnavailable:
-    safe = app.connection_for_write().as_uri()
-    return BackendUnavailable(f"cannot reach RabbitMQ at {safe}: {exc} "
-                              "(is it running? check OPSQ_BROKER_URL)")
+    return BackendUnavailable.broker(app.connection_for_write().as_uri(), exc)
 
 
 #: Namespace of the ids derived from a job id: fanning a job out again reuses the same

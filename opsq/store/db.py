@@ -109,12 +109,8 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 
 def unavailable(exc: Exception, url: str | None = None) -> BackendUnavailable:
     """Turn a driver error into a message that names the database and what to check."""
-    safe = make_url(database_url(url)).render_as_string(hide_password=True)
-    first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else repr(exc)
-    return BackendUnavailable(
-        f"cannot reach PostgreSQL at {safe}: {first} "
-        "(is the server running? check OPSQ_DATABASE_URL)"
-    )
+    return BackendUnavailable.database(
+        make_url(database_url(url)).render_as_string(hide_password=True), exc)
 
 
 def ping(url: str | None = None) -> None:

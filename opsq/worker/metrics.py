@@ -100,8 +100,8 @@ class OpsqCollector(Collector):
         self._sites = [r.site for r in conn.execute(_PENDING_SITES)]
 
     def _queues(self) -> GaugeMetricFamily:
-        from opsq.app import app, fleet_queue
-        from opsq.jobs.results import queue_state
+        from opsq.app import app
+        from opsq.queues import fleet_queue, queue_state
 
         waiting = GaugeMetricFamily("opsq_queue_tasks",
                                     "Tasks waiting in a fleet queue (each site's too).",

@@ -90,3 +90,30 @@ def test_status_reads_the_line_the_usual_path_prints(opsq_cli):
                           done["job_id"]], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "| sqlalchemy" not in out.stderr
+
+
+def test_a_stopped_broker_or_database_is_one_clear_line_and_exit_3(opsq_cli):
+    before = len(jobs.recent(limit=1000))
+    broker = opsq_cli("run", "true", "-t", "host01", "--wait", timeout=60,
+                      env={"OPSQ_BROKER_URL": "amqp://guest:s3cret@127.0.0.1:1//"})
+    assert broker.returncode == 3, broker.stderr
+    assert "cannot reach RabbitMQ" in broker.stderr and "127.0.0.1:1" in broker.stderr
+    assert "s3cret" not in broker.stderr and "Traceback" not in broker.stderr
+    assert len(jobs.recent(limit=1000)) == before  # nothing was sent, nothing recorded
+    # The database away while it waits: the job was sent and still runs; the command says
+    # where it could not look.
+    database = opsq_cli("run", "echo sent anyway", "-t", "host01", "--wait", timeout=60,
+                        env={"OPSQ_DATABASE_URL":
+                             "postgresql+psycopg2://postgres:s3cret@127.0.0.1:1/x"})
+    assert database.returncode == 3, database.stderr
+    assert "cannot reach PostgreSQL at postgresql+psycopg2://postgres:****@127.0.0.1:1/x" \
+        in database.stderr
+    assert "s3cret" not in database.stderr and "Traceback" not in database.stderr
+    job_id = re.search(UUID, database.stderr).group(0)
+    assert jobs.wait(job_id, timeout=60).succeeded
+    assert rows(job_id)["host01"]["stdout"] == "sent anyway\n"
+    quick, _ = both(opsq_cli, "status", job_id)
+    broken = opsq_cli("status", job_id, env={"OPSQ_DATABASE_URL":
+                                             "postgresql+psycopg2://postgres@127.0.0.1:1/x"})
+    assert quick.returncode == 0 and broken.returncode == 3
+    assert "cannot reach PostgreSQL" in broken.stderr and "Traceback" not in broken.stderr
